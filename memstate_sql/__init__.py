@@ -1,0 +1,56 @@
+"""memstate_sql: memstate's memory-store API on SQLite, PostgreSQL and MySQL/MariaDB.
+
+One store operation is one database transaction: the fact, its log entry and
+the hooks' outcome commit together or not at all.
+"""
+
+from __future__ import annotations
+
+from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
+from memstate_sql.core import FactNotFound
+from memstate_sql.errors import (
+    ConflictError,
+    HookError,
+    MemoryStoreError,
+    SchemaVersionError,
+    StorageError,
+    TransientStorageError,
+    ValidationFailed,
+)
+from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntry
+from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
+from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
+from memstate_sql.registry import Constraint, SchemaRegistry
+from memstate_sql.storage import SQLStorage
+from memstate_sql.store import MemoryStore
+from memstate_sql.uow import ConnectionLost
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "AsyncMemoryHook",
+    "AsyncMemoryStore",
+    "AsyncSQLStorage",
+    "ConflictError",
+    "ConnectionLost",
+    "Constraint",
+    "Fact",
+    "FactNotFound",
+    "HookError",
+    "MemoryHook",
+    "MemoryStore",
+    "MemoryStoreError",
+    "Operation",
+    "SQLStorage",
+    "SchemaRegistry",
+    "SchemaVersionError",
+    "ScoredFact",
+    "SearchResult",
+    "StorageError",
+    "TransientStorageError",
+    "TxEntry",
+    "ValidationFailed",
+    "metadata",
+    "models_for",
+]

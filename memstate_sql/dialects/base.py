@@ -1,0 +1,52 @@
+"""The interface each database module implements."""
+
+from __future__ import annotations
+
+import enum
+import json
+from typing import Any
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.engine import URL
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import String
+
+
+class ErrorKind(enum.Enum):
+    """How the unit of work treats a database error."""
+
+    RETRY = "retry"  # deadlock, serialization failure, lock wait timeout, busy database
+    UNIQUE = "unique"  # unique/primary key violation: a concurrent writer won a race
+    DISCONNECT = "disconnect"  # connection lost (e.g. the server restarted)
+    OTHER = "other"
+
+
+def json_label(key: str) -> str:
+    """A JSON-path member label: the key as a JSON string literal (escapes quotes, dots...)."""
+    return json.dumps(key, ensure_ascii=False)
+
+
+def sql_literal(compiler: SQLCompiler, text: str) -> str:
+    """`text` as a SQL string literal, escaped by the dialect's own literal renderer."""
+    return str(compiler.render_literal_value(text, String()))
+
+
+class DialectSupport:
+    """Default behaviour; subclasses override what their database does differently."""
+
+    name = "generic"
+    #: Whether `SELECT ... FOR UPDATE` is meaningful (SQLite serialises writers instead).
+    row_locks = True
+
+    def engine_options(self, url: URL) -> dict[str, Any]:
+        """Keyword arguments for `create_engine` when memstate_sql creates the engine."""
+        return {"pool_pre_ping": True}
+
+    def configure_engine(self, engine: Engine) -> None:
+        """Install per-connection settings on an engine that memstate_sql created."""
+
+    def begin_write(self, conn: Connection) -> None:
+        """Called as the first statement of a write transaction memstate_sql owns."""
+
+    def classify(self, exc: BaseException) -> ErrorKind:
+        return ErrorKind.OTHER

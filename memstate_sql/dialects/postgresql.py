@@ -1,0 +1,56 @@
+"""PostgreSQL: JSONB containment (served by a GIN jsonb_path_ops index) plus exact rechecks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import bindparam, exc
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from memstate_sql.dialects.base import DialectSupport, ErrorKind, sql_literal
+from memstate_sql.filters import JsonPredicate
+
+_RETRY_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
+_DISCONNECT_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / crash shutdown
+
+
+class PostgreSQLSupport(DialectSupport):
+    name = "postgresql"
+
+    def classify(self, error: BaseException) -> ErrorKind:
+        if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
+            return ErrorKind.DISCONNECT
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+        if state in _RETRY_STATES:
+            return ErrorKind.RETRY
+        if state == "23505":
+            return ErrorKind.UNIQUE
+        if state.startswith(_DISCONNECT_CLASSES):
+            return ErrorKind.DISCONNECT
+        return ErrorKind.OTHER
+
+
+def _nest(keys: tuple[str, ...], value: Any) -> Any:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
+@compiles(JsonPredicate, "postgresql")
+def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw: Any) -> str:
+    doc = compiler.process(element.column, **kw)
+    # "->" chains with text keys: every segment is an object key, never an array index.
+    extract = doc + "".join(f" -> {sql_literal(compiler, key)}" for key in element.keys)
+    if element.op == "exists":
+        return f"(({extract}) IS NOT NULL)"
+    value = element.value
+    if not element.keys:
+        return f"({doc} = {compiler.process(bindparam(None, value, type_=JSONB), **kw)})"
+    containment = f"{doc} @> {compiler.process(bindparam(None, _nest(element.keys, value), type_=JSONB), **kw)}"
+    if element.kind in ("object", "array"):
+        # @> is a superset test for containers ([1,2,3] @> [3,1]); recheck exact equality.
+        exact = compiler.process(bindparam(None, value, type_=JSONB), **kw)
+        return f"({containment} AND ({extract}) = {exact})"
+    return f"({containment})"

@@ -1,0 +1,223 @@
+"""SQLAlchemy declarative models: the facts table and the transaction log.
+
+Both tables are named after a configurable prefix (``memstate`` by default), so
+one database can hold several independent stores. `models_for(prefix, schema)`
+builds (once per prefix and schema) a declarative base with its own `MetaData`
+and the two mapped classes; the column definitions live once, in the mixins.
+
+Portability rules applied here: indexed strings are at most 191 characters
+(utf8mb4 index limits), every constraint and index has an explicit name of at
+most 60 characters, timestamps keep microseconds in UTC on every dialect, the
+log sequence is a 64-bit database-assigned identity.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql, postgresql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+from memstate_sql import jsondoc
+from memstate_sql.errors import ValidationFailed
+
+DEFAULT_PREFIX = "memstate"
+KEY_LENGTH = 191
+_PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
+
+
+class JSONDocument(TypeDecorator[Any]):
+    """JSON on SQLite and MySQL/MariaDB, JSONB on PostgreSQL, always written canonically.
+
+    The serializer is ours, not the engine's: a caller-supplied engine with
+    SQLAlchemy's default ``json.dumps`` would store ASCII escapes, which SQLite
+    and MariaDB compare as raw text (docs/filters.md).
+    """
+
+    impl = JSON
+    cache_ok = True
+
+    def __init__(self) -> None:
+        super().__init__(none_as_null=True)
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
+        return dialect.type_descriptor(JSON(none_as_null=True))
+
+    def bind_processor(self, dialect: Dialect) -> Any:
+        def process(value: Any) -> str | None:
+            return None if value is None else jsondoc.dumps(value)
+
+        return process
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An aware UTC datetime with microseconds on every dialect.
+
+    Naive datetimes given to it are taken as UTC. PostgreSQL stores
+    ``timestamptz``; SQLite and MySQL/MariaDB store the UTC wall time
+    (``DATETIME(6)`` on MySQL/MariaDB, which otherwise drops microseconds).
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+
+
+class KeyString(TypeDecorator[str]):
+    """VARCHAR(191) that compares exactly: case-sensitive and without trailing-space padding.
+
+    SQLite (BINARY) and PostgreSQL (deterministic collations) compare exactly
+    already. MySQL/MariaDB tables default to case-insensitive PAD SPACE
+    collations, under which ``'Abc' = 'abc '``, and the primary key and the
+    singleton index would treat such ids as duplicates: use a binary NO PAD
+    collation (MariaDB ``utf8mb4_nopad_bin``, MySQL 8 ``utf8mb4_0900_bin``).
+    """
+
+    impl = String(KEY_LENGTH)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name in ("mysql", "mariadb"):
+            collation = "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
+            return dialect.type_descriptor(mysql.VARCHAR(KEY_LENGTH, charset="utf8mb4", collation=collation))
+        return dialect.type_descriptor(String(KEY_LENGTH))
+
+
+#: 64-bit identity on PostgreSQL and MySQL/MariaDB; SQLite only auto-assigns an INTEGER PRIMARY KEY
+#: (which is 64-bit there).
+SeqType = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class FactColumns:
+    """Columns of the facts table. The envelope is real, indexed columns; the payload is JSON."""
+
+    id: Mapped[str] = mapped_column(KeyString(), primary_key=True)
+    type: Mapped[str] = mapped_column(KeyString())
+    session_id: Mapped[str | None] = mapped_column(KeyString())
+    source: Mapped[str | None] = mapped_column(KeyString())
+    ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONDocument())
+    #: Incremented by every write; the optimistic-concurrency token.
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    #: Set from the type's `Constraint(immutable=True)` at creation; every update path
+    #: requires it to be false in its WHERE clause, so the rule holds for every writer.
+    immutable: Mapped[bool] = mapped_column(Boolean(create_constraint=False), default=False)
+    #: Canonical JSON of the singleton key's value (or its digest when long); unique per type.
+    singleton: Mapped[str | None] = mapped_column(KeyString())
+
+
+class TxColumns:
+    """Columns of the transaction log."""
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    uuid: Mapped[str] = mapped_column(String(36))
+    op: Mapped[str] = mapped_column(String(32))
+    session_id: Mapped[str | None] = mapped_column(KeyString())
+    fact_id: Mapped[str | None] = mapped_column(KeyString())
+    actor: Mapped[str | None] = mapped_column(KeyString())
+    reason: Mapped[str | None] = mapped_column(Text)
+    ts: Mapped[datetime] = mapped_column(UTCDateTime())
+    fact_before: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
+    fact_after: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
+    #: For DISCARD_SESSION entries: the facts the discard deleted, so that a rollback can restore them.
+    discarded: Mapped[list[dict[str, Any]] | None] = mapped_column(JSONDocument())
+    #: Set when a store rollback undoes the entry (the rollback's uuid); undone entries are
+    #: kept for audit but are no longer part of the session's active log.
+    reverted_by: Mapped[str | None] = mapped_column(String(36))
+
+
+@dataclass(frozen=True)
+class Models:
+    """The mapped classes and metadata for one table prefix (and optional schema)."""
+
+    prefix: str
+    schema: str | None
+    metadata: MetaData
+    Fact: type[FactColumns]
+    Tx: type[TxColumns]
+
+    @property
+    def version_table(self) -> str:
+        return f"{self.prefix}_alembic_version"
+
+
+def check_prefix(prefix: str) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_RE.match(prefix):
+        raise ValidationFailed(
+            f"table_prefix {prefix!r} is invalid: use 1-30 characters, lowercase letters, digits and "
+            "underscores, starting with a letter"
+        )
+    return prefix
+
+
+@functools.lru_cache(maxsize=None)
+def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Models:
+    """Build (once) the declarative models for a table prefix."""
+    check_prefix(prefix)
+    facts, log = f"{prefix}_facts", f"{prefix}_tx"
+
+    class Base(DeclarativeBase):
+        metadata = MetaData(schema=schema)
+
+    class FactRow(FactColumns, Base):
+        __tablename__ = facts
+        __table_args__ = (
+            UniqueConstraint("type", "singleton", name=f"uq_{facts}_singleton"),
+            Index(f"ix_{facts}_type", "type"),
+            Index(f"ix_{facts}_session_id", "session_id"),
+            Index(f"ix_{facts}_source", "source"),
+            Index(f"ix_{facts}_ts", "ts"),
+            CheckConstraint("version >= 1", name=f"ck_{facts}_version"),
+        )
+
+    class TxRow(TxColumns, Base):
+        __tablename__ = log
+        __table_args__ = (
+            UniqueConstraint("uuid", name=f"uq_{log}_uuid"),
+            Index(f"ix_{log}_session_seq", "session_id", "seq"),
+            Index(f"ix_{log}_fact_id", "fact_id"),
+        )
+
+    return Models(prefix=prefix, schema=schema, metadata=Base.metadata, Fact=FactRow, Tx=TxRow)
+
+
+#: The default store's metadata, for host applications' Alembic environments.
+metadata = models_for().metadata

@@ -1,0 +1,303 @@
+"""Row-level database access for one unit of work.
+
+A `Repository` wraps a `Connection` that is already inside a transaction and
+offers the reads and writes the store semantics are built from. It never
+commits: the unit of work (`memstate_sql.uow`) owns the transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, Row, Table, delete, func, insert, inspect, select, update
+from sqlalchemy.sql import ColumnElement
+
+from memstate_sql import filters as flt
+from memstate_sql import jsondoc
+from memstate_sql.dialects import DialectSupport
+from memstate_sql.models import KEY_LENGTH, Models
+
+
+def format_ts(ts: datetime) -> str:
+    """ISO 8601 in UTC with a trailing ``Z`` (pydantic's JSON form of an aware UTC datetime)."""
+    return ts.isoformat().replace("+00:00", "Z")
+
+
+def singleton_token(value: Any) -> str:
+    """The value of a singleton key as stored in the unique index.
+
+    Canonical JSON keeps types apart (``true``, ``1`` and ``"1"`` differ) and
+    numbers are normalised so that ``1`` and ``1.0`` are the same key, as they
+    are equal under the filter contract. Long values are replaced by a digest.
+    """
+
+    def norm(v: Any) -> Any:
+        if isinstance(v, float) and v.is_integer():
+            return int(v)
+        if isinstance(v, dict):
+            return {k: norm(v[k]) for k in sorted(v)}
+        if isinstance(v, list):
+            return [norm(i) for i in v]
+        return v
+
+    text = jsondoc.dumps(norm(value))
+    if len(text) > KEY_LENGTH:
+        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
+    return text
+
+
+@dataclass(frozen=True)
+class FactState:
+    """One fact row."""
+
+    id: str
+    type: str
+    payload: dict[str, Any]
+    session_id: str | None
+    source: str | None
+    ts: datetime
+    version: int = 1
+    immutable: bool = False
+    singleton: str | None = None
+
+    def doc(self) -> dict[str, Any]:
+        """The memstate document of the fact (what `load` and `query` return)."""
+        return {
+            "id": self.id,
+            "type": self.type,
+            "payload": self.payload,
+            "source": self.source,
+            "session_id": self.session_id,
+            "ts": format_ts(self.ts),
+        }
+
+    def evolve(self, **changes: Any) -> FactState:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class TxRecord:
+    """One log row."""
+
+    seq: int
+    uuid: str
+    op: str
+    session_id: str | None
+    fact_id: str | None
+    actor: str | None
+    reason: str | None
+    ts: datetime
+    fact_before: dict[str, Any] | None
+    fact_after: dict[str, Any] | None
+    discarded: list[dict[str, Any]] | None
+    reverted_by: str | None
+
+    def doc(self) -> dict[str, Any]:
+        """The memstate form of the entry (`TxEntry.model_dump(mode="json")`)."""
+        return {
+            "uuid": self.uuid,
+            "session_id": self.session_id,
+            "seq": self.seq,
+            "ts": format_ts(self.ts),
+            "op": self.op,
+            "fact_id": self.fact_id,
+            "fact_before": self.fact_before,
+            "fact_after": self.fact_after,
+            "actor": self.actor,
+            "reason": self.reason,
+        }
+
+
+class Repository:
+    """Reads and writes on one transactional connection."""
+
+    def __init__(self, conn: Connection, models: Models, dialect: DialectSupport) -> None:
+        self.conn = conn
+        self.models = models
+        self.dialect = dialect
+        self.facts: Table = inspect(models.Fact).local_table  # type: ignore[assignment]
+        self.log: Table = inspect(models.Tx).local_table  # type: ignore[assignment]
+
+    # ------------------------------------------------------------------ facts
+
+    @staticmethod
+    def _fact(row: Row[Any]) -> FactState:
+        return FactState(
+            id=row.id,
+            type=row.type,
+            payload=row.payload,
+            session_id=row.session_id,
+            source=row.source,
+            ts=row.ts,
+            version=row.version,
+            immutable=bool(row.immutable),
+            singleton=row.singleton,
+        )
+
+    def _select_facts(self, where: ColumnElement[bool], lock: bool) -> list[FactState]:
+        stmt = select(self.facts).where(where).order_by(self.facts.c.ts, self.facts.c.id)
+        if lock and self.dialect.row_locks:
+            stmt = stmt.with_for_update()
+        return [self._fact(row) for row in self.conn.execute(stmt)]
+
+    def get(self, fact_id: str, *, lock: bool = False) -> FactState | None:
+        found = self._select_facts(self.facts.c.id == fact_id, lock)
+        return found[0] if found else None
+
+    def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactState]:
+        if not fact_ids:
+            return {}
+        return {f.id: f for f in self._select_facts(self.facts.c.id.in_(list(fact_ids)), False)}
+
+    def find_singleton(self, type_: str, token: str, *, lock: bool = False) -> FactState | None:
+        found = self._select_facts((self.facts.c.type == type_) & (self.facts.c.singleton == token), lock)
+        return found[0] if found else None
+
+    def session_facts(self, session_id: str | None, *, lock: bool = False) -> list[FactState]:
+        return self._select_facts(self.facts.c.session_id.is_(None) if session_id is None
+                                  else self.facts.c.session_id == session_id, lock)
+
+    def query(self, type_filter: str | None, node: flt.Node) -> list[FactState]:
+        where = flt.compile_filter(node, self.facts.c.payload, self.facts.c)
+        if type_filter is not None:
+            where = (self.facts.c.type == type_filter) & where
+        return self._select_facts(where, False)
+
+    def insert(self, fact: FactState) -> None:
+        self.conn.execute(
+            insert(self.facts).values(
+                id=fact.id,
+                type=fact.type,
+                payload=fact.payload,
+                session_id=fact.session_id,
+                source=fact.source,
+                ts=fact.ts,
+                version=fact.version,
+                immutable=fact.immutable,
+                singleton=fact.singleton,
+            )
+        )
+
+    def update(self, fact: FactState, *, expected_version: int, allow_immutable: bool = False) -> bool:
+        """Write `fact` over the row if its version is still `expected_version`.
+
+        Unless `allow_immutable`, an immutable row is never matched: the rule is
+        part of the statement, so it holds whichever process writes.
+        """
+        where = (self.facts.c.id == fact.id) & (self.facts.c.version == expected_version)
+        if not allow_immutable:
+            where = where & (self.facts.c.immutable.is_(False))
+        result = self.conn.execute(
+            update(self.facts)
+            .where(where)
+            .values(
+                type=fact.type,
+                payload=fact.payload,
+                session_id=fact.session_id,
+                source=fact.source,
+                ts=fact.ts,
+                version=fact.version,
+                singleton=fact.singleton,
+                immutable=fact.immutable,
+            )
+        )
+        return result.rowcount == 1
+
+    def delete(self, fact_id: str, *, expected_version: int | None = None) -> bool:
+        where = self.facts.c.id == fact_id
+        if expected_version is not None:
+            where = where & (self.facts.c.version == expected_version)
+        return self.conn.execute(delete(self.facts).where(where)).rowcount == 1
+
+    def delete_many(self, fact_ids: Iterable[str]) -> int:
+        ids = list(fact_ids)
+        if not ids:
+            return 0
+        return self.conn.execute(delete(self.facts).where(self.facts.c.id.in_(ids))).rowcount
+
+    # ------------------------------------------------------------------ log
+
+    @staticmethod
+    def _tx(row: Row[Any]) -> TxRecord:
+        return TxRecord(
+            seq=row.seq,
+            uuid=row.uuid,
+            op=row.op,
+            session_id=row.session_id,
+            fact_id=row.fact_id,
+            actor=row.actor,
+            reason=row.reason,
+            ts=row.ts,
+            fact_before=row.fact_before,
+            fact_after=row.fact_after,
+            discarded=row.discarded,
+            reverted_by=row.reverted_by,
+        )
+
+    def append(
+        self,
+        *,
+        uuid: str,
+        op: str,
+        session_id: str | None,
+        fact_id: str | None,
+        ts: datetime,
+        fact_before: dict[str, Any] | None = None,
+        fact_after: dict[str, Any] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+        discarded: list[dict[str, Any]] | None = None,
+    ) -> None:
+        self.conn.execute(
+            insert(self.log).values(
+                uuid=uuid,
+                op=op,
+                session_id=session_id,
+                fact_id=fact_id,
+                ts=ts,
+                fact_before=fact_before,
+                fact_after=fact_after,
+                actor=actor,
+                reason=reason,
+                discarded=discarded,
+            )
+        )
+
+    def _session_where(self, session_id: str | None) -> ColumnElement[bool]:
+        col = self.log.c.session_id
+        return col.is_(None) if session_id is None else col == session_id
+
+    def tx_log(
+        self, session_id: str | None, *, limit: int, offset: int = 0, lock: bool = False
+    ) -> list[TxRecord]:
+        """The session's active entries (not undone by a rollback), newest first."""
+        stmt = (
+            select(self.log)
+            .where(self._session_where(session_id) & self.log.c.reverted_by.is_(None))
+            .order_by(self.log.c.seq.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        if lock and self.dialect.row_locks:
+            stmt = stmt.with_for_update()
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def fact_history(self, fact_id: str) -> list[TxRecord]:
+        stmt = select(self.log).where(self.log.c.fact_id == fact_id).order_by(self.log.c.seq)
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def mark_reverted(self, uuids: Sequence[str], by: str) -> None:
+        if uuids:
+            self.conn.execute(update(self.log).where(self.log.c.uuid.in_(list(uuids))).values(reverted_by=by))
+
+    def delete_txs(self, uuids: Sequence[str]) -> int:
+        if not uuids:
+            return 0
+        return self.conn.execute(delete(self.log).where(self.log.c.uuid.in_(list(uuids)))).rowcount
+
+    def count_facts(self) -> int:
+        return int(self.conn.execute(select(func.count()).select_from(self.facts)).scalar_one())

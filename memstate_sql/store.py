@@ -1,0 +1,177 @@
+"""`MemoryStore`: memstate's store API, one database transaction per operation."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from memstate_sql._compat import await_only, in_greenlet
+from memstate_sql.core import StoreCore
+from memstate_sql.errors import MemoryStoreError, ValidationFailed
+from memstate_sql.facts import Fact, ScoredFact, SearchResult
+from memstate_sql.hooks import MemoryHook
+from memstate_sql.registry import Constraint
+from memstate_sql.repository import Repository
+from memstate_sql.storage import StorageCore
+
+
+def invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a hook (or a hook's search); await the result when it is a coroutine.
+
+    Awaiting is possible when the store runs inside the asyncio bridge
+    (`AsyncMemoryStore`); a sync `MemoryStore` given an async hook says so.
+    """
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        if in_greenlet():
+            return await_only(result)
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError(f"{fn!r} is asynchronous; use it with AsyncMemoryStore")
+    return result
+
+
+class MemoryStore:
+    """Structured agent memory with schemas, constraints, a transaction log,
+    sessions, hooks and rollback, on a SQL database.
+
+    Every mutating method is one database transaction that covers the fact
+    rows, their log entries and the hooks' calls: any exception rolls all of
+    it back.
+    """
+
+    def __init__(self, storage: StorageCore, hooks: list[MemoryHook] | None = None) -> None:
+        if not isinstance(storage, StorageCore):
+            raise ValidationFailed(
+                f"MemoryStore needs a memstate_sql.SQLStorage, got {type(storage).__name__}"
+            )
+        self.storage = storage
+        self._core = StoreCore(
+            list(hooks or []),
+            lambda hook, op, fact_id, fact: invoke(hook, op, fact_id, fact),
+            storage.constraints,
+            storage.max_payload_bytes,
+        )
+
+    @property
+    def hooks(self) -> list[Any]:
+        return self._core.hooks
+
+    def add_hook(self, hook: MemoryHook) -> None:
+        self._core.hooks.append(hook)
+
+    def register_schema(self, typename: str, model: type[BaseModel], constraint: Constraint | None = None) -> None:
+        self._core.register_schema(typename, model, constraint)
+
+    @property
+    def _schema_registry(self) -> Any:
+        return self._core.registry
+
+    # ------------------------------------------------------------------ writes
+
+    def commit(
+        self,
+        fact: Fact,
+        session_id: str | None = None,
+        ephemeral: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> str:
+        """Validate and store `fact` (an update when its id or singleton key exists); returns its id."""
+        return self.storage.runner.run(
+            lambda repo: self._core.commit(repo, fact, session_id, ephemeral, actor, reason), name="commit"
+        )
+
+    def commit_model(
+        self,
+        model: BaseModel,
+        fact_id: str | None = None,
+        source: str | None = None,
+        session_id: str | None = None,
+        ephemeral: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> str:
+        """Commit a registered pydantic model instance as a fact of its type."""
+        schema_type = self._core.registry.get_type_by_model(type(model))
+        if not schema_type:
+            raise MemoryStoreError(
+                f"Model class '{type(model).__name__}' is not registered. "
+                f"Please call memory.register_schema('your_type_name', {type(model).__name__}) first."
+            )
+        fields: dict[str, Any] = {"type": schema_type, "payload": model.model_dump(mode="json"), "source": source}
+        if fact_id is not None:
+            fields["id"] = fact_id
+        return self.commit(Fact(**fields), session_id=session_id, ephemeral=ephemeral, actor=actor, reason=reason)
+
+    def update(self, fact_id: str, patch: dict[str, Any], actor: str | None = None, reason: str | None = None) -> str:
+        """Shallow-merge ``patch["payload"]`` into the fact's payload and validate the result."""
+        return self.storage.runner.run(
+            lambda repo: self._core.update(repo, fact_id, patch, actor, reason), name="update"
+        )
+
+    def delete(self, session_id: str | None, fact_id: str, actor: str | None = None, reason: str | None = None) -> str:
+        return self.storage.runner.run(
+            lambda repo: self._core.delete(repo, session_id, fact_id, actor, reason), name="delete"
+        )
+
+    def promote_session(
+        self,
+        session_id: str,
+        selector: Callable[[dict[str, Any]], bool] | None = None,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> list[str]:
+        """Make the session's facts (those `selector` accepts) global; returns their ids."""
+        return self.storage.runner.run(
+            lambda repo: self._core.promote_session(repo, session_id, selector, actor, reason), name="promote_session"
+        )
+
+    def discard_session(self, session_id: str, actor: str | None = None, reason: str | None = None) -> int:
+        """Delete the facts that belong to the session (logged, hooks notified); returns how many."""
+        return self.storage.runner.run(
+            lambda repo: self._core.discard_session(repo, session_id, actor, reason), name="discard_session"
+        )
+
+    def rollback(self, session_id: str | None, steps: int = 1) -> None:
+        """Undo the session's last `steps` operations, newest first, in one transaction.
+
+        ``session_id=None`` undoes operations logged without a session.
+        """
+        self.storage.runner.run(lambda repo: self._core.rollback(repo, session_id, steps), name="rollback")
+
+    # ------------------------------------------------------------------ reads
+
+    def get(self, fact_id: str) -> dict[str, Any] | None:
+        return self.storage.load(fact_id)
+
+    def query(
+        self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Facts of `typename` (all types if None) matching `filters` (and `session_id`)."""
+        node = self._core.query_filters(filters, session_id)
+        return self.storage.query_node(typename, node)
+
+    def search(
+        self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
+    ) -> list[ScoredFact]:
+        """Ask the hooks that can search, then read the hits' current state from the database.
+
+        Hits whose fact no longer exists are dropped; best score first.
+        """
+        hits: list[SearchResult] = []
+        for hook in self._core.hooks:
+            search = getattr(hook, "search", None)
+            if callable(search):
+                hits.extend(invoke(search, query, limit, filters, score_threshold) or [])
+        if not hits:
+            return []
+
+        def read(repo: Repository) -> list[ScoredFact]:
+            ranked = self._core.hydrate(repo, [(h.fact_id, h.score) for h in hits])
+            return [ScoredFact(fact=Fact.model_validate(state.doc()), score=score) for state, score in ranked]
+
+        return self.storage.runner.run(read, write=False, name="search")

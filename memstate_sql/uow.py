@@ -1,0 +1,161 @@
+"""The unit of work: one database transaction per store operation.
+
+`TransactionRunner.run(fn)` gives `fn` a `Repository` on a connection inside
+a fresh transaction, commits when `fn` returns and rolls back when it raises.
+Retryable failures (deadlocks, serialization failures, busy SQLite, a lost
+race on a unique key) re-run the whole of `fn` in a new transaction, a
+bounded number of times with jittered exponential backoff.
+
+The runner is written once, synchronously. The asyncio storage runs the very
+same code inside SQLAlchemy's greenlet bridge (``greenlet_spawn``) on the
+async engine's ``sync_engine``, with an awaiting `sleep`; that is how
+SQLAlchemy's own ``AsyncSession`` reuses ``Session``.
+
+Joining: while `fn` runs, the active repository is published in a context
+variable, so that storage methods called from inside an operation (by a hook,
+say) take part in the operation's transaction instead of opening their own.
+A runner bound to a caller's `Connection` (host-application embedding) runs
+each operation in a SAVEPOINT of the caller's transaction and never commits
+it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, exc
+
+from memstate_sql._compat import await_only, in_greenlet
+from memstate_sql.dialects import DialectSupport, ErrorKind
+from memstate_sql.errors import ConflictError, MemoryStoreError, StorageError, TransientStorageError
+from memstate_sql.models import Models
+from memstate_sql.repository import Repository
+
+T = TypeVar("T")
+log = logging.getLogger("memstate_sql")
+
+_ACTIVE: ContextVar[tuple[object, Repository] | None] = ContextVar("memstate_sql_active_uow", default=None)
+
+
+class RetryUnitOfWork(Exception):
+    """Raised inside a unit of work to have it re-run (e.g. a row changed under it)."""
+
+
+class ConnectionLost(StorageError):
+    """The database connection failed during the operation; its transaction did not commit
+    (or, if the failure hit COMMIT itself, its outcome is unknown and nothing half-done is visible)."""
+
+
+def default_sleep(seconds: float) -> None:
+    """Sleep between attempts; inside the asyncio bridge, yield to the event loop instead."""
+    if in_greenlet():
+        await_only(asyncio.sleep(seconds))
+    else:
+        time.sleep(seconds)
+
+
+def backoff(attempt: int, base: float = 0.005, cap: float = 0.5) -> float:
+    """Full-jitter exponential backoff."""
+    return random.uniform(0, min(cap, base * (2**attempt)))
+
+
+class TransactionRunner:
+    """Runs units of work against one engine (or inside one caller's connection)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        models: Models,
+        dialect: DialectSupport,
+        *,
+        owner: object,
+        max_attempts: int = 10,
+        sleep: Callable[[float], Any] = default_sleep,
+        bound: Connection | None = None,
+        prepare: Callable[[], None] | None = None,
+    ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        self.engine = engine
+        self.models = models
+        self.dialect = dialect
+        self.owner = owner
+        self.max_attempts = max_attempts
+        self.sleep = sleep
+        self.bound = bound
+        self.prepare = prepare
+
+    def active(self) -> Repository | None:
+        current = _ACTIVE.get()
+        return current[1] if current is not None and current[0] is self.owner else None
+
+    def _call(self, conn: Connection, fn: Callable[[Repository], T]) -> T:
+        repo = Repository(conn, self.models, self.dialect)
+        token = _ACTIVE.set((self.owner, repo))
+        try:
+            return fn(repo)
+        finally:
+            _ACTIVE.reset(token)
+
+    def run(self, fn: Callable[[Repository], T], *, write: bool = True, name: str = "operation") -> T:
+        joined = self.active()
+        if joined is not None:
+            return fn(joined)
+        if self.prepare is not None:
+            self.prepare()
+        if self.bound is not None:
+            return self._run_bound(fn)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                with self.engine.connect() as conn:
+                    with conn.begin():
+                        if write:
+                            self.dialect.begin_write(conn)
+                        result = self._call(conn, fn)
+                if attempt > 1:
+                    log.info("%s succeeded after %d attempts", name, attempt)
+                return result
+            except RetryUnitOfWork:
+                kind = ErrorKind.RETRY
+                error: BaseException | None = None
+            except exc.DBAPIError as err:
+                kind, error = self.dialect.classify(err), err
+                if kind not in (ErrorKind.RETRY, ErrorKind.UNIQUE):
+                    raise self._translate(kind, err, name) from err
+            if attempt >= self.max_attempts:
+                if kind is ErrorKind.UNIQUE:
+                    raise ConflictError(f"{name}: a unique constraint kept failing after {attempt} attempts: {error}") from error
+                raise TransientStorageError(
+                    f"{name}: gave up after {attempt} attempts on a retryable database error: {error}"
+                ) from error
+            log.debug("%s: retrying after %s (attempt %d)", name, kind.value, attempt)
+            self.sleep(backoff(attempt))
+
+    def _run_bound(self, fn: Callable[[Repository], T]) -> T:
+        conn = self.bound
+        assert conn is not None
+        try:
+            if conn.in_transaction():
+                with conn.begin_nested():
+                    return self._call(conn, fn)
+            with conn.begin():
+                return self._call(conn, fn)
+        except exc.DBAPIError as err:
+            kind = self.dialect.classify(err)
+            if kind is ErrorKind.UNIQUE:
+                raise ConflictError(f"a unique constraint failed inside the caller's transaction: {err}") from err
+            raise self._translate(kind, err, "operation") from err
+
+    @staticmethod
+    def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str) -> MemoryStoreError:
+        if kind is ErrorKind.DISCONNECT:
+            return ConnectionLost(f"{name}: database connection lost; the operation was not applied: {err.orig}")
+        return StorageError(f"{name}: database error: {err.orig}")
