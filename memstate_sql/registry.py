@@ -54,7 +54,7 @@ class SchemaRegistry:
     def register(self, typename: str, model: type[BaseModel]) -> None:
         if not isinstance(typename, str) or not typename:
             raise ValidationFailed("a type name must be a non-empty string")
-        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        if not (isinstance(model, type) and issubclass(model, BaseModel)) or model is BaseModel:
             raise ValidationFailed(f"the schema for {typename!r} must be a pydantic BaseModel subclass")
         self._schemas[typename] = model
 
