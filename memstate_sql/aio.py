@@ -92,8 +92,12 @@ class AsyncSQLStorage:
             self.engine, self._owns = url_or_async_engine, False
         elif isinstance(url_or_async_engine, AsyncConnection | AsyncSession):
             self._bound = url_or_async_engine
-            bind = url_or_async_engine.bind
-            self.engine = bind if isinstance(bind, AsyncEngine) else bind.engine
+            if isinstance(url_or_async_engine, AsyncConnection):
+                self.engine = url_or_async_engine.engine
+            elif isinstance(url_or_async_engine.bind, AsyncEngine):
+                self.engine = url_or_async_engine.bind
+            else:
+                raise ValidationFailed("the AsyncSession given to AsyncSQLStorage must be bound to an AsyncEngine")
             self._owns = False
         else:
             raise ValidationFailed(
@@ -180,7 +184,9 @@ class AsyncMemoryStore:
 
     def __init__(self, storage: AsyncSQLStorage, hooks: list[AsyncMemoryHook] | None = None) -> None:
         if not isinstance(storage, AsyncSQLStorage):
-            raise ValidationFailed(f"AsyncMemoryStore needs a memstate_sql.AsyncSQLStorage, got {type(storage).__name__}")
+            raise ValidationFailed(
+                f"AsyncMemoryStore needs a memstate_sql.AsyncSQLStorage, got {type(storage).__name__}"
+            )
         self.storage = storage
         self._hooks: list[Any] = list(hooks or [])
         self._schemas: list[tuple[str, type[BaseModel], Constraint | None]] = []
@@ -260,11 +266,18 @@ class AsyncMemoryStore:
         return await _spawn((await self._store()).get, fact_id)
 
     async def query(
-        self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
+        self,
+        typename: str | None = None,
+        filters: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> list[dict[str, Any]]:
         return await _spawn((await self._store()).query, typename, filters, session_id)
 
     async def search(
-        self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
+        self,
+        query: str,
+        limit: int = 5,
+        filters: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
     ) -> list[ScoredFact]:
         return await _spawn((await self._store()).search, query, limit, filters, score_threshold)

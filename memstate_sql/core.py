@@ -172,7 +172,9 @@ class StoreCore:
         )
 
     @staticmethod
-    def _write(repo: Repository, existing: FactState | None, new: FactState, *, allow_immutable: bool = False) -> FactState:
+    def _write(
+        repo: Repository, existing: FactState | None, new: FactState, *, allow_immutable: bool = False
+    ) -> FactState:
         """Insert `new`, or write it over `existing` (bumping the version)."""
         if existing is None:
             new = new.evolve(version=1)
@@ -272,7 +274,9 @@ class StoreCore:
         self.deliver(pending)
         return fact_id
 
-    def delete(self, repo: Repository, session_id: str | None, fact_id: str, actor: str | None, reason: str | None) -> str:
+    def delete(
+        self, repo: Repository, session_id: str | None, fact_id: str, actor: str | None, reason: str | None
+    ) -> str:
         check_key("fact id", fact_id, required=True)
         check_key("session_id", session_id, required=False)
         check_key("actor", actor, required=False)
@@ -361,7 +365,12 @@ class StoreCore:
 
     def _undo(self, repo: Repository, entry: TxRecord, pending: Pending) -> None:
         fid = entry.fact_id
-        if entry.op in (Operation.COMMIT.value, Operation.COMMIT_EPHEMERAL.value, Operation.UPDATE.value, Operation.PROMOTE.value):
+        if entry.op in (
+            Operation.COMMIT.value,
+            Operation.COMMIT_EPHEMERAL.value,
+            Operation.UPDATE.value,
+            Operation.PROMOTE.value,
+        ):
             if entry.fact_before:
                 restored = self._restore(repo, entry.fact_before)
                 pending.add(Operation.UPDATE, restored.id, restored)

@@ -24,11 +24,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, and_, false, not_, or_, true
+from sqlalchemy import ColumnElement, and_, false, or_, true
 from sqlalchemy.sql.elements import Grouping
-from sqlalchemy.sql.expression import ColumnClause
 from sqlalchemy.types import Boolean
 
 from memstate_sql import jsondoc
@@ -115,7 +114,7 @@ class Not:
     item: Node
 
 
-Node = Union[Cmp, All, Any_, Not]
+Node = Cmp | All | Any_ | Not
 
 _VALUE_OPS = {"$eq", "$ne", "$in", "$nin", "$exists"}
 
@@ -191,7 +190,7 @@ def _check_operand(field: str, raw: str, value: Any) -> Any:
 class JsonPredicate(ColumnElement[bool]):
     """A typed predicate on a JSON document column, compiled per dialect.
 
-    `op` is ``"eq"`` (JSON-typed equality with `value`) or ``"exists"`` (the
+    `predicate` is ``"eq"`` (JSON-typed equality with `value`) or ``"exists"`` (the
     path resolves, JSON null included). Keys and the path are part of the
     statement's cache key and are rendered as escaped SQL literals (index
     matching needs literal paths); values are bound parameters.
@@ -204,7 +203,7 @@ class JsonPredicate(ColumnElement[bool]):
     def __init__(self, column: ColumnElement[Any], keys: tuple[str, ...], op: str, value: Any = None):
         self.column = column
         self.keys = keys
-        self.op = op
+        self.predicate = op
         self.value = value
         self.kind: JsonKind | None = kind_of(value) if op == "eq" else None
 
@@ -214,7 +213,9 @@ class JsonPredicate(ColumnElement[bool]):
         return Grouping(self)
 
 
-def compile_filter(node: Node, payload: ColumnElement[Any], envelope: Mapping[str, ColumnClause[Any]]) -> ColumnElement[bool]:
+def compile_filter(
+    node: Node, payload: ColumnElement[Any], envelope: Mapping[str, ColumnElement[Any]]
+) -> ColumnElement[bool]:
     """Compile an AST to a dialect-neutral SQLAlchemy boolean expression.
 
     Every negation is compiled as ``(P) IS NOT TRUE`` so that SQL's three-valued
@@ -237,7 +238,9 @@ def _negate(expr: ColumnElement[bool]) -> ColumnElement[bool]:
     return expr.self_group().is_not(True)
 
 
-def _compile_cmp(node: Cmp, payload: ColumnElement[Any], envelope: Mapping[str, ColumnClause[Any]]) -> ColumnElement[bool]:
+def _compile_cmp(
+    node: Cmp, payload: ColumnElement[Any], envelope: Mapping[str, ColumnElement[Any]]
+) -> ColumnElement[bool]:
     if node.op == "$ne":
         return _negate(_compile_cmp(Cmp(node.field, node.keys, "$eq", node.value, node.raw_path), payload, envelope))
     if node.op == "$nin":
@@ -257,7 +260,7 @@ def _compile_cmp(node: Cmp, payload: ColumnElement[Any], envelope: Mapping[str, 
     return _envelope_eq(node, column)
 
 
-def _envelope_eq(node: Cmp, column: ColumnClause[Any]) -> ColumnElement[bool]:
+def _envelope_eq(node: Cmp, column: ColumnElement[Any]) -> ColumnElement[bool]:
     value = node.value
     if value is None:
         return column.is_(None)

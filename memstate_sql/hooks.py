@@ -19,7 +19,11 @@ class MemoryHook(Protocol):
     def __call__(self, op: Operation, fact_id: str, fact: Fact | None) -> None: ...
 
     def search(
-        self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
+        self,
+        query: str,
+        limit: int = 5,
+        filters: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
     ) -> list[SearchResult]: ...
 
 
@@ -29,5 +33,9 @@ class AsyncMemoryHook(Protocol):
     async def __call__(self, op: Operation, fact_id: str, fact: Fact | None) -> None: ...
 
     async def search(
-        self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
+        self,
+        query: str,
+        limit: int = 5,
+        filters: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
     ) -> list[SearchResult]: ...

@@ -188,7 +188,7 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Models:
     """Build (once) the declarative models for a table prefix."""
     check_prefix(prefix)

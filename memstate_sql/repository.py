@@ -119,8 +119,8 @@ class Repository:
         self.conn = conn
         self.models = models
         self.dialect = dialect
-        self.facts: Table = inspect(models.Fact).local_table  # type: ignore[assignment]
-        self.log: Table = inspect(models.Tx).local_table  # type: ignore[assignment]
+        self.facts: Table = inspect(models.Fact).local_table
+        self.log: Table = inspect(models.Tx).local_table
 
     # ------------------------------------------------------------------ facts
 
@@ -158,11 +158,13 @@ class Repository:
         return found[0] if found else None
 
     def session_facts(self, session_id: str | None, *, lock: bool = False) -> list[FactState]:
-        return self._select_facts(self.facts.c.session_id.is_(None) if session_id is None
-                                  else self.facts.c.session_id == session_id, lock)
+        return self._select_facts(
+            self.facts.c.session_id.is_(None) if session_id is None else self.facts.c.session_id == session_id,
+            lock,
+        )
 
     def query(self, type_filter: str | None, node: flt.Node) -> list[FactState]:
-        where = flt.compile_filter(node, self.facts.c.payload, self.facts.c)
+        where = flt.compile_filter(node, self.facts.c.payload, dict(self.facts.c.items()))
         if type_filter is not None:
             where = (self.facts.c.type == type_filter) & where
         return self._select_facts(where, False)
@@ -271,9 +273,7 @@ class Repository:
         col = self.log.c.session_id
         return col.is_(None) if session_id is None else col == session_id
 
-    def tx_log(
-        self, session_id: str | None, *, limit: int, offset: int = 0, lock: bool = False
-    ) -> list[TxRecord]:
+    def tx_log(self, session_id: str | None, *, limit: int, offset: int = 0, lock: bool = False) -> list[TxRecord]:
         """The session's active entries (not undone by a rollback), newest first."""
         stmt = (
             select(self.log)

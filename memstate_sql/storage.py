@@ -65,7 +65,12 @@ class StorageCore:
         self.constraints: dict[str, Constraint] = {} if constraints is None else constraints
         self._schema_ready = bound is not None
         self._schema_lock = threading.Lock()
-        options: dict[str, Any] = {"owner": self, "max_attempts": max_attempts, "bound": bound, "prepare": self._prepare}
+        options: dict[str, Any] = {
+            "owner": self,
+            "max_attempts": max_attempts,
+            "bound": bound,
+            "prepare": self._prepare,
+        }
         if sleep is not None:
             options["sleep"] = sleep
         self.runner = TransactionRunner(engine, self.models, self.dialect, **options)
@@ -194,9 +199,7 @@ class StorageCore:
     def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every log entry of one fact, oldest first, including entries undone by a rollback."""
         check_key("fact id", fact_id, required=True)
-        return [
-            {**e.doc(), "reverted_by": e.reverted_by} for e in self._read(lambda repo: repo.fact_history(fact_id))
-        ]
+        return [{**e.doc(), "reverted_by": e.reverted_by} for e in self._read(lambda repo: repo.fact_history(fact_id))]
 
 
 def _engine_from(url: str | URL, engine_options: Mapping[str, Any] | None) -> Engine:
@@ -261,7 +264,9 @@ class SQLStorage(StorageCore):
             self._schema_ready = False
 
     def __repr__(self) -> str:
-        return f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r}, table_prefix={self.table_prefix!r})"
+        return (
+            f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r}, table_prefix={self.table_prefix!r})"
+        )
 
     def __enter__(self) -> SQLStorage:
         return self

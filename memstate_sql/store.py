@@ -45,9 +45,7 @@ class MemoryStore:
 
     def __init__(self, storage: StorageCore, hooks: list[MemoryHook] | None = None) -> None:
         if not isinstance(storage, StorageCore):
-            raise ValidationFailed(
-                f"MemoryStore needs a memstate_sql.SQLStorage, got {type(storage).__name__}"
-            )
+            raise ValidationFailed(f"MemoryStore needs a memstate_sql.SQLStorage, got {type(storage).__name__}")
         self.storage = storage
         self._core = StoreCore(
             list(hooks or []),
@@ -102,7 +100,11 @@ class MemoryStore:
                 f"Model class '{type(model).__name__}' is not registered. "
                 f"Please call memory.register_schema('your_type_name', {type(model).__name__}) first."
             )
-        fields: dict[str, Any] = {"type": schema_type, "payload": model.model_dump(mode="json"), "source": source}
+        fields: dict[str, Any] = {
+            "type": schema_type,
+            "payload": model.model_dump(mode="json"),
+            "source": source,
+        }
         if fact_id is not None:
             fields["id"] = fact_id
         return self.commit(Fact(**fields), session_id=session_id, ephemeral=ephemeral, actor=actor, reason=reason)
@@ -127,7 +129,8 @@ class MemoryStore:
     ) -> list[str]:
         """Make the session's facts (those `selector` accepts) global; returns their ids."""
         return self.storage.runner.run(
-            lambda repo: self._core.promote_session(repo, session_id, selector, actor, reason), name="promote_session"
+            lambda repo: self._core.promote_session(repo, session_id, selector, actor, reason),
+            name="promote_session",
         )
 
     def discard_session(self, session_id: str, actor: str | None = None, reason: str | None = None) -> int:
@@ -149,14 +152,21 @@ class MemoryStore:
         return self.storage.load(fact_id)
 
     def query(
-        self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
+        self,
+        typename: str | None = None,
+        filters: dict[str, Any] | None = None,
+        session_id: str | None = None,
     ) -> list[dict[str, Any]]:
         """Facts of `typename` (all types if None) matching `filters` (and `session_id`)."""
         node = self._core.query_filters(filters, session_id)
         return self.storage.query_node(typename, node)
 
     def search(
-        self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
+        self,
+        query: str,
+        limit: int = 5,
+        filters: dict[str, Any] | None = None,
+        score_threshold: float | None = None,
     ) -> list[ScoredFact]:
         """Ask the hooks that can search, then read the hits' current state from the database.
 

@@ -115,11 +115,10 @@ class TransactionRunner:
         while True:
             attempt += 1
             try:
-                with self.engine.connect() as conn:
-                    with conn.begin():
-                        if write:
-                            self.dialect.begin_write(conn)
-                        result = self._call(conn, fn)
+                with self.engine.connect() as conn, conn.begin():
+                    if write:
+                        self.dialect.begin_write(conn)
+                    result = self._call(conn, fn)
                 if attempt > 1:
                     log.info("%s succeeded after %d attempts", name, attempt)
                 return result
@@ -132,7 +131,9 @@ class TransactionRunner:
                     raise self._translate(kind, err, name) from err
             if attempt >= self.max_attempts:
                 if kind is ErrorKind.UNIQUE:
-                    raise ConflictError(f"{name}: a unique constraint kept failing after {attempt} attempts: {error}") from error
+                    raise ConflictError(
+                        f"{name}: a unique constraint kept failing after {attempt} attempts: {error}"
+                    ) from error
                 raise TransientStorageError(
                     f"{name}: gave up after {attempt} attempts on a retryable database error: {error}"
                 ) from error

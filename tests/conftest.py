@@ -36,9 +36,7 @@ REQUIRE = os.environ.get("MEMSTATE_SQL_REQUIRE_DATABASES") == "1"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run the long variants of stress tests")
-    parser.addoption(
-        "--db", action="append", choices=DATABASES, help="only these databases (repeatable; default: all)"
-    )
+    parser.addoption("--db", action="append", choices=DATABASES, help="only these databases (repeatable; default: all)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,7 +60,7 @@ def _reachable(url: str) -> str | None:
         engine.dispose()
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _server_url(name: str) -> tuple[str | None, str]:
     """(url, reason-if-unavailable) for a server database."""
     url = os.environ.get(ENV[name])

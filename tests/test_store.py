@@ -9,7 +9,14 @@ import pytest
 from pydantic import BaseModel, ConfigDict
 
 import memstate_sql as ms
-from memstate_sql import ConflictError, Constraint, Fact, HookError, MemoryStoreError, Operation, ValidationFailed
+from memstate_sql import (
+    ConflictError,
+    Constraint,
+    Fact,
+    MemoryStoreError,
+    Operation,
+    ValidationFailed,
+)
 
 
 class User(BaseModel):

@@ -84,7 +84,7 @@ def _mysql8_eq(compiler: SQLCompiler, doc: str, lit: str, element: JsonPredicate
 def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw: Any) -> str:
     doc = compiler.process(element.column, **kw)
     lit = sql_literal(compiler, dollar_path(element.keys))
-    if element.op == "exists":
+    if element.predicate == "exists":
         return f"(JSON_EXTRACT({doc}, {lit}) IS NOT NULL)"
     if _is_mariadb(compiler.dialect):
         return _mariadb_eq(compiler, doc, lit, element, kw)

@@ -43,7 +43,7 @@ def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw:
     doc = compiler.process(element.column, **kw)
     # "->" chains with text keys: every segment is an object key, never an array index.
     extract = doc + "".join(f" -> {sql_literal(compiler, key)}" for key in element.keys)
-    if element.op == "exists":
+    if element.predicate == "exists":
         return f"(({extract}) IS NOT NULL)"
     value = element.value
     if not element.keys:

@@ -90,7 +90,8 @@ def _eq(compiler: SQLCompiler, doc: str, path: str, value: Any, kw: dict[str, An
         bound = compiler.process(bindparam(None, value), **kw)
         return f"({jtype} {gate} AND json_extract({doc}, {lit}) = {bound})"
     if kind == "object":
-        parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({doc}, {lit})) = {len(value)}"]
+        # doc and lit are compiler output and an escaped literal, never user text.
+        parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({doc}, {lit})) = {len(value)}"]  # noqa: S608
         for key, item in value.items():
             _check_key(key)
             parts.append(_eq(compiler, doc, f"{path}.{json_label(key)}", item, kw))
@@ -106,6 +107,6 @@ def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw:
         _check_key(key)
     doc = compiler.process(element.column, **kw)
     path = dollar_path(element.keys)
-    if element.op == "exists":
+    if element.predicate == "exists":
         return f"(json_type({doc}, {_path_literal(compiler, path)}) IS NOT NULL)"
     return _eq(compiler, doc, path, element.value, kw)
