@@ -27,35 +27,40 @@ from memstate_sql.migrations import State
 from memstate_sql.models import Models
 
 
-def prepare_schema(engine: Engine, models: Models, *, auto_migrate: bool, connection: Connection | None = None) -> None:
-    """Check the schema of `models`' prefix and migrate it (or refuse) as described above."""
+def prepare_schema(engine: Engine, models: Models, *, auto_migrate: bool, connection: Connection | None = None) -> bool:
+    """Check the schema of `models`' prefix and migrate it (or refuse) as described above.
+
+    Returns whether the schema is now durably in place: False when it was created inside the
+    host's still-open transaction (a rollback of which removes it again).
+    """
     if connection is not None:
-        _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
-        return
+        return _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
     with migrations.connection_for(engine) as conn:
         found = migrations.schema_state(conn, models.prefix, models.schema)
     if found.state is State.CURRENT:
-        return
+        return True
     if not auto_migrate or found.state is State.AHEAD:
         raise found.error()
     # MISSING, BEHIND, or UNMANAGED (which may be another process's migration half-way through on
     # MySQL/MariaDB): migrate() decides under the migration lock.
     migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
+    return True
 
 
-def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> None:
+def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> bool:
     found = migrations.schema_state(conn, models.prefix, models.schema)
     if found.state is State.CURRENT:
-        return
+        return True
     if not auto_migrate or found.state is State.AHEAD:
         raise found.error()
     support = support_for(conn.dialect)
     if not support.transactional_ddl:
         migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
-        return
+        return True
     if not conn.in_transaction():
         migrations.migrate(conn, table_prefix=models.prefix, schema=models.schema)
-        return
+        return True
     support.begin_write(conn)  # SQLite: open the host's transaction for real before the SAVEPOINT
     with conn.begin_nested():
         migrations.migrate(conn, table_prefix=models.prefix, schema=models.schema)
+    return False

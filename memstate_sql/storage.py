@@ -64,6 +64,7 @@ class StorageCore:
         #: Constraints registered by the stores on this storage (`MemoryStore.register_schema`).
         self.constraints: dict[str, Constraint] = {} if constraints is None else constraints
         self._schema_ready = False
+        self._schema_pending: object | None = None
         self._schema_lock = threading.Lock()
         options: dict[str, Any] = {
             "owner": self,
@@ -83,14 +84,17 @@ class StorageCore:
         if self._schema_ready:
             return
         with self._schema_lock:
-            if not self._schema_ready:
-                prepare_schema(
-                    self.engine,
-                    self.models,
-                    auto_migrate=self.auto_migrate,
-                    connection=self.runner.host_connection(),
-                )
-                self._schema_ready = True
+            if self._schema_ready:
+                return
+            host = self.runner.host_connection()
+            current = None if host is None else host.get_transaction()
+            if current is not None and current is self._schema_pending:
+                return  # created earlier in this same host transaction
+            durable = prepare_schema(self.engine, self.models, auto_migrate=self.auto_migrate, connection=host)
+            # Created inside the host's open transaction: valid for that transaction only (its
+            # rollback removes the tables); check again in the next one.
+            self._schema_ready = durable
+            self._schema_pending = None if durable else current
 
     def _read(self, fn: Callable[[Repository], T]) -> T:
         return self.runner.run(fn, write=False, name="read")

@@ -53,8 +53,7 @@ class SQLiteSupport(DialectSupport):
     def begin_write(self, conn: Connection) -> None:
         # Take the write lock up front: a deferred transaction that reads and then writes
         # fails with SQLITE_BUSY at once (no busy handler) when another writer got there first.
-        dbapi_conn = conn.connection.dbapi_connection
-        if not getattr(dbapi_conn, "in_transaction", False):
+        if not _driver_in_transaction(conn.connection.dbapi_connection):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     def classify(self, error: BaseException) -> ErrorKind:
@@ -99,6 +98,14 @@ class SQLiteSupport(DialectSupport):
         finally:
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
             conn.commit()
+
+
+def _driver_in_transaction(dbapi_conn: Any) -> bool:
+    """Whether SQLite itself has a transaction open (sqlite3, or aiosqlite under SQLAlchemy's adapter)."""
+    found = getattr(dbapi_conn, "in_transaction", None)
+    if found is None:
+        found = getattr(getattr(dbapi_conn, "_connection", None), "in_transaction", False)
+    return bool(found)
 
 
 def _path_literal(compiler: SQLCompiler, path: str) -> str:
