@@ -19,7 +19,7 @@ SOURCE = Path(__file__).resolve().parent / "alembic"
 PACKAGED = Path("memstate_sql") / "_alembic"
 
 
-class build_py_with_migrations(build_py):  # noqa: N801 - setuptools command naming
+class BuildPyWithMigrations(build_py):
     def run(self) -> None:
         super().run()
         if getattr(self, "editable_mode", False):
@@ -34,4 +34,4 @@ class build_py_with_migrations(build_py):  # noqa: N801 - setuptools command nam
                 shutil.copy2(path, dest)
 
 
-setup(cmdclass={"build_py": build_py_with_migrations})
+setup(cmdclass={"build_py": BuildPyWithMigrations})
