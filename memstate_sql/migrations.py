@@ -46,7 +46,7 @@ from sqlalchemy.sql.schema import SchemaItem
 from memstate_sql.dialects import support_for
 from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
-from memstate_sql.uow import default_sleep
+from memstate_sql.uow import default_sleep, holding
 
 Bind = str | URL | Engine | Connection
 
@@ -57,8 +57,9 @@ DEFAULT_LOCK_TIMEOUT = 60.0
 #: What to tell people whose database needs migrating.
 UPGRADE_HINT = "run `memstate-sql upgrade` (or call memstate_sql.migrate(<url or engine>))"
 
-#: Alembic's `context` is module-global state: one command at a time per process.
-_ALEMBIC = threading.RLock()
+#: Alembic's `context` is module-global state: one command at a time per process (and per
+#: event loop: coroutines of one thread wait for it cooperatively, see `holding`).
+_ALEMBIC = threading.Lock()
 
 
 def version_table(table_prefix: str = DEFAULT_PREFIX) -> str:
@@ -383,7 +384,7 @@ def migrate(
     SQLite) and the caller commits it.
     """
     tgt = Target(check_prefix(table_prefix), schema)
-    with _ALEMBIC, connection_for(url_or_engine_or_connection) as conn:
+    with holding(_ALEMBIC), connection_for(url_or_engine_or_connection) as conn:
         cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
         cfg.attributes["memstate_guard"] = True  # refuse unknown revisions and unmanaged tables, under the lock
         try:
@@ -402,7 +403,7 @@ def downgrade(
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> str | None:
     """Downgrade the database to `revision` (``"base"`` removes memstate_sql's tables; the data goes too)."""
-    with _ALEMBIC, connection_for(url_or_engine_or_connection) as conn:
+    with holding(_ALEMBIC), connection_for(url_or_engine_or_connection) as conn:
         cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
         try:
             command.downgrade(cfg, revision)

@@ -27,7 +27,7 @@ from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
 from memstate_sql.schema import prepare_schema
-from memstate_sql.uow import RetryUnitOfWork, TransactionRunner
+from memstate_sql.uow import RetryUnitOfWork, TransactionRunner, holding
 
 T = TypeVar("T")
 Bindable = Connection | Session
@@ -83,7 +83,7 @@ class StorageCore:
     def _prepare(self) -> None:
         if self._schema_ready:
             return
-        with self._schema_lock:
+        with holding(self._schema_lock):
             if self._schema_ready:
                 return
             host = self.runner.host_connection()

@@ -24,8 +24,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, TypeVar
 
@@ -58,6 +60,21 @@ def default_sleep(seconds: float) -> None:
         await_only(asyncio.sleep(seconds))
     else:
         time.sleep(seconds)
+
+
+@contextmanager
+def holding(lock: threading.Lock) -> Iterator[None]:
+    """Hold a thread lock; inside the asyncio bridge, wait for it without blocking the event loop
+    (another coroutine of the same thread may be holding it across an await)."""
+    if in_greenlet():
+        while not lock.acquire(blocking=False):
+            await_only(asyncio.sleep(0.005))
+    else:
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def backoff(attempt: int, base: float = 0.005, cap: float = 0.5) -> float:

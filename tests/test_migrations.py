@@ -4,12 +4,14 @@ the storages' start-up contract, the command line and a wheel installed elsewher
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shutil
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 import zipfile
@@ -631,3 +633,35 @@ def test_built_wheel_migrates_from_another_directory(tmp_path: Path) -> None:
     assert location.startswith(str(venv)) and location.endswith("memstate_sql/_alembic")
     assert revision == HEAD
     assert value == "1"
+
+
+# ---------------------------------------------------------------------------- asyncio start-up
+
+
+def test_concurrent_async_startup_of_several_storages(db_url: str, prefix: str) -> None:
+    """Coroutines of one event loop starting storages at once wait for each other's migration
+    cooperatively (a blocking wait would freeze the loop holding the lock)."""
+    other = prefix + "_b"
+    results: list[Any] = []
+
+    async def scenario() -> None:
+        stores = [ms.AsyncMemoryStore(ms.AsyncSQLStorage(db_url, table_prefix=p)) for p in (prefix, other)]
+        try:
+            ids = await asyncio.gather(*[s.commit(note(i)) for s in stores for i in range(3)])
+            results.extend(ids)
+        finally:
+            for s in stores:
+                await s.storage.close()
+
+    worker = threading.Thread(target=lambda: asyncio.run(scenario()), daemon=True)
+    worker.start()
+    worker.join(timeout=120)
+    try:
+        assert not worker.is_alive(), "the event loop froze during concurrent start-up"
+        assert len(set(results)) == 6
+        migrations.check(db_url, table_prefix=prefix)
+        migrations.check(db_url, table_prefix=other)
+    finally:
+        from conftest import drop_prefix
+
+        drop_prefix(db_url, other)
