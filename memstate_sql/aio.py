@@ -11,6 +11,7 @@ the sync ``Session``; it means the sync and async stores cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -112,6 +113,9 @@ class AsyncSQLStorage:
             "max_payload_bytes": max_payload_bytes,
         }
         self._core: StorageCore | None = None
+        # Schema preparation runs once, before any operation. Greenlets of one event loop share a
+        # thread, so the sync core's threading.Lock cannot serialise them: an asyncio.Lock does.
+        self._prepare_lock = asyncio.Lock()
         if self._bound is None:
             self._core = StorageCore(self.engine.sync_engine, owns_engine=False, **self._options)
 
@@ -126,6 +130,9 @@ class AsyncSQLStorage:
             assert sync_conn is not None
             self._core = StorageCore(self.engine.sync_engine, owns_engine=False, bound=sync_conn, **self._options)
             self._core._schema_ready = False
+        if not self._core._schema_ready:
+            async with self._prepare_lock:
+                await _spawn(self._core._prepare)
         return self._core
 
     @property
