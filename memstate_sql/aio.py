@@ -48,10 +48,11 @@ def async_url(url: str | URL) -> URL:
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend not in _ASYNC_DRIVERS:
         raise ValidationFailed(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {backend!r}")
-    if driver in _KNOWN_ASYNC:
+    explicit = "+" in parsed.drivername
+    if explicit and driver in _KNOWN_ASYNC:
         return parsed
     sync_default, async_driver = _ASYNC_DRIVERS[backend]
-    if "+" in parsed.drivername and driver != sync_default:
+    if explicit and driver != sync_default:
         raise ValidationFailed(
             f"{parsed.drivername!r} is not an asyncio driver; write "
             f"'{backend}+{async_driver}://...' (install memstate-sql[async])"
