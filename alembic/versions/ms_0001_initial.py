@@ -7,6 +7,10 @@ Create Date: 2026-11-24 00:00:00
 Creates ``<prefix>_facts`` and ``<prefix>_tx`` (in the target's schema if one
 is given), exactly as `memstate_sql.models.models_for` declares them, plus the
 PostgreSQL-only GIN ``jsonb_path_ops`` index on the payload.
+
+The column types come from `memstate_sql.models` (their DDL differs per
+database). If one of them ever has to render different DDL, freeze a copy of
+the old type here first: a revision must keep producing the same schema.
 """
 
 from __future__ import annotations

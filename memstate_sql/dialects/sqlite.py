@@ -85,6 +85,8 @@ class SQLiteSupport(DialectSupport):
                 conn.exec_driver_sql("BEGIN IMMEDIATE")
             except exc.OperationalError as err:
                 trans.rollback()
+                if self.classify(err) is not ErrorKind.RETRY:  # not "database is locked/busy"
+                    raise
                 raise MigrationLockTimeout(
                     f"could not take the migration lock (the database's write lock) within {timeout:g}s: "
                     f"another connection is writing or migrating: {err.orig}"
