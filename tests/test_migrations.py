@@ -552,10 +552,30 @@ def test_host_application_with_its_own_alembic_history(scratch_url: str, tmp_pat
     host_command(scratch_url, host, command.check)
 
 
+def test_host_filters() -> None:
+    filters = migrations.host_filters("agent_a", "agent_b")
+    for name in ("agent_a_facts", "agent_a_tx", "agent_a_alembic_version", "agent_b_facts"):
+        assert not filters.include_name(name, "table", {})
+    for name in ("users", "memstate_facts", "agent_c_facts", "alembic_version"):
+        assert filters.include_name(name, "table", {})
+    assert filters.include_name("agent_a", "schema", {})
+    facts = models_for("agent_a").Fact.__table__  # type: ignore[attr-defined]
+    assert not filters.include_object(facts, facts.name, "table", False, None)
+    index = next(iter(facts.indexes))
+    assert not filters.include_object(index, index.name, "index", False, None)
+    assert not filters.include_object(facts.c.payload, "payload", "column", False, None)
+    users = sa.Table("users", sa.MetaData(), sa.Column("id", sa.Integer, primary_key=True))
+    assert filters.include_object(users, "users", "table", False, None)
+    # The module-level hooks cover the default prefix.
+    assert not migrations.include_name("memstate_facts", "table", {})
+    assert not migrations.include_name(ms.VERSION_TABLE, "table", {})
+    assert migrations.include_name("alembic_version", "table", {})
+
+
 # ---------------------------------------------------------------------------- command line
 
 
-def test_alembic_command_line_in_the_repository(db_url: str, prefix: str) -> None:
+def test_alembic_command_line_in_the_repository(db: str, db_url: str, prefix: str) -> None:
     def alembic(*args: str) -> subprocess.CompletedProcess[str]:
         options = ["-c", str(REPO / "alembic.ini"), "-x", f"url={db_url}", "-x", f"table_prefix={prefix}"]
         return subprocess.run(
@@ -566,6 +586,13 @@ def test_alembic_command_line_in_the_repository(db_url: str, prefix: str) -> Non
             timeout=120,
         )
 
+    if db != "sqlite":  # offline SQL (SQLite's batch mode needs a live database)
+        offline = alembic("upgrade", "head", "--sql")
+        assert offline.returncode == 0, offline.stderr
+        assert f"CREATE TABLE {prefix}_facts" in offline.stdout
+        assert f"INSERT INTO {prefix}_alembic_version" in offline.stdout
+        assert (f"ix_{prefix}_facts_payload_gin" in offline.stdout) == (db == "postgresql")
+        assert migrations.current_revision(db_url, table_prefix=prefix) is None  # nothing ran
     upgraded = alembic("upgrade", "head")
     assert upgraded.returncode == 0, upgraded.stderr
     assert migrations.current_revision(db_url, table_prefix=prefix) == HEAD
