@@ -31,8 +31,8 @@ def tests(session: nox.Session, db: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "memstate_sql", "tests", "benchmarks", "noxfile.py")
-    session.run("ruff", "format", "--check", "memstate_sql", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "check", "memstate_sql", "alembic", "tests", "benchmarks", "noxfile.py")
+    session.run("ruff", "format", "--check", "memstate_sql", "alembic", "tests", "benchmarks", "noxfile.py")
 
 
 @nox.session

@@ -12,6 +12,7 @@ from memstate_sql.errors import (
     ConflictError,
     HookError,
     MemoryStoreError,
+    MigrationLockTimeout,
     SchemaVersionError,
     StorageError,
     TransientStorageError,
@@ -19,6 +20,7 @@ from memstate_sql.errors import (
 )
 from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntry
 from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
+from memstate_sql.migrations import VERSION_TABLE, migrate
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
@@ -29,6 +31,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "VERSION_TABLE",
     "AsyncMemoryHook",
     "AsyncMemoryStore",
     "AsyncSQLStorage",
@@ -41,6 +44,7 @@ __all__ = [
     "MemoryHook",
     "MemoryStore",
     "MemoryStoreError",
+    "MigrationLockTimeout",
     "Operation",
     "SQLStorage",
     "SchemaRegistry",
@@ -52,5 +56,6 @@ __all__ = [
     "TxEntry",
     "ValidationFailed",
     "metadata",
+    "migrate",
     "models_for",
 ]

@@ -15,11 +15,12 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
+from sqlalchemy import Connection
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
 
 from memstate_sql import jsondoc
-from memstate_sql._compat import greenlet_spawn
+from memstate_sql._compat import await_only, greenlet_spawn
 from memstate_sql.dialects import support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact
@@ -119,13 +120,22 @@ class AsyncSQLStorage:
         """The sync implementation this facade drives (bound to the host connection if any)."""
         if self._core is None:
             assert self._bound is not None
+            bound: Connection | Callable[[], Connection]
             if isinstance(self._bound, AsyncSession):
-                sync_conn = (await self._bound.connection()).sync_connection
+                session = self._bound
+
+                def bound() -> Connection:
+                    # The session's connection of the moment (it changes after each commit);
+                    # called inside the greenlet bridge.
+                    sync_conn = await_only(session.connection()).sync_connection
+                    assert sync_conn is not None
+                    return sync_conn  # type: ignore[no-any-return]
+
             else:
                 sync_conn = self._bound.sync_connection
-            assert sync_conn is not None
-            self._core = StorageCore(self.engine.sync_engine, owns_engine=False, bound=sync_conn, **self._options)
-            self._core._schema_ready = False
+                assert sync_conn is not None
+                bound = sync_conn
+            self._core = StorageCore(self.engine.sync_engine, owns_engine=False, bound=bound, **self._options)
         return self._core
 
     @property

@@ -37,3 +37,7 @@ class TransientStorageError(StorageError):
 
 class SchemaVersionError(StorageError):
     """The database schema is missing, older or newer than this version of memstate_sql."""
+
+
+class MigrationLockTimeout(TransientStorageError):
+    """Another process held the migration lock for longer than the allowed wait."""

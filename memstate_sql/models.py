@@ -188,6 +188,26 @@ def check_prefix(prefix: str) -> str:
     return prefix
 
 
+def payload_gin_index(facts: str) -> Index:
+    """PostgreSQL only: a GIN ``jsonb_path_ops`` index on the payload, which serves the
+    query engine's ``@>`` containment filters. Other databases have no such index; the
+    dialects it exists on are in ``info["dialects"]`` (read by the migration filters)."""
+    index = Index(
+        f"ix_{facts}_payload_gin",
+        "payload",
+        postgresql_using="gin",
+        postgresql_ops={"payload": "jsonb_path_ops"},
+        info={"dialects": ("postgresql",)},
+    )
+    return index.ddl_if(dialect="postgresql")
+
+
+def exists_on(item: Any, dialect_name: str) -> bool:
+    """Whether a schema item (e.g. an index) is declared for this dialect (see `payload_gin_index`)."""
+    dialects = getattr(item, "info", {}).get("dialects")
+    return dialects is None or dialect_name in dialects
+
+
 @functools.cache
 def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Models:
     """Build (once) the declarative models for a table prefix."""
@@ -206,6 +226,7 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
             Index(f"ix_{facts}_source", "source"),
             Index(f"ix_{facts}_ts", "ts"),
             CheckConstraint("version >= 1", name=f"ck_{facts}_version"),
+            payload_gin_index(facts),
         )
 
     class TxRow(TxColumns, Base):

@@ -1,16 +1,59 @@
-"""Bringing a database's schema to what this version of memstate_sql expects.
+"""The storages' start-up contract: the database's schema must be at this version's head.
 
-Storages call `prepare_schema` once, before their first operation.
+Storages call `prepare_schema` once, before their first operation:
+
+* a database without the prefix's tables, or at an older revision, is migrated
+  (`memstate_sql.migrations.migrate`) when ``auto_migrate`` is true, and
+  otherwise refused with a `SchemaVersionError` that names the command to run;
+* a database at a revision this version does not know (migrated by a newer
+  memstate_sql) is always refused.
+
+The migrations are the only way tables get created.
+
+Bound to a host's connection, the check reads through that connection only
+(a second connection could wait forever on the host's own open transaction,
+e.g. on SQLite's write lock). A needed migration runs inside the host's
+transaction (in a SAVEPOINT) where DDL is transactional; on MySQL/MariaDB,
+where DDL would commit the host's transaction, it runs on a connection of its own.
 """
 
 from __future__ import annotations
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
+from memstate_sql import migrations
+from memstate_sql.dialects import support_for
+from memstate_sql.migrations import State
 from memstate_sql.models import Models
 
 
-def prepare_schema(engine: Engine, models: Models, *, auto_migrate: bool) -> None:
-    """Create the tables when they are missing (idempotent)."""
-    with engine.begin() as conn:
-        models.metadata.create_all(conn, checkfirst=True)
+def prepare_schema(engine: Engine, models: Models, *, auto_migrate: bool, connection: Connection | None = None) -> None:
+    """Check the schema of `models`' prefix and migrate it (or refuse) as described above."""
+    if connection is not None:
+        _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
+        return
+    with migrations.connection_for(engine) as conn:
+        found = migrations.schema_state(conn, models.prefix, models.schema)
+    if found.state is State.CURRENT:
+        return
+    if not auto_migrate or found.state not in (State.MISSING, State.BEHIND):
+        raise found.error()
+    migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
+
+
+def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> None:
+    found = migrations.schema_state(conn, models.prefix, models.schema)
+    if found.state is State.CURRENT:
+        return
+    if not auto_migrate or found.state not in (State.MISSING, State.BEHIND):
+        raise found.error()
+    support = support_for(conn.dialect)
+    if not support.transactional_ddl:
+        migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
+        return
+    if not conn.in_transaction():
+        migrations.migrate(conn, table_prefix=models.prefix, schema=models.schema)
+        return
+    support.begin_write(conn)  # SQLite: open the host's transaction for real before the SAVEPOINT
+    with conn.begin_nested():
+        migrations.migrate(conn, table_prefix=models.prefix, schema=models.schema)

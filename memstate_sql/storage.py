@@ -52,7 +52,7 @@ class StorageCore:
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         sleep: Callable[[float], Any] | None = None,
-        bound: Connection | None = None,
+        bound: Connection | Callable[[], Connection] | None = None,
         constraints: dict[str, Constraint] | None = None,
     ) -> None:
         self.engine = engine
@@ -63,7 +63,7 @@ class StorageCore:
         self.max_payload_bytes = max_payload_bytes
         #: Constraints registered by the stores on this storage (`MemoryStore.register_schema`).
         self.constraints: dict[str, Constraint] = {} if constraints is None else constraints
-        self._schema_ready = bound is not None
+        self._schema_ready = False
         self._schema_lock = threading.Lock()
         options: dict[str, Any] = {
             "owner": self,
@@ -84,7 +84,12 @@ class StorageCore:
             return
         with self._schema_lock:
             if not self._schema_ready:
-                prepare_schema(self.engine, self.models, auto_migrate=self.auto_migrate)
+                prepare_schema(
+                    self.engine,
+                    self.models,
+                    auto_migrate=self.auto_migrate,
+                    connection=self.runner.host_connection(),
+                )
                 self._schema_ready = True
 
     def _read(self, fn: Callable[[Repository], T]) -> T:
@@ -220,7 +225,10 @@ class SQLStorage(StorageCore):
     ORM `Session` of a host application, whose transaction every operation
     joins through a SAVEPOINT.
 
-    A database without memstate_sql's tables gets them on first use.
+    Start-up (`memstate_sql.schema`): a database without the prefix's tables, or
+    at an older revision, is migrated on first use when `auto_migrate` is true
+    (the default) and refused with `SchemaVersionError` otherwise; a database
+    migrated by a newer memstate_sql is always refused.
     """
 
     def __init__(
@@ -234,14 +242,16 @@ class SQLStorage(StorageCore):
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
     ) -> None:
-        bound: Connection | None = None
+        bound: Connection | Callable[[], Connection] | None = None
         if isinstance(url_or_engine, str | URL):
             engine, owns = _engine_from(url_or_engine, engine_options), True
         elif isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, Session):
-            bound = url_or_engine.connection()
-            engine, owns = bound.engine, False
+            # The session's connection of the moment: it changes after each commit.
+            bound = url_or_engine.connection
+            bind = url_or_engine.get_bind()
+            engine, owns = (bind if isinstance(bind, Engine) else bind.engine), False
         elif isinstance(url_or_engine, Connection):
             bound = url_or_engine
             engine, owns = bound.engine, False
@@ -260,8 +270,6 @@ class SQLStorage(StorageCore):
             max_payload_bytes=max_payload_bytes,
             bound=bound,
         )
-        if bound is not None:
-            self._schema_ready = False
 
     def __repr__(self) -> str:
         return (

@@ -77,7 +77,7 @@ class TransactionRunner:
         owner: object,
         max_attempts: int = 10,
         sleep: Callable[[float], Any] = default_sleep,
-        bound: Connection | None = None,
+        bound: Connection | Callable[[], Connection] | None = None,
         prepare: Callable[[], None] | None = None,
     ) -> None:
         if max_attempts < 1:
@@ -90,6 +90,12 @@ class TransactionRunner:
         self.sleep = sleep
         self.bound = bound
         self.prepare = prepare
+
+    def host_connection(self) -> Connection | None:
+        """The caller's connection this runner is bound to (a Session's current one), if any."""
+        if self.bound is None or isinstance(self.bound, Connection):
+            return self.bound
+        return self.bound()
 
     def active(self) -> Repository | None:
         current = _ACTIVE.get()
@@ -110,7 +116,7 @@ class TransactionRunner:
         if self.prepare is not None:
             self.prepare()
         if self.bound is not None:
-            return self._run_bound(fn)
+            return self._run_bound(fn, write)
         attempt = 0
         while True:
             attempt += 1
@@ -140,11 +146,15 @@ class TransactionRunner:
             log.debug("%s: retrying after %s (attempt %d)", name, kind.value, attempt)
             self.sleep(backoff(attempt))
 
-    def _run_bound(self, fn: Callable[[Repository], T]) -> T:
-        conn = self.bound
+    def _run_bound(self, fn: Callable[[Repository], T], write: bool) -> T:
+        conn = self.host_connection()
         assert conn is not None
         try:
             if conn.in_transaction():
+                if write:
+                    # SQLite: a SAVEPOINT outside a real transaction would be its own transaction,
+                    # committed on RELEASE; open the host's transaction for real first.
+                    self.dialect.begin_write(conn)
                 with conn.begin_nested():
                     return self._call(conn, fn)
             with conn.begin():

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine
@@ -37,6 +40,10 @@ class DialectSupport:
     name = "generic"
     #: Whether `SELECT ... FOR UPDATE` is meaningful (SQLite serialises writers instead).
     row_locks = True
+    #: Whether DDL takes part in transactions (so a migration can run inside a caller's transaction).
+    transactional_ddl = True
+    #: Whether Alembic must rebuild tables to alter them ("batch mode", SQLite).
+    batch_alter = False
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         """Keyword arguments for `create_engine` when memstate_sql creates the engine."""
@@ -55,3 +62,29 @@ class DialectSupport:
 
     def classify(self, exc: BaseException) -> ErrorKind:
         return ErrorKind.OTHER
+
+    def ensure_schema(self, conn: Connection, schema: str) -> None:
+        """Create a schema (namespace) for the tables if the database has such a thing and it is missing."""
+
+    @contextmanager
+    def migration_lock(
+        self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
+    ) -> Iterator[None]:
+        """Hold the database-wide migration lock `name` on `conn` for the block.
+
+        Waits at most `timeout` seconds (`MigrationLockTimeout`). When `conn` is not
+        in a transaction on entry, the block is left with no transaction open (work
+        done in it committed, or rolled back if it raised); inside a caller's
+        transaction the caller's transaction is never ended.
+        """
+        yield
+
+
+def lock_key(name: str) -> int:
+    """A stable signed 64-bit key for a lock name (PostgreSQL advisory locks)."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
+
+
+def lock_name(name: str, limit: int = 64) -> str:
+    """`name`, or a digest of it when it is longer than `limit` (MySQL's GET_LOCK names are short)."""
+    return name if len(name) <= limit else name[: limit - 17] + "_" + hashlib.sha256(name.encode()).hexdigest()[:16]

@@ -6,16 +6,19 @@ follow MySQL's documented JSON comparison rules but have not been run here.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Dialect, bindparam, exc
+from sqlalchemy import Connection, Dialect, bindparam, exc, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from memstate_sql import jsondoc
 from memstate_sql.dialects._paths import dollar_path
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, sql_literal
+from memstate_sql.dialects.base import DialectSupport, ErrorKind, lock_name, sql_literal
+from memstate_sql.errors import MigrationLockTimeout
 from memstate_sql.filters import JsonPredicate
 
 _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout
@@ -33,6 +36,8 @@ _MARIADB_TYPES = {
 
 class MySQLSupport(DialectSupport):
     name = "mysql"
+    #: DDL commits implicitly (and would commit a caller's open transaction).
+    transactional_ddl = False
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         # READ COMMITTED: a locking read of an absent key takes no gap lock, so racing
@@ -51,6 +56,35 @@ class MySQLSupport(DialectSupport):
         if code in _DISCONNECT_CODES:
             return ErrorKind.DISCONNECT
         return ErrorKind.OTHER
+
+    @contextmanager
+    def migration_lock(
+        self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
+    ) -> Iterator[None]:
+        external = conn.in_transaction()
+        lock = lock_name(name)
+        got = conn.execute(text("SELECT GET_LOCK(:n, :t)"), {"n": lock, "t": timeout}).scalar()
+        if got != 1:
+            if not external:
+                conn.rollback()
+            raise MigrationLockTimeout(
+                f"could not take the migration lock {lock!r} within {timeout:g}s: another process is migrating "
+                "this database (see performance_schema.metadata_locks / IS_USED_LOCK)"
+            )
+        # Bound the wait for metadata locks held by running applications (default: a day).
+        previous = conn.execute(text("SELECT @@SESSION.lock_wait_timeout")).scalar()
+        conn.execute(text(f"SET SESSION lock_wait_timeout = {max(1, int(timeout))}"))
+        if not external:
+            conn.commit()
+        try:
+            yield
+        finally:
+            if not external and conn.in_transaction():
+                conn.rollback()
+            conn.execute(text(f"SET SESSION lock_wait_timeout = {int(previous or 31536000)}"))
+            conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": lock})
+            if not external:
+                conn.commit()
 
 
 def _is_mariadb(dialect: Dialect) -> bool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, bindparam, event, exc
@@ -13,7 +15,7 @@ from sqlalchemy.sql.compiler import SQLCompiler
 
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import DialectSupport, ErrorKind, json_label, sql_literal
-from memstate_sql.errors import ValidationFailed
+from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
 from memstate_sql.filters import JsonPredicate, kind_of
 
 BUSY_TIMEOUT_S = 30.0
@@ -24,6 +26,7 @@ QUOTED_LABELS_FROM = (3, 45, 0)
 class SQLiteSupport(DialectSupport):
     name = "sqlite"
     row_locks = False
+    batch_alter = True
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
@@ -69,6 +72,39 @@ class SQLiteSupport(DialectSupport):
         if isinstance(error, exc.OperationalError) and ("locked" in message or "busy" in message):
             return ErrorKind.RETRY
         return ErrorKind.OTHER
+
+    @contextmanager
+    def migration_lock(
+        self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
+    ) -> Iterator[None]:
+        # The database's write lock is the migration lock: the whole migration runs in one
+        # BEGIN IMMEDIATE transaction (SQLite DDL is transactional), so it is all-or-nothing.
+        if conn.in_transaction():
+            self.begin_write(conn)
+            yield
+            return
+        previous = conn.exec_driver_sql("PRAGMA busy_timeout").scalar()
+        conn.exec_driver_sql(f"PRAGMA busy_timeout = {max(1, int(timeout * 1000))}")
+        conn.commit()
+        try:
+            trans = conn.begin()
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except exc.OperationalError as err:
+                trans.rollback()
+                raise MigrationLockTimeout(
+                    f"could not take the migration lock (the database's write lock) within {timeout:g}s: "
+                    f"another connection is writing or migrating: {err.orig}"
+                ) from err
+            try:
+                yield
+            except BaseException:
+                trans.rollback()
+                raise
+            trans.commit()
+        finally:
+            conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
+            conn.commit()
 
 
 def _path_literal(compiler: SQLCompiler, path: str) -> str:

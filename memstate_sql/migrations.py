@@ -1,0 +1,504 @@
+"""The schema's Alembic migrations: run them, check them, embed them in a host application.
+
+The revisions are the only source of memstate_sql's tables. They live in the
+repository's top-level ``alembic/`` directory and are shipped inside the
+installed package (as ``memstate_sql/_alembic``), so `migrate` works after a
+plain ``pip install`` from any working directory.
+
+Every store has its own table prefix (and, on PostgreSQL, optionally its own
+schema); the same revisions create any prefix's tables. Each prefix keeps its
+revision in its own version table, ``<prefix>_alembic_version``: a host
+application's ``alembic_version`` is never created, read or written.
+
+`migrate` is idempotent and safe when several processes start at once: it
+holds a database lock while it runs (PostgreSQL advisory lock, MySQL/MariaDB
+``GET_LOCK``, SQLite's write lock through ``BEGIN IMMEDIATE``), waiting at
+most ``lock_timeout`` seconds for it (`MigrationLockTimeout`). Each revision is
+its own transaction on PostgreSQL; on SQLite the whole upgrade is one
+transaction; MySQL/MariaDB cannot roll DDL back.
+
+For a host's own Alembic environment: `VERSION_TABLE`, `include_name` and
+`include_object` (or `host_filters` for other prefixes) keep its autogenerate
+away from memstate_sql's tables; ``memstate_sql.metadata`` is the MetaData.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
+from sqlalchemy import Connection, Engine, create_engine, inspect, make_url
+from sqlalchemy.engine import URL
+from sqlalchemy.pool import NullPool
+from sqlalchemy.sql.schema import SchemaItem
+
+from memstate_sql.dialects import support_for
+from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
+from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
+from memstate_sql.uow import default_sleep
+
+Bind = str | URL | Engine | Connection
+
+#: The version table of the default table prefix (``<prefix>_alembic_version`` in general).
+VERSION_TABLE = models_for(DEFAULT_PREFIX).version_table
+#: Seconds `migrate` waits for another process's migration (and for table locks) by default.
+DEFAULT_LOCK_TIMEOUT = 60.0
+#: What to tell people whose database needs migrating.
+UPGRADE_HINT = "run `memstate-sql upgrade` (or call memstate_sql.migrate(<url or engine>))"
+
+#: Alembic's `context` is module-global state: one command at a time per process.
+_ALEMBIC = threading.RLock()
+
+
+def version_table(table_prefix: str = DEFAULT_PREFIX) -> str:
+    """The version table of a table prefix."""
+    return models_for(check_prefix(table_prefix)).version_table
+
+
+# ---------------------------------------------------------------------------- scripts
+
+
+def script_location() -> str:
+    """The directory of the migration scripts: inside the installed package, or the repository's ``alembic/``."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "_alembic", package.parent / "alembic"):
+        if (candidate / "env.py").is_file() and (candidate / "versions").is_dir():
+            return str(candidate)
+    raise StorageError(f"memstate_sql's migration scripts are missing next to {package} (a broken installation?)")
+
+
+@functools.cache
+def _scripts() -> ScriptDirectory:
+    return ScriptDirectory(script_location())
+
+
+def head_revision() -> str:
+    """The revision this version of memstate_sql expects (the single head of its history)."""
+    heads = _scripts().get_heads()
+    if len(heads) != 1:
+        raise StorageError(f"memstate_sql's migration history has {len(heads)} heads: {heads}")
+    return heads[0]
+
+
+def _known(revision: str) -> bool:
+    try:
+        return _scripts().get_revision(revision) is not None
+    except CommandError:
+        return False
+
+
+# ---------------------------------------------------------------------------- targets
+
+
+@dataclass(frozen=True)
+class Target:
+    """The tables one migration run is about: a table prefix and an optional (PostgreSQL) schema."""
+
+    prefix: str = DEFAULT_PREFIX
+    schema: str | None = None
+
+    @property
+    def models(self) -> Models:
+        return models_for(self.prefix, self.schema)
+
+    @property
+    def version_table(self) -> str:
+        return self.models.version_table
+
+    @property
+    def lock_name(self) -> str:
+        return f"memstate_sql.migrate:{self.schema or ''}:{self.prefix}"
+
+    def describe(self) -> str:
+        where = f" in schema {self.schema!r}" if self.schema else ""
+        return f"table prefix {self.prefix!r}{where}"
+
+
+def make_config(
+    table_prefix: str = DEFAULT_PREFIX,
+    schema: str | None = None,
+    *,
+    connection: Connection | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> Config:
+    """An Alembic `Config` for memstate_sql's scripts and one target (no ini file needed)."""
+    cfg = Config()
+    cfg.set_main_option("script_location", script_location())
+    cfg.attributes["memstate_target"] = Target(check_prefix(table_prefix), schema)
+    cfg.attributes["memstate_lock_timeout"] = float(lock_timeout)
+    if connection is not None:
+        cfg.attributes["connection"] = connection
+    return cfg
+
+
+def target(config: Config | None = None) -> Target:
+    """The target of the running migration (for ``env.py`` and the revision scripts).
+
+    Set by `make_config`; from the ``alembic`` command line it comes from
+    ``-x table_prefix=... -x schema=...`` or the ini options
+    ``memstate.table_prefix`` / ``memstate.schema``.
+    """
+    if config is None:
+        from alembic import context
+
+        config = context.config
+    found = config.attributes.get("memstate_target")
+    if isinstance(found, Target):
+        return found
+    x: dict[str, str] = {}
+    for item in getattr(config.cmd_opts, "x", None) or []:
+        key, _, value = item.partition("=")
+        x[key.strip()] = value.strip()
+    prefix = x.get("table_prefix") or config.get_main_option("memstate.table_prefix") or DEFAULT_PREFIX
+    schema = x.get("schema") or config.get_main_option("memstate.schema") or None
+    result = Target(check_prefix(prefix), schema)
+    config.attributes["memstate_target"] = result
+    return result
+
+
+# ---------------------------------------------------------------------------- filters
+
+
+def _table_of(obj: Any, type_: str) -> Any:
+    return obj if type_ == "table" else getattr(obj, "table", None)
+
+
+class OwnFilters:
+    """Our environment's view: only this target's tables (never the host's, never another prefix's)."""
+
+    def __init__(self, tgt: Target, dialect_name: str) -> None:
+        self.target = tgt
+        self.dialect_name = dialect_name
+        self.tables = {table.name for table in tgt.models.metadata.tables.values()}
+
+    def include_name(self, name: str | None, type_: str, parent_names: Any) -> bool:
+        if type_ == "schema":
+            return name == self.target.schema
+        if type_ == "table":
+            return name in self.tables
+        return True
+
+    def include_object(self, obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        if not reflected and not exists_on(obj, self.dialect_name):
+            return False  # e.g. the PostgreSQL-only GIN index, on another database
+        table = _table_of(obj, type_)
+        return table is None or table.name in self.tables
+
+
+class HostFilters:
+    """A host application's view: everything except memstate_sql's tables and version tables.
+
+    Pass ``include_name`` / ``include_object`` to the host's ``context.configure``.
+    """
+
+    def __init__(self, *table_prefixes: str) -> None:
+        prefixes = table_prefixes or (DEFAULT_PREFIX,)
+        names: set[str] = set()
+        for prefix in prefixes:
+            models = models_for(check_prefix(prefix))
+            names.update(table.name for table in models.metadata.tables.values())
+            names.add(models.version_table)
+        self.tables = frozenset(names)
+
+    def include_name(self, name: str | None, type_: str, parent_names: Any) -> bool:
+        return not (type_ == "table" and name in self.tables)
+
+    def include_object(self, obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
+        table = _table_of(obj, type_)
+        return not (table is not None and table.name in self.tables)
+
+
+def host_filters(*table_prefixes: str) -> HostFilters:
+    """Filters for a host's Alembic environment that ignore these prefixes' tables (default: ``memstate``)."""
+    return HostFilters(*table_prefixes)
+
+
+_DEFAULT_HOST_FILTERS = HostFilters()
+#: Alembic ``include_name`` hook for a host's env.py: ignore the default prefix's tables.
+include_name = _DEFAULT_HOST_FILTERS.include_name
+#: Alembic ``include_object`` hook for a host's env.py: ignore the default prefix's tables.
+include_object = _DEFAULT_HOST_FILTERS.include_object
+
+
+# ---------------------------------------------------------------------------- connections
+
+
+def _engine_for(url: str | URL) -> Engine:
+    parsed = make_url(url) if isinstance(url, str) else url
+    support = support_for(parsed.get_backend_name())
+    options = support.engine_options(parsed)
+    if "poolclass" not in options:
+        options["poolclass"] = NullPool
+    engine = create_engine(parsed, **options)
+    support.configure_engine(engine)
+    return engine
+
+
+@contextmanager
+def connection_for(bind: Any) -> Iterator[Connection]:
+    """A connection for a URL, an Engine or a Connection (used as is, never closed)."""
+    if isinstance(bind, Connection):
+        yield bind
+    elif isinstance(bind, Engine):
+        with bind.connect() as conn:
+            yield conn
+    elif isinstance(bind, str | URL):
+        engine = _engine_for(bind)
+        try:
+            with engine.connect() as conn:
+                yield conn
+        finally:
+            engine.dispose()
+    else:
+        raise ValidationFailed(f"expected a database URL, an Engine or a Connection, not {type(bind).__name__}")
+
+
+@contextmanager
+def _read_only(conn: Connection) -> Iterator[Connection]:
+    """Reads on `conn`; a transaction they autobegin is ended again (the caller's is left alone)."""
+    was_open = conn.in_transaction()
+    try:
+        yield conn
+    finally:
+        if not was_open and conn.in_transaction():
+            conn.rollback()
+
+
+# ---------------------------------------------------------------------------- state
+
+
+class State(enum.Enum):
+    CURRENT = "current"
+    MISSING = "missing"  # no version table, no tables
+    BEHIND = "behind"
+    AHEAD = "ahead"  # a revision this version does not know: written by a newer memstate_sql
+    UNMANAGED = "unmanaged"  # our tables exist, but no version table
+
+
+@dataclass(frozen=True)
+class SchemaState:
+    state: State
+    current: str | None
+    head: str
+    target: Target
+
+    def error(self) -> SchemaVersionError:
+        where = self.target.describe()
+        if self.state is State.MISSING:
+            return SchemaVersionError(f"the database has no memstate_sql tables for {where}: {UPGRADE_HINT}")
+        if self.state is State.BEHIND:
+            return SchemaVersionError(
+                f"the memstate_sql schema for {where} is at revision {self.current!r}, older than this version's "
+                f"{self.head!r}: {UPGRADE_HINT}"
+            )
+        if self.state is State.AHEAD:
+            return SchemaVersionError(
+                f"the memstate_sql schema for {where} is at revision {self.current!r}, which this version of "
+                f"memstate_sql does not know (its newest is {self.head!r}): the database was migrated by a newer "
+                "memstate_sql; upgrade the memstate-sql package instead of running this one against it"
+            )
+        if self.state is State.UNMANAGED:
+            return SchemaVersionError(
+                f"memstate_sql tables for {where} exist but have no version table "
+                f"({self.target.version_table}): they were not created by the migrations. Check that they match "
+                f"revision {self.head!r} and stamp it (`alembic -x table_prefix={self.target.prefix} stamp "
+                f"{self.head}`), or move them away"
+            )
+        return SchemaVersionError(f"the memstate_sql schema for {where} is current")
+
+
+def _current(conn: Connection, tgt: Target) -> str | None:
+    with _read_only(conn):
+        context = MigrationContext.configure(
+            conn, opts={"version_table": tgt.version_table, "version_table_schema": tgt.schema}
+        )
+        return context.get_current_revision()
+
+
+def schema_state(conn: Connection, table_prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> SchemaState:
+    """Where the database stands for a target, read on `conn` only (no other connection is opened)."""
+    tgt = Target(check_prefix(table_prefix), schema)
+    head = head_revision()
+    current = _current(conn, tgt)
+    if current == head:
+        state = State.CURRENT
+    elif current is None:
+        with _read_only(conn):
+            facts = tgt.models.Fact.__table__.name  # type: ignore[attr-defined]
+            exists = inspect(conn).has_table(facts, schema=schema)
+        state = State.UNMANAGED if exists else State.MISSING
+    else:
+        state = State.BEHIND if _known(current) else State.AHEAD
+    return SchemaState(state, current, head, tgt)
+
+
+# ---------------------------------------------------------------------------- commands
+
+
+def current_revision(
+    url_or_engine_or_connection: Bind, *, table_prefix: str = DEFAULT_PREFIX, schema: str | None = None
+) -> str | None:
+    """The revision the database is at for this prefix (None: never migrated)."""
+    with connection_for(url_or_engine_or_connection) as conn:
+        return _current(conn, Target(check_prefix(table_prefix), schema))
+
+
+def check(url_or_engine_or_connection: Bind, *, table_prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> None:
+    """Raise `SchemaVersionError` unless the database is exactly at `head_revision()` for this prefix."""
+    with connection_for(url_or_engine_or_connection) as conn:
+        found = schema_state(conn, table_prefix, schema)
+    if found.state is not State.CURRENT:
+        raise found.error()
+
+
+def migrate(
+    url_or_engine_or_connection: Bind,
+    revision: str = "head",
+    *,
+    table_prefix: str = DEFAULT_PREFIX,
+    schema: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> str | None:
+    """Upgrade the database to `revision` (default: this version's head) and return the revision it is at.
+
+    Idempotent; safe when several processes run it at once. Given a Connection
+    inside a transaction, the migration runs in that transaction (PostgreSQL,
+    SQLite) and the caller commits it.
+    """
+    with _ALEMBIC, connection_for(url_or_engine_or_connection) as conn:
+        found = schema_state(conn, table_prefix, schema)
+        if found.state in (State.AHEAD, State.UNMANAGED):
+            raise found.error()
+        cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
+        try:
+            command.upgrade(cfg, revision)
+        except CommandError as err:
+            raise SchemaVersionError(f"cannot upgrade {found.target.describe()} to {revision!r}: {err}") from err
+        return _current(conn, found.target)
+
+
+def downgrade(
+    url_or_engine_or_connection: Bind,
+    revision: str,
+    *,
+    table_prefix: str = DEFAULT_PREFIX,
+    schema: str | None = None,
+    lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
+) -> str | None:
+    """Downgrade the database to `revision` (``"base"`` removes memstate_sql's tables; the data goes too)."""
+    with _ALEMBIC, connection_for(url_or_engine_or_connection) as conn:
+        cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
+        try:
+            command.downgrade(cfg, revision)
+        except CommandError as err:
+            raise SchemaVersionError(
+                f"cannot downgrade {Target(table_prefix, schema).describe()} to {revision!r}: {err}"
+            ) from err
+        return _current(conn, Target(table_prefix, schema))
+
+
+# ---------------------------------------------------------------------------- env.py
+
+
+def run_env() -> None:
+    """The body of ``alembic/env.py``: offline (``--sql``) or online, under the migration lock."""
+    from alembic import context
+
+    config = context.config
+    tgt = target(config)
+    if context.is_offline_mode():
+        url = config.get_main_option("sqlalchemy.url")
+        if not url:
+            raise StorageError("offline migrations need sqlalchemy.url")
+        dialect_name = make_url(url).get_backend_name()
+        filters = OwnFilters(tgt, dialect_name)
+        context.configure(
+            url=url,
+            literal_binds=True,
+            dialect_opts={"paramstyle": "named"},
+            target_metadata=tgt.models.metadata,
+            version_table=tgt.version_table,
+            version_table_schema=tgt.schema,
+            transaction_per_migration=True,
+            render_as_batch=support_for(dialect_name).batch_alter,
+            include_name=filters.include_name,
+            include_object=filters.include_object,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        return
+    given = config.attributes.get("connection")
+    if given is None:
+        given = config.get_main_option("sqlalchemy.url")
+        if not given:
+            raise StorageError("no database: set sqlalchemy.url in alembic.ini or pass a connection")
+    timeout = float(config.attributes.get("memstate_lock_timeout", DEFAULT_LOCK_TIMEOUT))
+    with connection_for(given) as conn:
+        _run_online(conn, tgt, timeout)
+
+
+def _run_online(conn: Connection, tgt: Target, timeout: float) -> None:
+    from alembic import context
+
+    support = support_for(conn.dialect)
+    external = conn.in_transaction()
+    with support.migration_lock(conn, tgt.lock_name, timeout, default_sleep):
+        open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
+        if tgt.schema is not None:
+            support.ensure_schema(conn, tgt.schema)
+        if not open_before and conn.in_transaction():
+            conn.commit()
+        filters = OwnFilters(tgt, conn.dialect.name)
+        context.configure(
+            connection=conn,
+            target_metadata=tgt.models.metadata,
+            version_table=tgt.version_table,
+            version_table_schema=tgt.schema,
+            include_schemas=tgt.schema is not None,
+            include_name=filters.include_name,
+            include_object=filters.include_object,
+            render_as_batch=support.batch_alter,
+            transaction_per_migration=True,
+            compare_type=True,
+            compare_server_default=False,
+        )
+        with context.begin_transaction():
+            context.run_migrations()
+        if not external and not open_before and conn.in_transaction():
+            conn.commit()
+
+
+__all__ = [
+    "DEFAULT_LOCK_TIMEOUT",
+    "VERSION_TABLE",
+    "HostFilters",
+    "SchemaState",
+    "State",
+    "Target",
+    "check",
+    "connection_for",
+    "current_revision",
+    "downgrade",
+    "head_revision",
+    "host_filters",
+    "include_name",
+    "include_object",
+    "make_config",
+    "migrate",
+    "run_env",
+    "schema_state",
+    "script_location",
+    "target",
+    "version_table",
+]
