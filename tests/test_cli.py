@@ -170,7 +170,7 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
         (["facts", "--url", url, "--order-by", "colour"], 2, "--order-by"),
         (["get", "--url", url, "nope"], 1, "no fact with id 'nope'"),
         (["history", "--url", url, "nope"], 1, "no fact and no log entries"),
-        (["facts", "--url", url, "--prefix", "other"], 4, "no memstate_sql tables with prefix 'other'"),
+        (["facts", "--url", url, "--prefix", "other"], 4, "prefix 'other': run `memstate-sql upgrade`"),
         (["facts", "--url", url, "--prefix", "Bad-Prefix"], 2, "table_prefix"),
         (["facts", "--url", "postgresql+psycopg://nobody@127.0.0.1:1/none"], 3, "cannot connect"),
         (["facts", "--url", "nosuchdb://x/y"], 2, "nosuchdb"),

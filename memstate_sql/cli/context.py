@@ -7,34 +7,22 @@ directory. A ``--url`` without ``://`` is taken as the path of a SQLite file.
 
 from __future__ import annotations
 
-import importlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sqlalchemy import Engine, exc, inspect, make_url
 from sqlalchemy.engine import URL
 
+from memstate_sql import migrations
 from memstate_sql.cli.errors import UNREACHABLE, USAGE, CliError
-from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
+from memstate_sql.errors import StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX
-from memstate_sql.schema import prepare_schema
 from memstate_sql.storage import SQLStorage
 
 ENV_URL = "MEMSTATE_SQL_URL"
 DEFAULT_FILE = "memstate.db"
-
-
-def migrations() -> ModuleType | None:
-    """`memstate_sql.migrations`, or None in a build that does not have it."""
-    try:
-        return importlib.import_module("memstate_sql.migrations")
-    except ModuleNotFoundError as error:
-        if error.name == "memstate_sql.migrations":
-            return None
-        raise
 
 
 def parse_url(raw: str) -> URL:
@@ -158,26 +146,12 @@ class Target:
 
 def bring_to_head(storage: SQLStorage) -> None:
     """Create or upgrade the store's tables."""
-    mig = migrations()
-    if mig is not None:
-        mig.migrate(storage.engine, table_prefix=storage.table_prefix, schema=storage.models.schema)
-    else:
-        prepare_schema(storage.engine, storage.models, auto_migrate=True)
+    migrations.migrate(storage.engine, table_prefix=storage.table_prefix, schema=storage.models.schema)
 
 
 def verify_schema(storage: SQLStorage) -> None:
     """Raise `SchemaVersionError` unless the store's schema is the one this version expects."""
-    mig = migrations()
-    if mig is not None:
-        mig.check(storage.engine, table_prefix=storage.table_prefix, schema=storage.models.schema)
-        return
-    insp = inspect(storage.engine)
-    for table in (f"{storage.table_prefix}_facts", f"{storage.table_prefix}_tx"):
-        if not insp.has_table(table, schema=storage.models.schema):
-            raise SchemaVersionError(
-                f"the database has no memstate_sql tables with prefix {storage.table_prefix!r} "
-                "(run `memstate-sql upgrade`, or pass the right --url / --prefix)"
-            )
+    migrations.check(storage.engine, table_prefix=storage.table_prefix, schema=storage.models.schema)
 
 
-__all__ = ["DEFAULT_PREFIX", "Target", "migrations"]
+__all__ = ["DEFAULT_PREFIX", "Target"]

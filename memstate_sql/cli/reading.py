@@ -6,7 +6,8 @@ import json
 from typing import Any
 
 from memstate_sql import filters as flt
-from memstate_sql.cli.context import Target, migrations
+from memstate_sql import migrations
+from memstate_sql.cli.context import Target
 from memstate_sql.cli.errors import FAILED, USAGE, CliError
 from memstate_sql.cli.render import compact, short, table, to_json
 from memstate_sql.core import StoreCore
@@ -186,11 +187,8 @@ def cmd_stats(args: Any) -> int:
             }
 
         data = storage.runner.run(read, write=False, name="stats")
-        mig = migrations()
-        revision = head = None
-        if mig is not None:
-            revision = mig.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
-            head = mig.head_revision()
+        revision = migrations.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
+        head = migrations.head_revision()
     data = {
         "database": target.shown,
         "dialect": storage.engine.dialect.name,
@@ -203,8 +201,7 @@ def cmd_stats(args: Any) -> int:
         print(to_json(data))
         return 0
     print(f"database:      {data['database']} ({data['dialect']}, prefix {target.prefix})")
-    rev = "n/a (no migrations in this build)" if mig is None else f"{revision} (head {head})"
-    print(f"schema:        {rev}")
+    print(f"schema:        revision {revision} (head {head})")
     print(f"facts:         {data['facts']}")
     print(f"log entries:   {log_total_text(data)}")
     if data["by_type"]:

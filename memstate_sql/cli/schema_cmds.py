@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import Any
 
-from memstate_sql.cli.context import Target, migrations
-from memstate_sql.cli.errors import FAILED, CliError
+from memstate_sql import migrations
+from memstate_sql.cli.context import Target
 from memstate_sql.cli.render import to_json
 from memstate_sql.cli.rollback import confirm
-
-
-def _module() -> ModuleType:
-    mig = migrations()
-    if mig is None:
-        raise CliError("this build of memstate_sql has no migrations (memstate_sql.migrations is missing)", FAILED)
-    return mig
 
 
 def _report(args: Any, target: Target, revision: str | None, head: str, verb: str) -> None:
@@ -37,43 +29,39 @@ def _report(args: Any, target: Target, revision: str | None, head: str, verb: st
 
 
 def cmd_upgrade(args: Any) -> int:
-    mig = _module()
     target = Target.from_args(args)
     with target.open(create=True, ensure="none") as storage:
-        revision = mig.migrate(storage.engine, args.revision, table_prefix=target.prefix, schema=target.schema)
-    _report(args, target, revision, mig.head_revision(), "upgraded")
+        revision = migrations.migrate(storage.engine, args.revision, table_prefix=target.prefix, schema=target.schema)
+    _report(args, target, revision, migrations.head_revision(), "upgraded")
     return 0
 
 
 def cmd_downgrade(args: Any) -> int:
-    mig = _module()
     target = Target.from_args(args)
     with target.open(create=False, ensure="none") as storage:
-        current = mig.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
+        current = migrations.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
         warning = " (base drops the tables and every fact in them)" if args.revision == "base" else ""
         if not args.json:
             print(f"{target.shown} (prefix {target.prefix}) is at revision {current or 'none'}")
         confirm(f"Downgrade to {args.revision}{warning}?", args.yes)
-        revision = mig.downgrade(storage.engine, args.revision, table_prefix=target.prefix, schema=target.schema)
-    _report(args, target, revision, mig.head_revision(), "downgraded")
+        revision = migrations.downgrade(storage.engine, args.revision, table_prefix=target.prefix, schema=target.schema)
+    _report(args, target, revision, migrations.head_revision(), "downgraded")
     return 0
 
 
 def cmd_current(args: Any) -> int:
-    mig = _module()
     target = Target.from_args(args)
     with target.open(create=False, ensure="none") as storage:
-        revision = mig.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
-    _report(args, target, revision, mig.head_revision(), "database")
+        revision = migrations.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
+    _report(args, target, revision, migrations.head_revision(), "database")
     return 0
 
 
 def cmd_check(args: Any) -> int:
     """Exit 0 when the schema is at head; `SchemaVersionError` (exit 4) when behind or ahead."""
-    mig = _module()
     target = Target.from_args(args)
     with target.open(create=False, ensure="none") as storage:
-        mig.check(storage.engine, table_prefix=target.prefix, schema=target.schema)
-        revision = mig.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
-    _report(args, target, revision, mig.head_revision(), "ok:")
+        migrations.check(storage.engine, table_prefix=target.prefix, schema=target.schema)
+        revision = migrations.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
+    _report(args, target, revision, migrations.head_revision(), "ok:")
     return 0
