@@ -175,6 +175,7 @@ def test_errors_are_one_line_with_exit_codes(tmp_path: Path) -> None:
         (["facts", "--url", "postgresql+psycopg://nobody@127.0.0.1:1/none"], 3, "cannot connect"),
         (["facts", "--url", "nosuchdb://x/y"], 2, "nosuchdb"),
         (["import", "--url", url, str(tmp_path / "missing.jsonl")], 2, "cannot read"),
+        (["export", "--url", url, "-o", str(tmp_path / "no" / "x.jsonl")], 2, "cannot write"),
         (["rollback", "--url", url, "--session", "s1", "--steps", "1"], 2, "pass --yes"),
         (["rollback", "--url", url, "--session", "nobody", "--yes"], 1, "nothing to roll back"),
     ]

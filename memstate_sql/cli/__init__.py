@@ -224,6 +224,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return codes.OK
+    except OSError as error:
+        if os.environ.get("MEMSTATE_SQL_DEBUG") == "1":
+            raise
+        sys.stderr.write(f"{PROG}: error: {_one_line(error)}\n")
+        return codes.FAILED
     except (codes.CliError, MemoryStoreError, exc.SQLAlchemyError) as error:
         if os.environ.get("MEMSTATE_SQL_DEBUG") == "1":
             raise

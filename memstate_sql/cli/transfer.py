@@ -185,7 +185,11 @@ def cmd_export(args: Any) -> int:
             else:
                 path = Path(args.output)
                 tmp = path.with_name(path.name + ".partial")
-                out = stack.enter_context(tmp.open("w", encoding="utf-8", newline="\n"))
+                try:
+                    out = stack.enter_context(tmp.open("w", encoding="utf-8", newline="\n"))
+                except OSError as error:
+                    raise CliError(f"cannot write {path}: {error.strerror}", USAGE) from None
+                stack.callback(lambda: tmp.unlink(missing_ok=True))  # removed unless renamed into place
             with storage.engine.connect() as conn, conn.begin():
                 storage.dialect.begin_snapshot(conn)
                 repo = Repository(conn, storage.models, storage.dialect)
@@ -194,8 +198,9 @@ def cmd_export(args: Any) -> int:
                     out.write(to_json(line) + "\n")
                     end = line
             progress.finish()
-        if not to_stdout:
-            tmp.replace(path)  # a complete file appears at once; an interrupted export leaves only .partial
+            if not to_stdout:
+                out.close()
+                tmp.replace(path)  # a complete file appears at once; a failed export leaves nothing
     summary = {"facts": end["facts"], "log": end["log"], "output": "-" if to_stdout else str(path)}
     if not to_stdout:
         text = f"exported {end['facts']} facts and {end['log']} log entries to {path}"
