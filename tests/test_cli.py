@@ -357,3 +357,23 @@ def test_parser_lists_every_command() -> None:
     parser = build_parser()
     sub = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     assert sorted(sub.choices) == sorted(COMMANDS)  # type: ignore[attr-defined]
+
+
+def test_rollback_refuses_when_the_log_changed_after_the_plan(
+    capsys: pytest.CaptureFixture[str], db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process writes to the session between the plan and the confirmation: nothing is undone."""
+    ids = seeded(db_url, prefix)
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+
+    def concurrent_write(question: str, assume_yes: bool) -> None:
+        ms.MemoryStore(storage).commit(Fact(type="note", payload={"text": "meanwhile"}), session_id="s1")
+
+    monkeypatch.setattr("memstate_sql.cli.rollback.confirm", concurrent_write)
+    before_log = [e["uuid"] for e in storage.get_tx_log("s1")]
+    result = cli(capsys, "rollback", "--url", db_url, "--prefix", prefix, "--session", "s1", "--steps", "2")
+    assert result.code == 1 and "the log changed since the plan was shown" in result.err
+    after_log = storage.get_tx_log("s1")
+    assert [e["uuid"] for e in after_log[1:]] == before_log and after_log[0]["op"] == "COMMIT"
+    assert storage.load(ids["bob"])["payload"]["age"] == 42  # type: ignore[index]
+    storage.close()
