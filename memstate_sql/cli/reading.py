@@ -165,9 +165,9 @@ def cmd_log(args: Any) -> int:
         print(to_json(entries))
         return 0
     print(log_rows(entries))
-    which = f"session {args.session!r}" if args.session is not None else "entries without a session"
+    which = f"of session {args.session!r}" if args.session is not None else "without a session"
     noun = "entry" if len(entries) == 1 else "entries"
-    print(f"{len(entries)} {noun} of {which}, newest first (rolled-back ones hidden)")
+    print(f"{len(entries)} log {noun} {which}, newest first (rolled-back ones hidden)")
     return 0
 
 
