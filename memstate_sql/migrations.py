@@ -142,11 +142,20 @@ def make_config(
     return cfg
 
 
+def _x_arguments(config: Config) -> dict[str, str]:
+    x: dict[str, str] = {}
+    for item in getattr(config.cmd_opts, "x", None) or []:
+        key, _, value = item.partition("=")
+        x[key.strip()] = value.strip()
+    return x
+
+
 def target(config: Config | None = None) -> Target:
     """The target of the running migration (for ``env.py`` and the revision scripts).
 
     Set by `make_config`; from the ``alembic`` command line it comes from
-    ``-x table_prefix=... -x schema=...`` or the ini options
+    ``-x table_prefix=... -x schema=...`` (and ``-x url=...`` overrides
+    ``sqlalchemy.url``) or the ini options
     ``memstate.table_prefix`` / ``memstate.schema``.
     """
     if config is None:
@@ -156,10 +165,7 @@ def target(config: Config | None = None) -> Target:
     found = config.attributes.get("memstate_target")
     if isinstance(found, Target):
         return found
-    x: dict[str, str] = {}
-    for item in getattr(config.cmd_opts, "x", None) or []:
-        key, _, value = item.partition("=")
-        x[key.strip()] = value.strip()
+    x = _x_arguments(config)
     prefix = x.get("table_prefix") or config.get_main_option("memstate.table_prefix") or DEFAULT_PREFIX
     schema = x.get("schema") or config.get_main_option("memstate.schema") or None
     result = Target(check_prefix(prefix), schema)
@@ -376,16 +382,15 @@ def migrate(
     inside a transaction, the migration runs in that transaction (PostgreSQL,
     SQLite) and the caller commits it.
     """
+    tgt = Target(check_prefix(table_prefix), schema)
     with _ALEMBIC, connection_for(url_or_engine_or_connection) as conn:
-        found = schema_state(conn, table_prefix, schema)
-        if found.state in (State.AHEAD, State.UNMANAGED):
-            raise found.error()
         cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
+        cfg.attributes["memstate_guard"] = True  # refuse unknown revisions and unmanaged tables, under the lock
         try:
             command.upgrade(cfg, revision)
         except CommandError as err:
-            raise SchemaVersionError(f"cannot upgrade {found.target.describe()} to {revision!r}: {err}") from err
-        return _current(conn, found.target)
+            raise SchemaVersionError(f"cannot upgrade {tgt.describe()} to {revision!r}: {err}") from err
+        return _current(conn, tgt)
 
 
 def downgrade(
@@ -418,7 +423,7 @@ def run_env() -> None:
     config = context.config
     tgt = target(config)
     if context.is_offline_mode():
-        url = config.get_main_option("sqlalchemy.url")
+        url = _x_arguments(config).get("url") or config.get_main_option("sqlalchemy.url")
         if not url:
             raise StorageError("offline migrations need sqlalchemy.url")
         dialect_name = make_url(url).get_backend_name()
@@ -440,21 +445,28 @@ def run_env() -> None:
         return
     given = config.attributes.get("connection")
     if given is None:
-        given = config.get_main_option("sqlalchemy.url")
+        given = _x_arguments(config).get("url") or config.get_main_option("sqlalchemy.url")
         if not given:
             raise StorageError("no database: set sqlalchemy.url in alembic.ini or pass a connection")
     timeout = float(config.attributes.get("memstate_lock_timeout", DEFAULT_LOCK_TIMEOUT))
+    guard = bool(config.attributes.get("memstate_guard"))
     with connection_for(given) as conn:
-        _run_online(conn, tgt, timeout)
+        _run_online(conn, tgt, timeout, guard)
 
 
-def _run_online(conn: Connection, tgt: Target, timeout: float) -> None:
+def _run_online(conn: Connection, tgt: Target, timeout: float, guard: bool) -> None:
     from alembic import context
 
     support = support_for(conn.dialect)
     external = conn.in_transaction()
     with support.migration_lock(conn, tgt.lock_name, timeout, default_sleep):
         open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
+        if guard:
+            # Read under the lock: outside it, another process's half-done migration (MySQL/MariaDB
+            # DDL is not transactional) would look like unmanaged tables.
+            found = schema_state(conn, tgt.prefix, tgt.schema)
+            if found.state in (State.AHEAD, State.UNMANAGED):
+                raise found.error()
         if tgt.schema is not None:
             support.ensure_schema(conn, tgt.schema)
         if not open_before and conn.in_transaction():

@@ -36,8 +36,10 @@ def prepare_schema(engine: Engine, models: Models, *, auto_migrate: bool, connec
         found = migrations.schema_state(conn, models.prefix, models.schema)
     if found.state is State.CURRENT:
         return
-    if not auto_migrate or found.state not in (State.MISSING, State.BEHIND):
+    if not auto_migrate or found.state is State.AHEAD:
         raise found.error()
+    # MISSING, BEHIND, or UNMANAGED (which may be another process's migration half-way through on
+    # MySQL/MariaDB): migrate() decides under the migration lock.
     migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
 
 
@@ -45,7 +47,7 @@ def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_mig
     found = migrations.schema_state(conn, models.prefix, models.schema)
     if found.state is State.CURRENT:
         return
-    if not auto_migrate or found.state not in (State.MISSING, State.BEHIND):
+    if not auto_migrate or found.state is State.AHEAD:
         raise found.error()
     support = support_for(conn.dialect)
     if not support.transactional_ddl:
