@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import sqlalchemy as sa
 from cli_support import cli, script
+from conftest import database_url
 
+import memstate_sql as ms
 from memstate_sql import migrations
 
 
@@ -58,3 +62,27 @@ def test_check_fails_when_the_database_is_ahead(capsys: pytest.CaptureFixture[st
 def test_upgrade_to_an_unknown_revision_is_one_line(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
     result = script("upgrade", "--url", f"sqlite:///{tmp_path}/x.db", "no_such_revision")
     assert result.code != 0 and result.err.count("\n") == 1 and "Traceback" not in result.err
+
+
+def test_commands_in_a_postgresql_schema(
+    capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    if "postgresql" not in (request.config.getoption("--db") or ["postgresql"]):
+        pytest.skip("PostgreSQL is not selected (--db)")
+    url = database_url("postgresql", tmp_path_factory)
+    name = "cli_" + uuid.uuid4().hex[:8]
+    base = ["--url", url, "--schema", name]
+    try:
+        assert cli(capsys, "upgrade", *base).code == 0
+        assert cli(capsys, "check", *base).code == 0
+        storage = ms.SQLStorage(url, schema=name)
+        storage.save({"id": "f1", "type": "t", "payload": {"a": 1}})
+        storage.close()
+        assert [d["id"] for d in cli(capsys, "facts", *base, "--json").json()] == ["f1"]
+        assert cli(capsys, "stats", *base, "--json").json()["facts"] == 1
+        assert sa.inspect(sa.create_engine(url)).has_table("memstate_facts", schema=name)
+    finally:
+        engine = sa.create_engine(url)
+        with engine.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{name}" CASCADE'))
+        engine.dispose()
