@@ -301,3 +301,109 @@ class Repository:
 
     def count_facts(self) -> int:
         return int(self.conn.execute(select(func.count()).select_from(self.facts)).scalar_one())
+
+    # ------------------------------------------------------------------ bulk (export, import, stats)
+
+    def facts_page(self, after_id: str | None, limit: int) -> list[FactState]:
+        """Up to `limit` facts ordered by id, those after `after_id` (keyset pagination for streaming)."""
+        stmt = select(self.facts).order_by(self.facts.c.id).limit(limit)
+        if after_id is not None:
+            stmt = stmt.where(self.facts.c.id > after_id)
+        return [self._fact(row) for row in self.conn.execute(stmt)]
+
+    def log_page(self, after_seq: int | None, limit: int) -> list[TxRecord]:
+        """Up to `limit` log entries in seq order (rolled-back ones included), those after `after_seq`."""
+        stmt = select(self.log).order_by(self.log.c.seq).limit(limit)
+        if after_seq is not None:
+            stmt = stmt.where(self.log.c.seq > after_seq)
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def insert_facts(self, facts: Sequence[FactState]) -> None:
+        """Insert fact rows as given (version, immutable and singleton included), in one statement."""
+        if facts:
+            self.conn.execute(
+                insert(self.facts),
+                [
+                    {
+                        "id": f.id,
+                        "type": f.type,
+                        "payload": f.payload,
+                        "session_id": f.session_id,
+                        "source": f.source,
+                        "ts": f.ts,
+                        "version": f.version,
+                        "immutable": f.immutable,
+                        "singleton": f.singleton,
+                    }
+                    for f in facts
+                ],
+            )
+
+    def insert_log(self, entries: Sequence[TxRecord]) -> None:
+        """Append log entries in the given order; the database assigns their `seq` (the given one is ignored)."""
+        if not entries:
+            return
+        # One executemany: every driver here runs (or, pymysql, rewrites into one multi-row
+        # INSERT of) the rows in list order, so the identity follows the list order.
+        self.conn.execute(
+            insert(self.log),
+            [
+                {
+                    "uuid": e.uuid,
+                    "op": e.op,
+                    "session_id": e.session_id,
+                    "fact_id": e.fact_id,
+                    "actor": e.actor,
+                    "reason": e.reason,
+                    "ts": e.ts,
+                    "fact_before": e.fact_before,
+                    "fact_after": e.fact_after,
+                    "discarded": e.discarded,
+                    "reverted_by": e.reverted_by,
+                }
+                for e in entries
+            ],
+        )
+
+    def existing_fact_ids(self, fact_ids: Sequence[str]) -> set[str]:
+        if not fact_ids:
+            return set()
+        stmt = select(self.facts.c.id).where(self.facts.c.id.in_(list(fact_ids)))
+        return {row[0] for row in self.conn.execute(stmt)}
+
+    def existing_tx_uuids(self, uuids: Sequence[str]) -> set[str]:
+        if not uuids:
+            return set()
+        stmt = select(self.log.c.uuid).where(self.log.c.uuid.in_(list(uuids)))
+        return {row[0] for row in self.conn.execute(stmt)}
+
+    def fact_counts(self, by: str) -> list[tuple[str | None, int]]:
+        """Number of facts per value of the ``type`` or ``session_id`` column."""
+        column = self.facts.c[by]
+        stmt = select(column, func.count()).group_by(column).order_by(func.count().desc(), column)
+        return [(row[0], int(row[1])) for row in self.conn.execute(stmt)]
+
+    def log_counts(self) -> tuple[int, int]:
+        """(all log entries, entries undone by a rollback)."""
+        total = self.conn.execute(select(func.count()).select_from(self.log)).scalar_one()
+        undone = self.conn.execute(
+            select(func.count()).select_from(self.log).where(self.log.c.reverted_by.is_not(None))
+        ).scalar_one()
+        return int(total), int(undone)
+
+    def constraint_samples(self) -> list[FactState]:
+        """For each type that has facts with a singleton token or the immutable flag, one such fact
+        (one with a token when there is one): lets a tool without the application's `Constraint`
+        registrations recover them from the rows (see `memstate_sql.cli.rollback`)."""
+        marked = self.facts.c.singleton.is_not(None) | self.facts.c.immutable.is_(True)
+        types = [row[0] for row in self.conn.execute(select(self.facts.c.type).where(marked).distinct())]
+        samples: list[FactState] = []
+        for type_ in types:
+            stmt = (
+                select(self.facts)
+                .where(marked & (self.facts.c.type == type_))
+                .order_by(self.facts.c.singleton.is_(None), self.facts.c.id)
+                .limit(1)
+            )
+            samples.extend(self._fact(row) for row in self.conn.execute(stmt))
+        return samples

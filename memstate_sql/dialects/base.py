@@ -55,6 +55,11 @@ class DialectSupport:
     def begin_write(self, conn: Connection) -> None:
         """Called as the first statement of a write transaction memstate_sql owns."""
 
+    def begin_snapshot(self, conn: Connection) -> None:
+        """Called as the first statement of a read transaction that must see one consistent
+        snapshot across many statements (export)."""
+        conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+
     def classify(self, exc: BaseException) -> ErrorKind:
         return ErrorKind.OTHER
 

@@ -56,6 +56,12 @@ class SQLiteSupport(DialectSupport):
         if not _driver_in_transaction(conn.connection.dbapi_connection):
             conn.exec_driver_sql("BEGIN IMMEDIATE")
 
+    def begin_snapshot(self, conn: Connection) -> None:
+        # pysqlite starts no transaction for SELECTs: begin one so that every read sees one snapshot.
+        dbapi_conn = conn.connection.dbapi_connection
+        if not getattr(dbapi_conn, "in_transaction", False):
+            conn.exec_driver_sql("BEGIN")
+
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
             return ErrorKind.DISCONNECT
