@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import enum
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import String
+
+if TYPE_CHECKING:
+    from memstate_sql.indexes import IndexedPath
 
 
 class ErrorKind(enum.Enum):
@@ -31,6 +34,17 @@ def sql_literal(compiler: SQLCompiler, text: str) -> str:
     return str(compiler.render_literal_value(text, String()))
 
 
+def ddl_literal(conn: Connection, text: str) -> str:
+    """`text` as the same SQL literal the filter compiler renders (index expressions must match it)."""
+    return sql_literal(conn.dialect.statement_compiler(conn.dialect, None), text)
+
+
+def ddl_names(conn: Connection, table: Table, index: str) -> tuple[str, str]:
+    """(quoted table, quoted index name) for DDL."""
+    preparer = conn.dialect.identifier_preparer
+    return preparer.format_table(table), preparer.quote(index)
+
+
 class DialectSupport:
     """Default behaviour; subclasses override what their database does differently."""
 
@@ -50,3 +64,7 @@ class DialectSupport:
 
     def classify(self, exc: BaseException) -> ErrorKind:
         return ErrorKind.OTHER
+
+    def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
+        """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
+        raise NotImplementedError

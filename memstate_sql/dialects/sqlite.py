@@ -5,16 +5,17 @@ from __future__ import annotations
 import sqlite3
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, event, exc
+from sqlalchemy import Connection, Engine, Table, bindparam, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from memstate_sql.dialects._paths import dollar_path
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, json_label, sql_literal
+from memstate_sql.dialects.base import DialectSupport, ErrorKind, ddl_literal, ddl_names, json_label, sql_literal
 from memstate_sql.errors import ValidationFailed
-from memstate_sql.filters import JsonPredicate, kind_of
+from memstate_sql.filters import JsonPredicate, JsonSortKey, kind_of
+from memstate_sql.indexes import IndexedPath
 
 BUSY_TIMEOUT_S = 30.0
 #: SQLite before the 3.45 JSON rewrite cannot address object keys that contain '"'.
@@ -64,12 +65,22 @@ class SQLiteSupport(DialectSupport):
             return ErrorKind.RETRY
         return ErrorKind.OTHER
 
+    def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
+        for key in spec.keys:
+            check_key(key)
+        table, name = ddl_names(conn, facts, spec.index_name(facts.name))
+        lit = ddl_literal(conn, dollar_path(spec.keys))
+        # The very expressions the compiler emits for a typed comparison (json_type gate, json_extract value).
+        conn.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} (json_type(payload, {lit}), json_extract(payload, {lit}))"
+        )
+
 
 def _path_literal(compiler: SQLCompiler, path: str) -> str:
     return sql_literal(compiler, path)
 
 
-def _check_key(key: str) -> None:
+def check_key(key: str) -> None:
     if '"' in key and sqlite3.sqlite_version_info < QUOTED_LABELS_FROM:
         raise ValidationFailed(
             f"filter key {key!r}: SQLite {sqlite3.sqlite_version} cannot address object keys containing '\"' "
@@ -86,6 +97,7 @@ def _eq(compiler: SQLCompiler, doc: str, path: str, value: Any, kw: dict[str, An
     if kind == "bool":
         return f"{jtype} = '{'true' if value else 'false'}'"
     if kind in ("number", "string"):
+        # The same two expressions as a declared index (json_type, json_extract): SEARCH, not SCAN.
         gate = "IN ('integer', 'real')" if kind == "number" else "= 'text'"
         bound = compiler.process(bindparam(None, value), **kw)
         return f"({jtype} {gate} AND json_extract({doc}, {lit}) = {bound})"
@@ -93,7 +105,7 @@ def _eq(compiler: SQLCompiler, doc: str, path: str, value: Any, kw: dict[str, An
         # doc and lit are compiler output and an escaped literal, never user text.
         parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({doc}, {lit})) = {len(value)}"]  # noqa: S608
         for key, item in value.items():
-            _check_key(key)
+            check_key(key)
             parts.append(_eq(compiler, doc, f"{path}.{json_label(key)}", item, kw))
         return "(" + " AND ".join(parts) + ")"
     parts = [f"{jtype} = 'array'", f"json_array_length({doc}, {lit}) = {len(value)}"]
@@ -101,12 +113,57 @@ def _eq(compiler: SQLCompiler, doc: str, path: str, value: Any, kw: dict[str, An
     return "(" + " AND ".join(parts) + ")"
 
 
+def _element_eq(compiler: SQLCompiler, value: Any, kw: dict[str, Any]) -> str:
+    """Typed equality of a `json_each` row ``je`` with `value`."""
+    kind = kind_of(value)
+    if kind == "null":
+        return "je.type = 'null'"
+    if kind == "bool":
+        return f"je.type = '{'true' if value else 'false'}'"
+    if kind in ("number", "string"):
+        gate = "IN ('integer', 'real')" if kind == "number" else "= 'text'"
+        return f"(je.type {gate} AND je.value = {compiler.process(bindparam(None, value), **kw)})"
+    # A container element's value is its JSON text; CASE keeps json_type away from other rows.
+    wanted = "object" if kind == "object" else "array"
+    return f"(CASE WHEN je.type = '{wanted}' THEN {_eq(compiler, 'je.value', '$', value, kw)} ELSE 0 END)"
+
+
 @compiles(JsonPredicate, "sqlite")
 def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw: Any) -> str:
     for key in element.keys:
-        _check_key(key)
+        check_key(key)
     doc = compiler.process(element.column, **kw)
     path = dollar_path(element.keys)
+    lit = _path_literal(compiler, path)
     if element.predicate == "exists":
-        return f"(json_type({doc}, {_path_literal(compiler, path)}) IS NOT NULL)"
-    return _eq(compiler, doc, path, element.value, kw)
+        return f"(json_type({doc}, {lit}) IS NOT NULL)"
+    if element.predicate == "eq":
+        return _eq(compiler, doc, path, element.value, kw)
+    if element.predicate == "range":
+        gate = "IN ('integer', 'real')" if element.kind == "number" else "= 'text'"
+        bound = compiler.process(bindparam(None, element.value), **kw)
+        # Text compares with the BINARY collation: UTF-8 bytes, i.e. code points.
+        return f"(json_type({doc}, {lit}) {gate} AND json_extract({doc}, {lit}) {element.op} {bound})"
+    inner = _element_eq(compiler, element.value, kw)
+    return (
+        f"(json_type({doc}, {lit}) = 'array' AND EXISTS (SELECT 1 FROM json_each({doc}, {lit}) AS je WHERE {inner}))"  # noqa: S608
+    )
+
+
+_RANK = (
+    "CASE json_type({doc}, {lit}) WHEN 'null' THEN 1 WHEN 'false' THEN 2 WHEN 'true' THEN 3 "
+    "WHEN 'integer' THEN 4 WHEN 'real' THEN 4 WHEN 'text' THEN 5 WHEN 'array' THEN 6 WHEN 'object' THEN 7 ELSE 0 END"
+)
+
+
+@compiles(JsonSortKey, "sqlite")
+def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) -> str:
+    for key in element.keys:
+        check_key(key)
+    doc = compiler.process(element.column, **kw)
+    lit = _path_literal(compiler, dollar_path(element.keys))
+    if element.part == "rank":
+        return "(" + _RANK.format(doc=doc, lit=lit) + ")"
+    if element.part == "num":
+        return f"(CASE WHEN json_type({doc}, {lit}) IN ('integer', 'real') THEN json_extract({doc}, {lit}) ELSE 0 END)"
+    return f"(CASE WHEN json_type({doc}, {lit}) = 'text' THEN json_extract({doc}, {lit}) ELSE '' END)"
