@@ -402,8 +402,8 @@ class _Compiler:
             return false()  # a string column never equals a number, a bool or a container
         operator = RANGE_OPS[node.op]
         if node.field == "ts":
-            return column.op(operator)(value)
-        return CodePointText(column).op(operator)(literal(value, String()))
+            return column.op(operator, is_comparison=True)(value)
+        return CodePointText(column).op(operator, is_comparison=True)(literal(value, String()))
 
 
 # ---------------------------------------------------------------------------- ordering
