@@ -21,15 +21,15 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 
 from memstate_sql import jsondoc
 from memstate_sql._compat import greenlet_spawn
+from memstate_sql.core import StoreCore
 from memstate_sql.dialects import support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact
+from memstate_sql.filters import parse, parse_order
 from memstate_sql.hooks import AsyncMemoryHook
+from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX
 from memstate_sql.registry import Constraint
-from memstate_sql.core import StoreCore
-from memstate_sql.filters import parse, parse_order
-from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.storage import Page, StorageCore, check_batch
 from memstate_sql.store import MemoryStore
 
@@ -171,8 +171,9 @@ class AsyncSQLStorage:
         order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
         core = await self.core()
-        return await _spawn(functools.partial(core.query, limit=limit, offset=offset, order_by=order_by),
-                            type_filter, json_filters)
+        return await _spawn(
+            functools.partial(core.query, limit=limit, offset=offset, order_by=order_by), type_filter, json_filters
+        )
 
     async def count(self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None) -> int:
         return await _spawn((await self.core()).count, type_filter, json_filters)
@@ -321,8 +322,9 @@ class AsyncMemoryStore:
         order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
         store = await self._store()
-        return await _spawn(functools.partial(store.query, limit=limit, offset=offset, order_by=order_by),
-                            typename, filters, session_id)
+        return await _spawn(
+            functools.partial(store.query, limit=limit, offset=offset, order_by=order_by), typename, filters, session_id
+        )
 
     async def count(
         self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None

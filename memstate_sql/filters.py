@@ -270,7 +270,7 @@ class JsonPredicate(ColumnElement[bool]):
         self.keys = keys
         self.predicate = predicate
         self.value = value
-        self.op = op
+        self.sql_op = op
         self.index = index
         self.kind: JsonKind | None = kind_of(value) if predicate in ("eq", "range", "contains") else None
 
@@ -398,7 +398,7 @@ class _Compiler:
             if value is None:
                 return column.is_(None)
             if node.field == "ts" or isinstance(value, str):
-                return column == value
+                return column == value  # type: ignore[no-any-return]
             return false()  # a string column never equals a number, a bool or a container
         operator = RANGE_OPS[node.op]
         if node.field == "ts":
@@ -430,9 +430,7 @@ def parse_order(order_by: str | Sequence[Any] | None) -> tuple[OrderSpec, ...]:
     for item in items:
         descending = False
         path: Any = item
-        if isinstance(item, str) and item.startswith("-"):
-            descending, path = True, item[1:]
-        elif isinstance(item, tuple) and item and item[0] == "-":
+        if (isinstance(item, str) and item.startswith("-")) or (isinstance(item, tuple) and item and item[0] == "-"):
             descending, path = True, item[1:]
         if not isinstance(path, str | tuple):
             raise ValidationFailed(f"order_by entry {item!r} must be a path string or a tuple of keys")

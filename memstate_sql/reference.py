@@ -78,12 +78,12 @@ def _positive(doc: Mapping[str, Any], cmp: flt.Cmp) -> bool:
             if cmp.value is None:
                 return value is None
             if cmp.field == "ts":
-                return value == cmp.value
-            return isinstance(cmp.value, str) and value == cmp.value
+                return bool(value == cmp.value)
+            return isinstance(cmp.value, str) and bool(value == cmp.value)
         return value is not None and _compare(value, cmp.op, cmp.value)
     value = resolve(doc.get("payload"), cmp.keys)
     if cmp.op == "$exists":
-        return (value is not MISSING) == cmp.value
+        return (value is not MISSING) is bool(cmp.value)
     if value is MISSING:
         return False
     if cmp.op == "$eq":

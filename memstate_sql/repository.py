@@ -182,8 +182,10 @@ class Repository:
         offset: int = 0,
     ) -> list[FactState]:
         """Matching facts in `order` (default: ts, then id)."""
-        return [fact for fact, _ in self.query_page(type_filter, node, indexed=indexed, order=order, limit=limit,
-                                                    offset=offset)]
+        return [
+            fact
+            for fact, _ in self.query_page(type_filter, node, indexed=indexed, order=order, limit=limit, offset=offset)
+        ]
 
     def query_page(
         self,

@@ -158,9 +158,7 @@ class StorageCore:
         order = flt.parse_order(order_by)
         _check_window(limit, offset)
         found = self._read(
-            lambda repo: repo.query(
-                type_filter, node, indexed=self.indexed, order=order, limit=limit, offset=offset
-            )
+            lambda repo: repo.query(type_filter, node, indexed=self.indexed, order=order, limit=limit, offset=offset)
         )
         return [f.doc() for f in found]
 

@@ -12,10 +12,10 @@ from memstate_sql._compat import await_only, in_greenlet
 from memstate_sql.core import StoreCore
 from memstate_sql.errors import MemoryStoreError, ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact, SearchResult
+from memstate_sql.filters import parse_order
 from memstate_sql.hooks import MemoryHook
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
-from memstate_sql.filters import parse_order
 from memstate_sql.storage import StorageCore, check_batch, paginate
 
 

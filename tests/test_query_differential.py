@@ -133,9 +133,7 @@ filters = st.recursive(
     ),
     max_leaves=4,
 )
-order_paths = st.one_of(
-    path_strategy(), st.sampled_from(["ts", "type", "session_id", "source", "id"])
-)
+order_paths = st.one_of(path_strategy(), st.sampled_from(["ts", "type", "session_id", "source", "id"]))
 orders = st.lists(
     st.tuples(st.booleans(), order_paths).map(lambda t: ("-" + t[1]) if t[0] and isinstance(t[1], str) else t[1]),
     max_size=2,
@@ -154,8 +152,7 @@ def mentions_quote_key(obj: Any) -> bool:
 
 def load(storage: ms.SQLStorage, docs: list[tuple[dict[str, Any], dict[str, Any]]]) -> list[dict[str, Any]]:
     states = [
-        FactState(id=f"d{i}", payload=jsondoc.check_payload(payload)[0], **env)
-        for i, (env, payload) in enumerate(docs)
+        FactState(id=f"d{i}", payload=jsondoc.check_payload(payload)[0], **env) for i, (env, payload) in enumerate(docs)
     ]
 
     def work(repo: Repository) -> None:

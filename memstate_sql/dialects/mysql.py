@@ -61,7 +61,9 @@ class MySQLSupport(DialectSupport):
         jtype = f"JSON_TYPE(JSON_EXTRACT(payload, {lit}))"
         if spec.kind == "number":
             numeric = "('INTEGER', 'DOUBLE', 'UNSIGNED INTEGER', 'DECIMAL')"
-            definition = f"DOUBLE AS (CASE WHEN {jtype} IN {numeric} THEN CAST(JSON_VALUE(payload, {lit}) AS DOUBLE) END)"
+            definition = (
+                f"DOUBLE AS (CASE WHEN {jtype} IN {numeric} THEN CAST(JSON_VALUE(payload, {lit}) AS DOUBLE) END)"
+            )
         else:
             collation = _binary_collation(conn.dialect)
             definition = (
@@ -111,7 +113,7 @@ def _index_prefilter(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str
         return None
     gcol = _generated(compiler, element, spec.column_name, kw)
     value = element.value
-    op = element.op
+    op = element.sql_op
     if spec.kind == "string":
         # The column holds the first STRING_PREFIX code points: compare prefixes, recheck exactly.
         value = value[: spec.string_prefix]
@@ -138,12 +140,12 @@ def _mariadb(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[s
     elif element.kind == "number":
         exact = (
             f"(JSON_TYPE({extract}) IN ('INTEGER', 'DOUBLE') AND CAST(JSON_VALUE({doc}, {lit}) AS DOUBLE) "
-            f"{element.op} {_bind(compiler, element.value, kw)})"
+            f"{element.sql_op} {_bind(compiler, element.value, kw)})"
         )
     else:
         exact = (
             f"(JSON_TYPE({extract}) = 'STRING' AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin "
-            f"{element.op} {_bind(compiler, element.value, kw)})"
+            f"{element.sql_op} {_bind(compiler, element.value, kw)})"
         )
     return exact if prefilter is None else f"({prefilter} AND {exact})"
 
@@ -160,7 +162,7 @@ def _mysql8(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[st
     if element.predicate == "eq":
         return f"({extract} = {as_json})"
     gate = "IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL')" if element.kind == "number" else "= 'STRING'"
-    return f"(JSON_TYPE({extract}) {gate} AND {extract} {element.op} {as_json})"
+    return f"(JSON_TYPE({extract}) {gate} AND {extract} {element.sql_op} {as_json})"
 
 
 @compiles(JsonPredicate, "mysql")

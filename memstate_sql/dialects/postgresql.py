@@ -80,7 +80,7 @@ def _eq(element: JsonPredicate, compiler: SQLCompiler, doc: str, kw: dict[str, A
     elif element.index is not None:
         text = _extract(compiler, doc, keys, text=True)
         bound = compiler.process(bindparam(None, value, type_=String()), **kw)
-        parts.append(f"({text}) COLLATE \"C\" = {bound}")  # the declared btree on ((doc ->> ...) COLLATE "C")
+        parts.append(f'({text}) COLLATE "C" = {bound}')  # the declared btree on ((doc ->> ...) COLLATE "C")
     return "(" + " AND ".join(parts) + ")"
 
 
@@ -97,11 +97,11 @@ def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw:
         if element.kind == "number":
             # jsonb orders numbers numerically (and kinds by a fixed order: hence the kind gate).
             bound = _jsonb(compiler, element.value, kw)
-            return f"(jsonb_typeof({extract}) = 'number' AND ({extract}) {element.op} {bound})"
+            return f"(jsonb_typeof({extract}) = 'number' AND ({extract}) {element.sql_op} {bound})"
         text = _extract(compiler, doc, element.keys, text=True)
         bound = compiler.process(bindparam(None, element.value, type_=String()), **kw)
         # jsonb and text compare strings with the database collation; "C" is code-point order.
-        return f"(jsonb_typeof({extract}) = 'string' AND ({text}) COLLATE \"C\" {element.op} {bound})"
+        return f"(jsonb_typeof({extract}) = 'string' AND ({text}) COLLATE \"C\" {element.sql_op} {bound})"
     # contains: @> [v] is served by the GIN index; it is exact for scalar elements and a superset
     # test for containers, which get an exact recheck over the array's elements.
     probe = f"{doc} @> {_jsonb(compiler, _nest(element.keys, [element.value]), kw)}"

@@ -143,11 +143,9 @@ def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw:
         gate = "IN ('integer', 'real')" if element.kind == "number" else "= 'text'"
         bound = compiler.process(bindparam(None, element.value), **kw)
         # Text compares with the BINARY collation: UTF-8 bytes, i.e. code points.
-        return f"(json_type({doc}, {lit}) {gate} AND json_extract({doc}, {lit}) {element.op} {bound})"
+        return f"(json_type({doc}, {lit}) {gate} AND json_extract({doc}, {lit}) {element.sql_op} {bound})"
     inner = _element_eq(compiler, element.value, kw)
-    return (
-        f"(json_type({doc}, {lit}) = 'array' AND EXISTS (SELECT 1 FROM json_each({doc}, {lit}) AS je WHERE {inner}))"  # noqa: S608
-    )
+    return f"(json_type({doc}, {lit}) = 'array' AND EXISTS (SELECT 1 FROM json_each({doc}, {lit}) AS je WHERE {inner}))"  # noqa: S608
 
 
 _RANK = (
