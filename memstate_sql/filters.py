@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Literal
 
-from sqlalchemy import ColumnElement, and_, case, false, literal, or_, true
+from sqlalchemy import ColumnElement, and_, bindparam, case, false, literal, or_, true
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.sql.elements import Grouping
+from sqlalchemy.sql.elements import BindParameter, Grouping
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import Boolean, Integer, NullType, String
 
 from memstate_sql import jsondoc
@@ -240,21 +241,70 @@ def _operand(field: str, raw: str, op: str, value: Any) -> Any:
 # ---------------------------------------------------------------------------- SQL elements
 
 
+def shape_of(value: Any) -> Any:
+    """What of a value the SQL text depends on: kinds, object keys, array lengths, booleans (never other leaves)."""
+    kind = kind_of(value)
+    if kind == "bool":
+        return ("bool", bool(value))
+    if kind == "object":
+        return ("object", tuple((key, shape_of(item)) for key, item in value.items()))
+    if kind == "array":
+        return ("array", tuple(shape_of(item) for item in value))
+    return kind
+
+
+def leaves_of(value: Any) -> list[Any]:
+    """The number and string leaves of a value, depth first (objects in item order)."""
+    kind = kind_of(value)
+    if kind in ("number", "string"):
+        return [value]
+    if kind == "object":
+        return [leaf for item in value.values() for leaf in leaves_of(item)]
+    if kind == "array":
+        return [leaf for item in value for leaf in leaves_of(item)]
+    return []
+
+
+def _nest(keys: tuple[str, ...], value: Any) -> Any:
+    for key in reversed(keys):
+        value = {key: value}
+    return value
+
+
 class JsonPredicate(ColumnElement[bool]):
     """A typed predicate on a JSON document column, compiled per dialect.
 
     `predicate` is ``"eq"`` (JSON-typed equality with `value`), ``"exists"`` (the
-    path resolves, JSON null included), ``"range"`` (`op` is one of ``> >= < <=``,
+    path resolves, JSON null included), ``"range"`` (`sql_op` is one of ``> >= < <=``,
     `value` a number or a string) or ``"contains"`` (the value at the path is an
     array with an element equal to `value`). `index` is the declared index of the
     path when one serves this predicate: the dialect then emits the form that
-    index matches. Keys are rendered as escaped SQL literals (index matching
-    needs literal paths); values are bound parameters.
+    index matches.
+
+    Keys are rendered as escaped SQL literals (index matching needs literal
+    paths). Values are bound parameters, prepared here once for every dialect
+    (`leaves`, `raw`, `json`, `nested_json`, `nested_list_json`, `prefix`): they are
+    part of the traversal, so statements are cached per path and value shape,
+    never per value.
     """
 
     __visit_name__ = "memstate_json_predicate"
-    inherit_cache = False
+    inherit_cache = True
     type = Boolean()
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("keys", InternalTraversal.dp_string_list),
+        ("predicate", InternalTraversal.dp_string),
+        ("sql_op", InternalTraversal.dp_string),
+        ("shape", InternalTraversal.dp_plain_obj),
+        ("index", InternalTraversal.dp_plain_obj),
+        ("leaves", InternalTraversal.dp_clauseelement_tuple),
+        ("raw", InternalTraversal.dp_clauseelement),
+        ("json", InternalTraversal.dp_clauseelement),
+        ("nested_json", InternalTraversal.dp_clauseelement),
+        ("nested_list_json", InternalTraversal.dp_clauseelement),
+        ("prefix", InternalTraversal.dp_clauseelement),
+    ]
 
     def __init__(
         self,
@@ -272,7 +322,20 @@ class JsonPredicate(ColumnElement[bool]):
         self.value = value
         self.sql_op = op
         self.index = index
-        self.kind: JsonKind | None = kind_of(value) if predicate in ("eq", "range", "contains") else None
+        valued = predicate in ("eq", "range", "contains")
+        self.kind: JsonKind | None = kind_of(value) if valued else None
+        self.shape: Any = shape_of(value) if valued else None
+        self.leaves: tuple[BindParameter[Any], ...] = (
+            tuple(bindparam(None, leaf) for leaf in leaves_of(value)) if valued else ()
+        )
+        self.raw = self.leaves[0] if self.kind in ("number", "string") else None
+        self.json = bindparam(None, jsondoc.dumps(value), type_=String()) if valued else None
+        self.nested_json = bindparam(None, jsondoc.dumps(_nest(keys, value)), type_=String()) if valued else None
+        nested_list = _nest(keys, [value])
+        self.nested_list_json = bindparam(None, jsondoc.dumps(nested_list), type_=String()) if valued else None
+        self.prefix = None
+        if index is not None and self.kind == "string":
+            self.prefix = bindparam(None, value[: index.string_prefix], type_=String())
 
     def self_group(self, against: Any = None) -> ColumnElement[Any]:
         # Without this, SQLAlchemy wraps a Boolean element as "(...) = 1" on SQLite and MySQL,
@@ -293,7 +356,12 @@ class JsonSortKey(ColumnElement[Any]):
     """
 
     __visit_name__ = "memstate_json_sort_key"
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [
+        ("column", InternalTraversal.dp_clauseelement),
+        ("keys", InternalTraversal.dp_string_list),
+        ("part", InternalTraversal.dp_string),
+    ]
 
     def __init__(self, column: ColumnElement[Any], keys: tuple[str, ...], part: SortPart):
         self.column = column
@@ -306,7 +374,8 @@ class CodePointText(ColumnElement[str]):
     """A text expression that compares and sorts by code point on every database."""
 
     __visit_name__ = "memstate_code_point_text"
-    inherit_cache = False
+    inherit_cache = True
+    _traverse_internals = [("expr", InternalTraversal.dp_clauseelement)]
     type = String()
 
     def __init__(self, expr: ColumnElement[Any]):

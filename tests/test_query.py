@@ -277,3 +277,25 @@ def test_parse_path_forms() -> None:
     assert flt.parse_path("payload.a\\.b.c") == ("payload", "a.b", "c")
     assert flt.parse_path("payload.a\\\\b") == ("payload", "a\\b")
     assert flt.parse_path(("payload", "")) == ("payload", "")
+
+
+def test_compiled_filters_are_cached_per_shape_not_per_value() -> None:
+    import sqlalchemy as sa
+
+    facts = ms.models_for("cachekey").metadata.tables["cachekey_facts"]
+
+    def key(f: dict[Any, Any]) -> Any:
+        where = flt.compile_filter(flt.parse(f), facts.c.payload, dict(facts.c.items()))
+        cache_key = sa.select(facts.c.id).where(where)._generate_cache_key()
+        return None if cache_key is None else cache_key.key
+
+    assert key({"payload.a": 1}) is not None
+    assert key({"payload.a": 1}) == key({"payload.a": 7})
+    assert key({"payload.a": 1.5}) == key({"payload.a": -2.5})
+    assert key({"payload.a": {"x": [1, "s"]}}) == key({"payload.a": {"x": [7, "t"]}})
+    assert key({"payload.a": "1"}) != key({"payload.a": 1})
+    assert key({"payload.a": True}) != key({"payload.a": False})
+    assert key({"payload.a": {"x": 1}}) != key({"payload.a": {"y": 1}})
+    assert key({"payload.a": [1]}) != key({"payload.a": [1, 1]})
+    assert key({"payload.a": 1}) != key({"payload.b": 1})
+    assert key({"payload.a": {"$gt": 1}}) != key({"payload.a": {"$lt": 1}})

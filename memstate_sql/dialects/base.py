@@ -68,3 +68,10 @@ class DialectSupport:
     def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
         raise NotImplementedError
+
+
+def render_bind(compiler: SQLCompiler, bind: Any, kw: dict[str, Any]) -> str:
+    """Render one of a `JsonPredicate`'s prepared bound parameters."""
+    if bind is None:  # pragma: no cover - a compiler asking for a bind its predicate does not have
+        raise AssertionError("missing bound parameter")
+    return str(compiler.process(bind, **kw))

@@ -8,16 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, bindparam, column, exc
+from sqlalchemy import Connection, Dialect, Table, column, exc
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from memstate_sql import jsondoc
 from memstate_sql.dialects._paths import dollar_path
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, ddl_literal, ddl_names, sql_literal
-from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey, kind_of
+from memstate_sql.dialects.base import DialectSupport, ErrorKind, ddl_literal, ddl_names, render_bind, sql_literal
+from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
 from memstate_sql.indexes import IndexedPath
 
 _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout
@@ -82,28 +81,28 @@ def _is_mariadb(dialect: Dialect) -> bool:
     return bool(getattr(dialect, "is_mariadb", False))
 
 
-def _bind(compiler: SQLCompiler, value: Any, kw: dict[str, Any]) -> str:
-    return str(compiler.process(bindparam(None, value), **kw))
-
-
 def _generated(compiler: SQLCompiler, element: JsonPredicate | JsonSortKey, name: str, kw: dict[str, Any]) -> str:
     """The declared path's generated column, referenced by name (MariaDB uses its index only then)."""
     table = getattr(element.column, "table", None)
     return str(compiler.process(column(name, _selectable=table), **kw))
 
 
-def _scalar_eq(compiler: SQLCompiler, doc: str, lit: str, extract: str, value: Any, kw: dict[str, Any]) -> str:
-    kind = kind_of(value)
+def _scalar_eq(
+    compiler: SQLCompiler, doc: str, lit: str, extract: str, element: JsonPredicate, kw: dict[str, Any]
+) -> str:
+    kind = element.kind
+    assert kind is not None
     gate = f"JSON_TYPE({extract}) {_MARIADB_TYPES[kind]}"
     if kind == "null":
         return f"({gate})"
     if kind == "string":
         # JSON_VALUE decodes escapes; the binary NO PAD collation compares code points exactly
         # (the column's utf8mb4_bin pads trailing spaces, the connection's collation folds case).
-        return f"({gate} AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin = {_bind(compiler, value, kw)})"
+        bound = render_bind(compiler, element.raw, kw)
+        return f"({gate} AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin = {bound})"
     # JSON_EQUALS is type-faithful (true != 1, 1 = 1.0, objects order-free). In a WHERE clause
     # MariaDB 10.11 treats JSON_EQUALS(NULL, x) as true: always test IS TRUE.
-    return f"({gate} AND JSON_EQUALS({extract}, {_bind(compiler, jsondoc.dumps(value), kw)}) IS TRUE)"
+    return f"({gate} AND JSON_EQUALS({extract}, {render_bind(compiler, element.json, kw)}) IS TRUE)"
 
 
 def _index_prefilter(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str, Any]) -> str | None:
@@ -112,13 +111,11 @@ def _index_prefilter(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str
     if spec is None or element.predicate not in ("eq", "range"):
         return None
     gcol = _generated(compiler, element, spec.column_name, kw)
-    value = element.value
-    op = element.sql_op
     if spec.kind == "string":
         # The column holds the first STRING_PREFIX code points: compare prefixes, recheck exactly.
-        value = value[: spec.string_prefix]
-        op = {"=": "=", ">": ">=", ">=": ">=", "<": "<=", "<=": "<="}[op]
-    return f"{gcol} {op} {_bind(compiler, value, kw)}"
+        op = {"=": "=", ">": ">=", ">=": ">=", "<": "<=", "<=": "<="}[element.sql_op]
+        return f"{gcol} {op} {render_bind(compiler, element.prefix, kw)}"
+    return f"{gcol} {element.sql_op} {render_bind(compiler, element.raw, kw)}"
 
 
 def _mariadb(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[str, Any]) -> str:
@@ -129,23 +126,23 @@ def _mariadb(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[s
     if element.predicate == "contains":
         table_path = sql_literal(compiler, dollar_path(element.keys) + "[*]")
         item_path = f"CONCAT({sql_literal(compiler, dollar_path(element.keys) + '[')}, jt.i - 1, ']')"
-        inner = _scalar_eq(compiler, doc, item_path, f"JSON_EXTRACT({doc}, {item_path})", element.value, kw)
+        inner = _scalar_eq(compiler, doc, item_path, f"JSON_EXTRACT({doc}, {item_path})", element, kw)
         return (
             f"(JSON_TYPE({extract}) = 'ARRAY' AND EXISTS (SELECT 1 FROM JSON_TABLE({doc}, {table_path} "  # noqa: S608
             f"COLUMNS (i FOR ORDINALITY)) AS jt WHERE {inner}))"
         )
     prefilter = _index_prefilter(compiler, element, kw)
     if element.predicate == "eq":
-        exact = _scalar_eq(compiler, doc, lit, extract, element.value, kw)
+        exact = _scalar_eq(compiler, doc, lit, extract, element, kw)
     elif element.kind == "number":
         exact = (
             f"(JSON_TYPE({extract}) IN ('INTEGER', 'DOUBLE') AND CAST(JSON_VALUE({doc}, {lit}) AS DOUBLE) "
-            f"{element.sql_op} {_bind(compiler, element.value, kw)})"
+            f"{element.sql_op} {render_bind(compiler, element.raw, kw)})"
         )
     else:
         exact = (
             f"(JSON_TYPE({extract}) = 'STRING' AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin "
-            f"{element.sql_op} {_bind(compiler, element.value, kw)})"
+            f"{element.sql_op} {render_bind(compiler, element.raw, kw)})"
         )
     return exact if prefilter is None else f"({prefilter} AND {exact})"
 
@@ -154,9 +151,9 @@ def _mysql8(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[st
     # MySQL 8's JSON comparator is type-faithful (read, not run here: see the module docstring).
     lit = sql_literal(compiler, dollar_path(element.keys))
     extract = f"JSON_EXTRACT({doc}, {lit})"
-    as_json = f"CAST({_bind(compiler, jsondoc.dumps(element.value), kw)} AS JSON)"
     if element.predicate == "exists":
         return f"({extract} IS NOT NULL)"
+    as_json = f"CAST({render_bind(compiler, element.json, kw)} AS JSON)"
     if element.predicate == "contains":
         return f"(JSON_TYPE({extract}) = 'ARRAY' AND {as_json} MEMBER OF ({extract}))"
     if element.predicate == "eq":

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, Table, bindparam, exc
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Connection, Table, exc
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.types import String
 
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, ddl_literal, ddl_names, sql_literal
+from memstate_sql.dialects.base import DialectSupport, ErrorKind, ddl_literal, ddl_names, render_bind, sql_literal
 from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
 from memstate_sql.indexes import IndexedPath
 
@@ -44,12 +42,6 @@ class PostgreSQLSupport(DialectSupport):
         conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({expr})")
 
 
-def _nest(keys: tuple[str, ...], value: Any) -> Any:
-    for key in reversed(keys):
-        value = {key: value}
-    return value
-
-
 def _extract(compiler: SQLCompiler, doc: str, keys: tuple[str, ...], text: bool = False) -> str:
     """``doc -> 'k1' -> 'k2'`` (``->>`` for the last key when `text`): keys only, never array indexes.
 
@@ -61,25 +53,26 @@ def _extract(compiler: SQLCompiler, doc: str, keys: tuple[str, ...], text: bool 
     return doc + "".join(f"{arrow}{sql_literal(compiler, key)}" for arrow, key in zip(arrows, keys, strict=True))
 
 
-def _jsonb(compiler: SQLCompiler, value: Any, kw: dict[str, Any]) -> str:
-    return str(compiler.process(bindparam(None, value, type_=JSONB), **kw))
+def _jsonb(compiler: SQLCompiler, bind: Any, kw: dict[str, Any]) -> str:
+    """A bound canonical-JSON text as jsonb (a stable expression: GIN and btree indexes can use it)."""
+    return f"CAST({render_bind(compiler, bind, kw)} AS JSONB)"
 
 
 def _eq(element: JsonPredicate, compiler: SQLCompiler, doc: str, kw: dict[str, Any]) -> str:
-    value, keys = element.value, element.keys
+    keys = element.keys
     extract = _extract(compiler, doc, keys)
     if not keys:
-        return f"({doc} = {_jsonb(compiler, value, kw)})"
+        return f"({doc} = {_jsonb(compiler, element.json, kw)})"
     # @> is served by the GIN jsonb_path_ops index for any path, and is exact for scalars.
-    parts = [f"{doc} @> {_jsonb(compiler, _nest(keys, value), kw)}"]
+    parts = [f"{doc} @> {_jsonb(compiler, element.nested_json, kw)}"]
     if element.kind in ("object", "array"):
         # @> is a superset test for containers ([1,2,3] @> [3,1]); recheck exact equality.
-        parts.append(f"({extract}) = {_jsonb(compiler, value, kw)}")
+        parts.append(f"({extract}) = {_jsonb(compiler, element.json, kw)}")
     elif element.index is not None and element.index.kind == "number":
-        parts.append(f"({extract}) = {_jsonb(compiler, value, kw)}")  # the declared btree on (doc -> ...)
+        parts.append(f"({extract}) = {_jsonb(compiler, element.json, kw)}")  # the declared btree on (doc -> ...)
     elif element.index is not None:
         text = _extract(compiler, doc, keys, text=True)
-        bound = compiler.process(bindparam(None, value, type_=String()), **kw)
+        bound = render_bind(compiler, element.raw, kw)
         parts.append(f'({text}) COLLATE "C" = {bound}')  # the declared btree on ((doc ->> ...) COLLATE "C")
     return "(" + " AND ".join(parts) + ")"
 
@@ -96,18 +89,18 @@ def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw:
     if element.predicate == "range":
         if element.kind == "number":
             # jsonb orders numbers numerically (and kinds by a fixed order: hence the kind gate).
-            bound = _jsonb(compiler, element.value, kw)
+            bound = _jsonb(compiler, element.json, kw)
             return f"(jsonb_typeof({extract}) = 'number' AND ({extract}) {element.sql_op} {bound})"
         text = _extract(compiler, doc, element.keys, text=True)
-        bound = compiler.process(bindparam(None, element.value, type_=String()), **kw)
+        bound = render_bind(compiler, element.raw, kw)
         # jsonb and text compare strings with the database collation; "C" is code-point order.
         return f"(jsonb_typeof({extract}) = 'string' AND ({text}) COLLATE \"C\" {element.sql_op} {bound})"
     # contains: @> [v] is served by the GIN index; it is exact for scalar elements and a superset
     # test for containers, which get an exact recheck over the array's elements.
-    probe = f"{doc} @> {_jsonb(compiler, _nest(element.keys, [element.value]), kw)}"
+    probe = f"{doc} @> {_jsonb(compiler, element.nested_list_json, kw)}"
     if element.kind not in ("object", "array"):
         return f"({probe})"
-    exact = _jsonb(compiler, element.value, kw)
+    exact = _jsonb(compiler, element.json, kw)
     return (
         f"({probe} AND EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({extract}) = 'array' "  # noqa: S608
         f"THEN {extract} END) AS je(v) WHERE je.v = {exact}))"

@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Iterator
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Table, bindparam, event, exc
+from sqlalchemy import Connection, Engine, Table, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from memstate_sql.dialects._paths import dollar_path
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, ddl_literal, ddl_names, json_label, sql_literal
+from memstate_sql.dialects.base import (
+    DialectSupport,
+    ErrorKind,
+    ddl_literal,
+    ddl_names,
+    json_label,
+    render_bind,
+    sql_literal,
+)
 from memstate_sql.errors import ValidationFailed
-from memstate_sql.filters import JsonPredicate, JsonSortKey, kind_of
+from memstate_sql.filters import JsonPredicate, JsonSortKey
 from memstate_sql.indexes import IndexedPath
 
 BUSY_TIMEOUT_S = 30.0
@@ -88,44 +97,45 @@ def check_key(key: str) -> None:
         )
 
 
-def _eq(compiler: SQLCompiler, doc: str, path: str, value: Any, kw: dict[str, Any]) -> str:
+def _eq(compiler: SQLCompiler, doc: str, path: str, shape: Any, leaves: Iterator[Any], kw: dict[str, Any]) -> str:
+    """Typed equality of the value at `path` with a value of `shape` whose leaf binds come from `leaves`."""
     lit = _path_literal(compiler, path)
     jtype = f"json_type({doc}, {lit})"
-    kind = kind_of(value)
-    if kind == "null":
+    if shape == "null":
         return f"{jtype} = 'null'"
-    if kind == "bool":
-        return f"{jtype} = '{'true' if value else 'false'}'"
-    if kind in ("number", "string"):
+    if shape[0] == "bool":
+        return f"{jtype} = '{'true' if shape[1] else 'false'}'"
+    if shape in ("number", "string"):
         # The same two expressions as a declared index (json_type, json_extract): SEARCH, not SCAN.
-        gate = "IN ('integer', 'real')" if kind == "number" else "= 'text'"
-        bound = compiler.process(bindparam(None, value), **kw)
+        gate = "IN ('integer', 'real')" if shape == "number" else "= 'text'"
+        bound = render_bind(compiler, next(leaves), kw)
         return f"({jtype} {gate} AND json_extract({doc}, {lit}) = {bound})"
+    kind, items = shape
     if kind == "object":
         # doc and lit are compiler output and an escaped literal, never user text.
-        parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({doc}, {lit})) = {len(value)}"]  # noqa: S608
-        for key, item in value.items():
+        parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({doc}, {lit})) = {len(items)}"]  # noqa: S608
+        for key, item in items:
             check_key(key)
-            parts.append(_eq(compiler, doc, f"{path}.{json_label(key)}", item, kw))
+            parts.append(_eq(compiler, doc, f"{path}.{json_label(key)}", item, leaves, kw))
         return "(" + " AND ".join(parts) + ")"
-    parts = [f"{jtype} = 'array'", f"json_array_length({doc}, {lit}) = {len(value)}"]
-    parts.extend(_eq(compiler, doc, f"{path}[{i}]", item, kw) for i, item in enumerate(value))
+    parts = [f"{jtype} = 'array'", f"json_array_length({doc}, {lit}) = {len(items)}"]
+    parts.extend(_eq(compiler, doc, f"{path}[{i}]", item, leaves, kw) for i, item in enumerate(items))
     return "(" + " AND ".join(parts) + ")"
 
 
-def _element_eq(compiler: SQLCompiler, value: Any, kw: dict[str, Any]) -> str:
-    """Typed equality of a `json_each` row ``je`` with `value`."""
-    kind = kind_of(value)
-    if kind == "null":
+def _element_eq(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str, Any]) -> str:
+    """Typed equality of a `json_each` row ``je`` with the element's value."""
+    shape = element.shape
+    if shape == "null":
         return "je.type = 'null'"
-    if kind == "bool":
-        return f"je.type = '{'true' if value else 'false'}'"
-    if kind in ("number", "string"):
-        gate = "IN ('integer', 'real')" if kind == "number" else "= 'text'"
-        return f"(je.type {gate} AND je.value = {compiler.process(bindparam(None, value), **kw)})"
+    if shape[0] == "bool":
+        return f"je.type = '{'true' if shape[1] else 'false'}'"
+    if shape in ("number", "string"):
+        gate = "IN ('integer', 'real')" if shape == "number" else "= 'text'"
+        return f"(je.type {gate} AND je.value = {render_bind(compiler, element.leaves[0], kw)})"
     # A container element's value is its JSON text; CASE keeps json_type away from other rows.
-    wanted = "object" if kind == "object" else "array"
-    return f"(CASE WHEN je.type = '{wanted}' THEN {_eq(compiler, 'je.value', '$', value, kw)} ELSE 0 END)"
+    inner = _eq(compiler, "je.value", "$", shape, iter(element.leaves), kw)
+    return f"(CASE WHEN je.type = '{shape[0]}' THEN {inner} ELSE 0 END)"
 
 
 @compiles(JsonPredicate, "sqlite")
@@ -138,13 +148,13 @@ def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw:
     if element.predicate == "exists":
         return f"(json_type({doc}, {lit}) IS NOT NULL)"
     if element.predicate == "eq":
-        return _eq(compiler, doc, path, element.value, kw)
+        return _eq(compiler, doc, path, element.shape, iter(element.leaves), kw)
     if element.predicate == "range":
         gate = "IN ('integer', 'real')" if element.kind == "number" else "= 'text'"
-        bound = compiler.process(bindparam(None, element.value), **kw)
+        bound = render_bind(compiler, element.leaves[0], kw)
         # Text compares with the BINARY collation: UTF-8 bytes, i.e. code points.
         return f"(json_type({doc}, {lit}) {gate} AND json_extract({doc}, {lit}) {element.sql_op} {bound})"
-    inner = _element_eq(compiler, element.value, kw)
+    inner = _element_eq(compiler, element, kw)
     return f"(json_type({doc}, {lit}) = 'array' AND EXISTS (SELECT 1 FROM json_each({doc}, {lit}) AS je WHERE {inner}))"  # noqa: S608
 
 
