@@ -19,6 +19,7 @@ from memstate_sql.errors import (
 )
 from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntry
 from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
+from memstate_sql.indexes import IndexedPath
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
@@ -38,6 +39,7 @@ __all__ = [
     "Fact",
     "FactNotFound",
     "HookError",
+    "IndexedPath",
     "MemoryHook",
     "MemoryStore",
     "MemoryStoreError",
