@@ -299,3 +299,26 @@ def test_compiled_filters_are_cached_per_shape_not_per_value() -> None:
     assert key({"payload.a": [1]}) != key({"payload.a": [1, 1]})
     assert key({"payload.a": 1}) != key({"payload.b": 1})
     assert key({"payload.a": {"$gt": 1}}) != key({"payload.a": {"$lt": 1}})
+
+
+def test_documents_are_canonical_whatever_the_engine_serializer(db_url: str, prefix: str) -> None:
+    """An engine configured with an ASCII-escaping serializer still stores canonical JSON, so filters on
+    non-ASCII keys and strings (compared on stored text by SQLite 3.40 and MariaDB) keep working."""
+    import json
+
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(db_url, json_serializer=lambda v: json.dumps(v, ensure_ascii=True))
+    storage = ms.SQLStorage(engine, table_prefix=prefix)
+    try:
+        store = ms.MemoryStore(storage)
+        store.commit(Fact(id="u", type="t", payload={"clé": "été", "list": ["ü", {"ñ": 1}]}))
+        assert ids(store.query("t", {"payload.clé": "été"})) == ["u"]
+        assert ids(store.query("t", {"payload.list": ["ü", {"ñ": 1}]})) == ["u"]
+        assert ids(store.query("t", {"payload.list": {"$contains": {"ñ": 1}}})) == ["u"]
+        with engine.connect() as conn:
+            stored = conn.exec_driver_sql(f"SELECT payload FROM {prefix}_facts").scalar_one()
+        assert "été" in (stored if isinstance(stored, str) else json.dumps(stored, ensure_ascii=False))
+    finally:
+        storage.close()
+        engine.dispose()
