@@ -322,3 +322,14 @@ def test_documents_are_canonical_whatever_the_engine_serializer(db_url: str, pre
     finally:
         storage.close()
         engine.dispose()
+
+
+def test_keys_with_quotes_on_every_database(store: Any) -> None:
+    """SQLite < 3.45 cannot spell such keys in a JSON path: its compiler finds them with json_each."""
+    store.commit(Fact(id="q", type="t", payload={'a"b': {'c"': [1, {'d"': "x"}]}, "n": {'e"': 5}}))
+    store.commit(Fact(id="r", type="t", payload={'a"b': {'c"': 2}, "n": {'e"': "5"}}))
+    assert ids(store.query("t", {'payload.a"b.c"': {"$contains": {'d"': "x"}}})) == ["q"]
+    assert ids(store.query("t", {'payload.a"b.c"': 2})) == ["r"]
+    assert ids(store.query("t", {'payload.n.e"': {"$gte": 5}})) == ["q"]
+    assert ids(store.query("t", {"payload.n": {'e"': "5"}})) == ["r"]
+    assert ids(store.query("t", {'payload.a"b.x': {"$exists": False}}, order_by='-payload.n.e"')) == ["r", "q"]
