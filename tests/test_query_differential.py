@@ -8,7 +8,7 @@ SQLite 3.40 (what CI runs) cannot address object keys containing ``"`` in a
 JSON path; the SQLite compiler finds such keys with ``json_each`` instead, and
 the pool has such keys so that this fallback is checked too.
 
-Examples per database: ``MEMSTATE_SQL_DIFF_EXAMPLES`` (default 300; each
+Examples per database: ``MEMSTATE_SQL_DIFF_EXAMPLES`` (default 500; each
 example checks several filters and one ordering).
 """
 
@@ -29,7 +29,7 @@ from memstate_sql import filters as flt
 from memstate_sql import jsondoc, reference
 from memstate_sql.repository import FactState, Repository
 
-EXAMPLES = int(os.environ.get("MEMSTATE_SQL_DIFF_EXAMPLES", "300"))
+EXAMPLES = int(os.environ.get("MEMSTATE_SQL_DIFF_EXAMPLES", "500"))
 NFC_E = unicodedata.normalize("NFC", "é")
 NFD_E = unicodedata.normalize("NFD", "é")
 assert NFC_E != NFD_E
