@@ -20,6 +20,7 @@ from memstate_sql.errors import (
 )
 from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntry
 from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
+from memstate_sql.indexes import IndexedPath
 from memstate_sql.migrations import VERSION_TABLE, migrate
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
 from memstate_sql.registry import Constraint, SchemaRegistry
@@ -41,6 +42,7 @@ __all__ = [
     "Fact",
     "FactNotFound",
     "HookError",
+    "IndexedPath",
     "MemoryHook",
     "MemoryStore",
     "MemoryStoreError",

@@ -12,7 +12,8 @@ the sync ``Session``; it means the sync and async stores cannot drift apart.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Mapping
+import functools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
@@ -22,13 +23,16 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 
 from memstate_sql import jsondoc
 from memstate_sql._compat import await_only, greenlet_spawn
+from memstate_sql.core import StoreCore
 from memstate_sql.dialects import support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact
+from memstate_sql.filters import parse, parse_order
 from memstate_sql.hooks import AsyncMemoryHook
+from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX
 from memstate_sql.registry import Constraint
-from memstate_sql.storage import StorageCore
+from memstate_sql.storage import Page, StorageCore, check_batch
 from memstate_sql.store import MemoryStore
 
 T = TypeVar("T")
@@ -66,6 +70,20 @@ async def _spawn(fn: Callable[..., T], *args: Any) -> T:
     return result
 
 
+async def _apaginate(
+    get_core: Callable[[], Awaitable[StorageCore]], fetch: Callable[[StorageCore, tuple[Any, ...] | None], Page]
+) -> AsyncIterator[dict[str, Any]]:
+    core = await get_core()
+    after: tuple[Any, ...] | None = None
+    while True:
+        docs, last = await _spawn(fetch, core, after)
+        for doc in docs:
+            yield doc
+        if last is None:
+            return
+        after = last
+
+
 class AsyncSQLStorage:
     """The asyncio form of `SQLStorage` (aiosqlite, psycopg 3, aiomysql).
 
@@ -83,6 +101,7 @@ class AsyncSQLStorage:
         engine_options: Mapping[str, Any] | None = None,
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
+        indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
     ) -> None:
         self._bound: AsyncConnection | AsyncSession | None = None
         if isinstance(url_or_async_engine, str | URL):
@@ -113,6 +132,7 @@ class AsyncSQLStorage:
             "auto_migrate": auto_migrate,
             "max_attempts": max_attempts,
             "max_payload_bytes": max_payload_bytes,
+            "indexed_paths": indexed_paths,
         }
         self._core: StorageCore | None = None
         # Schema preparation runs once, before any operation. Greenlets of one event loop share a
@@ -160,9 +180,35 @@ class AsyncSQLStorage:
         await _spawn((await self.core()).delete, id)
 
     async def query(
-        self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None
+        self,
+        type_filter: str | None = None,
+        json_filters: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        return await _spawn((await self.core()).query, type_filter, json_filters)
+        core = await self.core()
+        return await _spawn(
+            functools.partial(core.query, limit=limit, offset=offset, order_by=order_by), type_filter, json_filters
+        )
+
+    async def count(self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None) -> int:
+        return await _spawn((await self.core()).count, type_filter, json_filters)
+
+    def iter_query(
+        self,
+        type_filter: str | None = None,
+        json_filters: dict[str, Any] | None = None,
+        *,
+        order_by: str | Sequence[Any] | None = None,
+        batch_size: int = 500,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream `query`'s result in batches (keyset pagination); each batch is one awaited read."""
+        node = parse(json_filters)
+        order = parse_order(order_by)
+        check_batch(batch_size)
+        return _apaginate(self.core, lambda core, after: core.query_page(type_filter, node, order, batch_size, after))
 
     async def append_tx(self, tx_data: dict[str, Any]) -> None:
         await _spawn((await self.core()).append_tx, tx_data)
@@ -288,8 +334,37 @@ class AsyncMemoryStore:
         typename: str | None = None,
         filters: dict[str, Any] | None = None,
         session_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        return await _spawn((await self._store()).query, typename, filters, session_id)
+        store = await self._store()
+        return await _spawn(
+            functools.partial(store.query, limit=limit, offset=offset, order_by=order_by), typename, filters, session_id
+        )
+
+    async def count(
+        self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
+    ) -> int:
+        return await _spawn((await self._store()).count, typename, filters, session_id)
+
+    def iter_query(
+        self,
+        typename: str | None = None,
+        filters: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        *,
+        order_by: str | Sequence[Any] | None = None,
+        batch_size: int = 500,
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Stream `query`'s result in batches (keyset pagination); each batch is one awaited read."""
+        node = StoreCore.query_filters(filters, session_id)
+        order = parse_order(order_by)
+        check_batch(batch_size)
+        return _apaginate(
+            self.storage.core, lambda core, after: core.query_page(typename, node, order, batch_size, after)
+        )
 
     async def search(
         self,

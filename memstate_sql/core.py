@@ -390,10 +390,10 @@ class StoreCore:
 
     @staticmethod
     def query_filters(filters: Mapping[str, Any] | None, session_id: str | None) -> flt.Node:
-        final = dict(filters or {})
+        node = flt.parse(filters)
         if session_id:
-            final["session_id"] = session_id
-        return flt.parse(final)
+            node = flt.All((node, flt.parse({"session_id": session_id})))
+        return node
 
     @staticmethod
     def hydrate(repo: Repository, hits: Sequence[tuple[str, float]]) -> list[tuple[FactState, float]]:

@@ -163,11 +163,60 @@ class Repository:
             lock,
         )
 
-    def query(self, type_filter: str | None, node: flt.Node) -> list[FactState]:
-        where = flt.compile_filter(node, self.facts.c.payload, dict(self.facts.c.items()))
+    def _filter_where(
+        self, type_filter: str | None, node: flt.Node, indexed: flt.IndexLookup | None
+    ) -> ColumnElement[bool]:
+        where = flt.compile_filter(node, self.facts.c.payload, dict(self.facts.c.items()), indexed)
         if type_filter is not None:
             where = (self.facts.c.type == type_filter) & where
-        return self._select_facts(where, False)
+        return where
+
+    def query(
+        self,
+        type_filter: str | None,
+        node: flt.Node,
+        *,
+        indexed: flt.IndexLookup | None = None,
+        order: Sequence[flt.OrderSpec] = (),
+        limit: int | None = None,
+        offset: int = 0,
+    ) -> list[FactState]:
+        """Matching facts in `order` (default: ts, then id)."""
+        return [
+            fact
+            for fact, _ in self.query_page(type_filter, node, indexed=indexed, order=order, limit=limit, offset=offset)
+        ]
+
+    def query_page(
+        self,
+        type_filter: str | None,
+        node: flt.Node,
+        *,
+        indexed: flt.IndexLookup | None = None,
+        order: Sequence[flt.OrderSpec] = (),
+        limit: int | None = None,
+        offset: int = 0,
+        after: Sequence[Any] | None = None,
+    ) -> list[tuple[FactState, tuple[Any, ...]]]:
+        """Matching facts with their sort-key values; `after` (a previous row's key values) pages by keyset."""
+        keys = flt.sort_keys(order, self.facts.c.payload, dict(self.facts.c.items()))
+        where = self._filter_where(type_filter, node, indexed)
+        if after is not None:
+            where = where & flt.after_keys(keys, after)
+        labels = [expr.label(f"sk{i}") for i, (expr, _) in enumerate(keys)]
+        stmt = (
+            select(self.facts, *labels)
+            .where(where)
+            .order_by(*(expr.desc() if descending else expr.asc() for expr, descending in keys))
+        )
+        if limit is not None or offset:
+            stmt = stmt.limit(limit).offset(offset)
+        n = len(self.facts.c)
+        return [(self._fact(row), tuple(row[n:])) for row in self.conn.execute(stmt)]
+
+    def count(self, type_filter: str | None, node: flt.Node, *, indexed: flt.IndexLookup | None = None) -> int:
+        stmt = select(func.count()).select_from(self.facts).where(self._filter_where(type_filter, node, indexed))
+        return int(self.conn.execute(stmt).scalar_one())
 
     def insert(self, fact: FactState) -> None:
         self.conn.execute(

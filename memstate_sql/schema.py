@@ -19,32 +19,59 @@ where DDL would commit the host's transaction, it runs on a connection of its ow
 
 from __future__ import annotations
 
-from sqlalchemy import Connection, Engine
+from collections.abc import Sequence
+
+from sqlalchemy import Connection, Engine, inspect
 
 from memstate_sql import migrations
 from memstate_sql.dialects import support_for
+from memstate_sql.indexes import IndexedPath, ensure_indexes
 from memstate_sql.migrations import State
 from memstate_sql.models import Models
+from memstate_sql.uow import default_sleep
 
 
-def prepare_schema(engine: Engine, models: Models, *, auto_migrate: bool, connection: Connection | None = None) -> bool:
+def prepare_schema(
+    engine: Engine,
+    models: Models,
+    *,
+    auto_migrate: bool,
+    connection: Connection | None = None,
+    indexed_paths: Sequence[IndexedPath] = (),
+) -> bool:
     """Check the schema of `models`' prefix and migrate it (or refuse) as described above.
 
     Returns whether the schema is now durably in place: False when it was created inside the
-    host's still-open transaction (a rollback of which removes it again).
+    host's still-open transaction (a rollback of which removes it again). Declared payload-path
+    indexes (`memstate_sql.indexes`) are created afterwards, idempotently, under the same
+    database-wide lock as migrations.
     """
     if connection is not None:
-        return _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
-    with migrations.connection_for(engine) as conn:
-        found = migrations.schema_state(conn, models.prefix, models.schema)
-    if found.state is State.CURRENT:
-        return True
-    if not auto_migrate or found.state is State.AHEAD:
-        raise found.error()
-    # MISSING, BEHIND, or UNMANAGED (which may be another process's migration half-way through on
-    # MySQL/MariaDB): migrate() decides under the migration lock.
-    migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
-    return True
+        durable = _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
+    else:
+        with migrations.connection_for(engine) as conn:
+            found = migrations.schema_state(conn, models.prefix, models.schema)
+        if found.state is not State.CURRENT:
+            if not auto_migrate or found.state is State.AHEAD:
+                raise found.error()
+            # MISSING, BEHIND, or UNMANAGED (which may be another process's migration half-way through
+            # on MySQL/MariaDB): migrate() decides under the migration lock.
+            migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
+        durable = True
+    if indexed_paths:
+        _ensure_path_indexes(engine, models, indexed_paths)
+    return durable
+
+
+def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[IndexedPath]) -> None:
+    support = support_for(engine.dialect)
+    facts = inspect(models.Fact).local_table
+    lock = f"{models.prefix}_path_indexes"
+    with migrations.connection_for(engine) as conn, support.migration_lock(conn, lock, 60.0, default_sleep):
+        open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
+        ensure_indexes(conn, facts, paths)
+        if not open_before and conn.in_transaction():
+            conn.commit()
 
 
 def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> bool:

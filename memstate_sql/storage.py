@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid as uuid_mod
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine, create_engine, make_url
@@ -18,7 +18,7 @@ from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
 from memstate_sql import filters as flt
-from memstate_sql import jsondoc
+from memstate_sql import indexes, jsondoc
 from memstate_sql.core import as_utc, check_key, immutable_error, state_from_doc
 from memstate_sql.dialects import DialectSupport, support_for
 from memstate_sql.errors import ValidationFailed
@@ -54,8 +54,12 @@ class StorageCore:
         sleep: Callable[[float], Any] | None = None,
         bound: Connection | Callable[[], Connection] | None = None,
         constraints: dict[str, Constraint] | None = None,
+        indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
     ) -> None:
         self.engine = engine
+        #: Declared payload paths with a real index on every database (`memstate_sql.indexes`).
+        self.indexed_paths = indexes.declare(indexed_paths)
+        self.indexed = indexes.lookup(self.indexed_paths)
         self.owns_engine = owns_engine
         self.models: Models = models_for(check_prefix(table_prefix), schema)
         self.dialect: DialectSupport = support_for(engine.dialect)
@@ -90,7 +94,13 @@ class StorageCore:
             current = None if host is None else host.get_transaction()
             if current is not None and current is self._schema_pending:
                 return  # created earlier in this same host transaction
-            durable = prepare_schema(self.engine, self.models, auto_migrate=self.auto_migrate, connection=host)
+            durable = prepare_schema(
+                self.engine,
+                self.models,
+                auto_migrate=self.auto_migrate,
+                connection=host,
+                indexed_paths=self.indexed_paths,
+            )
             # Created inside the host's open transaction: valid for that transaction only (its
             # rollback removes the tables); check again in the next one.
             self._schema_ready = durable
@@ -132,13 +142,82 @@ class StorageCore:
         check_key("fact id", id, required=True)
         self._write(lambda repo: repo.delete(id), "delete")
 
-    def query(self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Facts of `type_filter` matching `json_filters` (see `memstate_sql.filters`)."""
-        return self.query_node(type_filter, flt.parse(json_filters))
+    def query(
+        self,
+        type_filter: str | None = None,
+        json_filters: dict[str, Any] | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order_by: str | Sequence[Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Facts of `type_filter` matching `json_filters` (see `memstate_sql.filters`).
 
-    def query_node(self, type_filter: str | None, node: flt.Node) -> list[dict[str, Any]]:
+        `order_by`: a path or a list of paths (envelope fields or ``payload.`` paths), each
+        prefixed with ``-`` for descending; ties are broken by id. Default: ts, then id.
+        """
+        return self.query_node(type_filter, flt.parse(json_filters), limit=limit, offset=offset, order_by=order_by)
+
+    def query_node(
+        self,
+        type_filter: str | None,
+        node: flt.Node,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order_by: str | Sequence[Any] | None = None,
+    ) -> list[dict[str, Any]]:
         check_key("type_filter", type_filter, required=False)
-        return [f.doc() for f in self._read(lambda repo: repo.query(type_filter, node))]
+        order = flt.parse_order(order_by)
+        _check_window(limit, offset)
+        found = self._read(
+            lambda repo: repo.query(type_filter, node, indexed=self.indexed, order=order, limit=limit, offset=offset)
+        )
+        return [f.doc() for f in found]
+
+    def count(self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None) -> int:
+        """How many facts `query(type_filter, json_filters)` would return."""
+        return self.count_node(type_filter, flt.parse(json_filters))
+
+    def count_node(self, type_filter: str | None, node: flt.Node) -> int:
+        check_key("type_filter", type_filter, required=False)
+        return self._read(lambda repo: repo.count(type_filter, node, indexed=self.indexed))
+
+    def query_page(
+        self,
+        type_filter: str | None,
+        node: flt.Node,
+        order: tuple[flt.OrderSpec, ...],
+        batch_size: int,
+        after: tuple[Any, ...] | None,
+    ) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+        """One batch of a streamed query: the docs after the row keyed `after`, and the last row's key."""
+        rows = self._read(
+            lambda repo: repo.query_page(
+                type_filter, node, indexed=self.indexed, order=order, limit=batch_size, after=after
+            )
+        )
+        return [fact.doc() for fact, _ in rows], (rows[-1][1] if rows else None)
+
+    def iter_query(
+        self,
+        type_filter: str | None = None,
+        json_filters: dict[str, Any] | None = None,
+        *,
+        order_by: str | Sequence[Any] | None = None,
+        batch_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """Stream the result of `query` in batches of `batch_size` rows (keyset pagination).
+
+        Each batch is its own short read transaction: facts committed while the
+        iteration runs may or may not be seen, but no fact is returned twice
+        unless its sort key changed in between.
+        """
+        node = flt.parse(json_filters)
+        check_key("type_filter", type_filter, required=False)
+        order = flt.parse_order(order_by)
+        check_batch(batch_size)
+        return paginate(lambda after: self.query_page(type_filter, node, order, batch_size, after))
 
     def append_tx(self, tx_data: dict[str, Any]) -> None:
         """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""
@@ -211,6 +290,33 @@ class StorageCore:
         return [{**e.doc(), "reverted_by": e.reverted_by} for e in self._read(lambda repo: repo.fact_history(fact_id))]
 
 
+def _check_window(limit: int | None, offset: int) -> None:
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+        raise ValidationFailed("limit must be None or a non-negative integer")
+    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+        raise ValidationFailed("offset must be a non-negative integer")
+
+
+def check_batch(batch_size: int) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValidationFailed("batch_size must be a positive integer")
+    return batch_size
+
+
+Page = tuple[list[dict[str, Any]], "tuple[Any, ...] | None"]
+
+
+def paginate(fetch: Callable[[tuple[Any, ...] | None], Page]) -> Iterator[dict[str, Any]]:
+    """Drive keyset pagination: fetch pages until one comes back empty."""
+    after: tuple[Any, ...] | None = None
+    while True:
+        docs, last = fetch(after)
+        yield from docs
+        if last is None:
+            return
+        after = last
+
+
 def _engine_from(url: str | URL, engine_options: Mapping[str, Any] | None) -> Engine:
     parsed = make_url(url) if isinstance(url, str) else url
     dialect = support_for(parsed.get_backend_name())
@@ -245,6 +351,7 @@ class SQLStorage(StorageCore):
         engine_options: Mapping[str, Any] | None = None,
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
+        indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
         if isinstance(url_or_engine, str | URL):
@@ -273,6 +380,7 @@ class SQLStorage(StorageCore):
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             bound=bound,
+            indexed_paths=indexed_paths,
         )
 
     def __repr__(self) -> str:

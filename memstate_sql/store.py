@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel
@@ -12,10 +12,11 @@ from memstate_sql._compat import await_only, in_greenlet
 from memstate_sql.core import StoreCore
 from memstate_sql.errors import MemoryStoreError, ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact, SearchResult
+from memstate_sql.filters import parse_order
 from memstate_sql.hooks import MemoryHook
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
-from memstate_sql.storage import StorageCore
+from memstate_sql.storage import StorageCore, check_batch, paginate
 
 
 def invoke(fn: Callable[..., Any], *args: Any) -> Any:
@@ -156,10 +157,39 @@ class MemoryStore:
         typename: str | None = None,
         filters: dict[str, Any] | None = None,
         session_id: str | None = None,
+        *,
+        limit: int | None = None,
+        offset: int = 0,
+        order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        """Facts of `typename` (all types if None) matching `filters` (and `session_id`)."""
+        """Facts of `typename` (all types if None) matching `filters` (and `session_id`).
+
+        `order_by`: ``"ts"``, ``"-payload.score"`` or a list of such paths (``-``: descending);
+        ties are broken by id. Default order: ts, then id. See docs/filters.md.
+        """
         node = self._core.query_filters(filters, session_id)
-        return self.storage.query_node(typename, node)
+        return self.storage.query_node(typename, node, limit=limit, offset=offset, order_by=order_by)
+
+    def count(
+        self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
+    ) -> int:
+        """How many facts `query(typename, filters, session_id)` would return."""
+        return self.storage.count_node(typename, self._core.query_filters(filters, session_id))
+
+    def iter_query(
+        self,
+        typename: str | None = None,
+        filters: dict[str, Any] | None = None,
+        session_id: str | None = None,
+        *,
+        order_by: str | Sequence[Any] | None = None,
+        batch_size: int = 500,
+    ) -> Iterator[dict[str, Any]]:
+        """Stream `query`'s result in batches of `batch_size` (keyset pagination, one read per batch)."""
+        node = self._core.query_filters(filters, session_id)
+        order = parse_order(order_by)
+        check_batch(batch_size)
+        return paginate(lambda after: self.storage.query_page(typename, node, order, batch_size, after))
 
     def search(
         self,

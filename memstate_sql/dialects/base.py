@@ -7,12 +7,15 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import String
+
+if TYPE_CHECKING:
+    from memstate_sql.indexes import IndexedPath
 
 
 class ErrorKind(enum.Enum):
@@ -32,6 +35,17 @@ def json_label(key: str) -> str:
 def sql_literal(compiler: SQLCompiler, text: str) -> str:
     """`text` as a SQL string literal, escaped by the dialect's own literal renderer."""
     return str(compiler.render_literal_value(text, String()))
+
+
+def ddl_literal(conn: Connection, text: str) -> str:
+    """`text` as the same SQL literal the filter compiler renders (index expressions must match it)."""
+    return sql_literal(conn.dialect.statement_compiler(conn.dialect, None), text)
+
+
+def ddl_names(conn: Connection, table: Table, index: str) -> tuple[str, str]:
+    """(quoted table, quoted index name) for DDL."""
+    preparer = conn.dialect.identifier_preparer
+    return preparer.format_table(table), preparer.quote(index)
 
 
 class DialectSupport:
@@ -79,6 +93,10 @@ class DialectSupport:
         """
         yield
 
+    def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
+        """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
+        raise NotImplementedError
+
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for a lock name (PostgreSQL advisory locks)."""
@@ -88,3 +106,10 @@ def lock_key(name: str) -> int:
 def lock_name(name: str, limit: int = 64) -> str:
     """`name`, or a digest of it when it is longer than `limit` (MySQL's GET_LOCK names are short)."""
     return name if len(name) <= limit else name[: limit - 17] + "_" + hashlib.sha256(name.encode()).hexdigest()[:16]
+
+
+def render_bind(compiler: SQLCompiler, bind: Any, kw: dict[str, Any]) -> str:
+    """Render one of a `JsonPredicate`'s prepared bound parameters."""
+    if bind is None:  # pragma: no cover - a compiler asking for a bind its predicate does not have
+        raise AssertionError("missing bound parameter")
+    return str(compiler.process(bind, **kw))

@@ -10,16 +10,25 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, bindparam, exc, text
+from sqlalchemy import Connection, Dialect, Table, column, exc, text
+from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from memstate_sql import jsondoc
 from memstate_sql.dialects._paths import dollar_path
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, lock_name, sql_literal
+from memstate_sql.dialects.base import (
+    DialectSupport,
+    ErrorKind,
+    ddl_literal,
+    ddl_names,
+    lock_name,
+    render_bind,
+    sql_literal,
+)
 from memstate_sql.errors import MigrationLockTimeout
-from memstate_sql.filters import JsonPredicate
+from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
+from memstate_sql.indexes import IndexedPath
 
 _RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout
 _UNIQUE_CODES = {1062}
@@ -86,40 +95,148 @@ class MySQLSupport(DialectSupport):
             if not external:
                 conn.commit()
 
+    def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
+        table, name = ddl_names(conn, facts, spec.index_name(facts.name))
+        gcol = conn.dialect.identifier_preparer.quote(spec.column_name)
+        lit = ddl_literal(conn, dollar_path(spec.keys))
+        jtype = f"JSON_TYPE(JSON_EXTRACT(payload, {lit}))"
+        if spec.kind == "number":
+            numeric = "('INTEGER', 'DOUBLE', 'UNSIGNED INTEGER', 'DECIMAL')"
+            definition = (
+                f"DOUBLE AS (CASE WHEN {jtype} IN {numeric} THEN CAST(JSON_VALUE(payload, {lit}) AS DOUBLE) END)"
+            )
+        else:
+            collation = _binary_collation(conn.dialect)
+            definition = (
+                f"VARCHAR({spec.string_prefix}) CHARACTER SET utf8mb4 COLLATE {collation} AS "
+                f"(CASE WHEN {jtype} = 'STRING' THEN LEFT(JSON_VALUE(payload, {lit}), {spec.string_prefix}) END)"
+            )
+        columns = {c["name"] for c in sa_inspect(conn).get_columns(facts.name, schema=facts.schema)}
+        if spec.column_name not in columns:
+            conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {gcol} {definition} VIRTUAL")
+        indexes = {i["name"] for i in sa_inspect(conn).get_indexes(facts.name, schema=facts.schema)}
+        if spec.index_name(facts.name) not in indexes:
+            conn.exec_driver_sql(f"CREATE INDEX {name} ON {table} ({gcol})")
+
 
 def _is_mariadb(dialect: Dialect) -> bool:
     return bool(getattr(dialect, "is_mariadb", False))
 
 
-def _mariadb_eq(compiler: SQLCompiler, doc: str, lit: str, element: JsonPredicate, kw: dict[str, Any]) -> str:
-    extract = f"JSON_EXTRACT({doc}, {lit})"
-    assert element.kind is not None
-    gate = f"JSON_TYPE({extract}) {_MARIADB_TYPES[element.kind]}"
-    if element.kind == "null":
+def _generated(compiler: SQLCompiler, element: JsonPredicate | JsonSortKey, name: str, kw: dict[str, Any]) -> str:
+    """The declared path's generated column, referenced by name (MariaDB uses its index only then)."""
+    table = getattr(element.column, "table", None)
+    return str(compiler.process(column(name, _selectable=table), **kw))
+
+
+def _scalar_eq(
+    compiler: SQLCompiler, doc: str, lit: str, extract: str, element: JsonPredicate, kw: dict[str, Any]
+) -> str:
+    kind = element.kind
+    assert kind is not None
+    gate = f"JSON_TYPE({extract}) {_MARIADB_TYPES[kind]}"
+    if kind == "null":
         return f"({gate})"
-    if element.kind == "string":
+    if kind == "string":
         # JSON_VALUE decodes escapes; the binary NO PAD collation compares code points exactly
         # (the column's utf8mb4_bin pads trailing spaces, the connection's collation folds case).
-        bound = compiler.process(bindparam(None, element.value), **kw)
+        bound = render_bind(compiler, element.raw, kw)
         return f"({gate} AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin = {bound})"
     # JSON_EQUALS is type-faithful (true != 1, 1 = 1.0, objects order-free). In a WHERE clause
     # MariaDB 10.11 treats JSON_EQUALS(NULL, x) as true: always test IS TRUE.
-    bound = compiler.process(bindparam(None, jsondoc.dumps(element.value)), **kw)
-    return f"({gate} AND JSON_EQUALS({extract}, {bound}) IS TRUE)"
+    return f"({gate} AND JSON_EQUALS({extract}, {render_bind(compiler, element.json, kw)}) IS TRUE)"
 
 
-def _mysql8_eq(compiler: SQLCompiler, doc: str, lit: str, element: JsonPredicate, kw: dict[str, Any]) -> str:
-    bound = compiler.process(bindparam(None, jsondoc.dumps(element.value)), **kw)
-    return f"(JSON_EXTRACT({doc}, {lit}) = CAST({bound} AS JSON))"
+def _index_prefilter(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str, Any]) -> str | None:
+    """The condition on the declared path's generated column that its index serves (a necessary one)."""
+    spec = element.index
+    if spec is None or element.predicate not in ("eq", "range"):
+        return None
+    gcol = _generated(compiler, element, spec.column_name, kw)
+    if spec.kind == "string":
+        # The column holds the first STRING_PREFIX code points: compare prefixes, recheck exactly.
+        op = {"=": "=", ">": ">=", ">=": ">=", "<": "<=", "<=": "<="}[element.sql_op]
+        return f"{gcol} {op} {render_bind(compiler, element.prefix, kw)}"
+    return f"{gcol} {element.sql_op} {render_bind(compiler, element.raw, kw)}"
+
+
+def _mariadb(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[str, Any]) -> str:
+    lit = sql_literal(compiler, dollar_path(element.keys))
+    extract = f"JSON_EXTRACT({doc}, {lit})"
+    if element.predicate == "exists":
+        return f"({extract} IS NOT NULL)"
+    if element.predicate == "contains":
+        table_path = sql_literal(compiler, dollar_path(element.keys) + "[*]")
+        item_path = f"CONCAT({sql_literal(compiler, dollar_path(element.keys) + '[')}, jt.i - 1, ']')"
+        inner = _scalar_eq(compiler, doc, item_path, f"JSON_EXTRACT({doc}, {item_path})", element, kw)
+        return (
+            f"(JSON_TYPE({extract}) = 'ARRAY' AND EXISTS (SELECT 1 FROM JSON_TABLE({doc}, {table_path} "  # noqa: S608
+            f"COLUMNS (i FOR ORDINALITY)) AS jt WHERE {inner}))"
+        )
+    prefilter = _index_prefilter(compiler, element, kw)
+    if element.predicate == "eq":
+        exact = _scalar_eq(compiler, doc, lit, extract, element, kw)
+    elif element.kind == "number":
+        exact = (
+            f"(JSON_TYPE({extract}) IN ('INTEGER', 'DOUBLE') AND CAST(JSON_VALUE({doc}, {lit}) AS DOUBLE) "
+            f"{element.sql_op} {render_bind(compiler, element.raw, kw)})"
+        )
+    else:
+        exact = (
+            f"(JSON_TYPE({extract}) = 'STRING' AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin "
+            f"{element.sql_op} {render_bind(compiler, element.raw, kw)})"
+        )
+    return exact if prefilter is None else f"({prefilter} AND {exact})"
+
+
+def _mysql8(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[str, Any]) -> str:
+    # MySQL 8's JSON comparator is type-faithful (read, not run here: see the module docstring).
+    lit = sql_literal(compiler, dollar_path(element.keys))
+    extract = f"JSON_EXTRACT({doc}, {lit})"
+    if element.predicate == "exists":
+        return f"({extract} IS NOT NULL)"
+    as_json = f"CAST({render_bind(compiler, element.json, kw)} AS JSON)"
+    if element.predicate == "contains":
+        return f"(JSON_TYPE({extract}) = 'ARRAY' AND {as_json} MEMBER OF ({extract}))"
+    if element.predicate == "eq":
+        return f"({extract} = {as_json})"
+    gate = "IN ('INTEGER', 'UNSIGNED INTEGER', 'DOUBLE', 'DECIMAL')" if element.kind == "number" else "= 'STRING'"
+    return f"(JSON_TYPE({extract}) {gate} AND {extract} {element.sql_op} {as_json})"
 
 
 @compiles(JsonPredicate, "mysql")
 @compiles(JsonPredicate, "mariadb")
 def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw: Any) -> str:
     doc = compiler.process(element.column, **kw)
-    lit = sql_literal(compiler, dollar_path(element.keys))
-    if element.predicate == "exists":
-        return f"(JSON_EXTRACT({doc}, {lit}) IS NOT NULL)"
     if _is_mariadb(compiler.dialect):
-        return _mariadb_eq(compiler, doc, lit, element, kw)
-    return _mysql8_eq(compiler, doc, lit, element, kw)
+        return _mariadb(compiler, doc, element, kw)
+    return _mysql8(compiler, doc, element, kw)
+
+
+@compiles(JsonSortKey, "mysql")
+@compiles(JsonSortKey, "mariadb")
+def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) -> str:
+    doc = compiler.process(element.column, **kw)
+    lit = sql_literal(compiler, dollar_path(element.keys))
+    jtype = f"JSON_TYPE(JSON_EXTRACT({doc}, {lit}))"
+    value = f"JSON_VALUE({doc}, {lit})"
+    if element.part == "rank":
+        return (
+            f"(CASE {jtype} WHEN 'NULL' THEN 1 WHEN 'BOOLEAN' THEN (CASE WHEN {value} = '1' THEN 3 ELSE 2 END) "
+            "WHEN 'INTEGER' THEN 4 WHEN 'DOUBLE' THEN 4 WHEN 'UNSIGNED INTEGER' THEN 4 WHEN 'DECIMAL' THEN 4 "
+            "WHEN 'STRING' THEN 5 WHEN 'ARRAY' THEN 6 WHEN 'OBJECT' THEN 7 ELSE 0 END)"
+        )
+    if element.part == "num":
+        numeric = "('INTEGER', 'DOUBLE', 'UNSIGNED INTEGER', 'DECIMAL')"
+        return f"(CASE WHEN {jtype} IN {numeric} THEN CAST({value} AS DOUBLE) ELSE 0 END)"
+    return f"(CASE WHEN {jtype} = 'STRING' THEN {value} ELSE '' END COLLATE {_binary_collation(compiler.dialect)})"
+
+
+def _binary_collation(dialect: Dialect) -> str:
+    return "utf8mb4_nopad_bin" if _is_mariadb(dialect) else "utf8mb4_0900_bin"
+
+
+@compiles(CodePointText, "mysql")
+@compiles(CodePointText, "mariadb")
+def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"({compiler.process(element.expr, **kw)} COLLATE {_binary_collation(compiler.dialect)})"

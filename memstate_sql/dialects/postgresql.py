@@ -7,14 +7,22 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exc, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Connection, Table, exc, text
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, lock_key, sql_literal
+from memstate_sql.dialects.base import (
+    DialectSupport,
+    ErrorKind,
+    ddl_literal,
+    ddl_names,
+    lock_key,
+    render_bind,
+    sql_literal,
+)
 from memstate_sql.errors import MigrationLockTimeout
-from memstate_sql.filters import JsonPredicate
+from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
+from memstate_sql.indexes import IndexedPath
 
 _RETRY_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _DISCONNECT_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / crash shutdown
@@ -74,26 +82,97 @@ class PostgreSQLSupport(DialectSupport):
             conn.execute(text("RESET lock_timeout"))
             conn.commit()
 
+    def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
+        table, name = ddl_names(conn, facts, spec.index_name(facts.name))
+        arrows = [" -> "] * len(spec.keys)
+        if spec.kind == "string":
+            arrows[-1] = " ->> "
+        chain = "payload" + "".join(f"{a}{ddl_literal(conn, k)}" for a, k in zip(arrows, spec.keys, strict=True))
+        # Numbers: jsonb btree (numeric order within the 'number' kind); strings: text in code-point order.
+        expr = f"({chain})" if spec.kind == "number" else f'(({chain}) COLLATE "C")'
+        conn.exec_driver_sql(f"CREATE INDEX IF NOT EXISTS {name} ON {table} ({expr})")
 
-def _nest(keys: tuple[str, ...], value: Any) -> Any:
-    for key in reversed(keys):
-        value = {key: value}
-    return value
+
+def _extract(compiler: SQLCompiler, doc: str, keys: tuple[str, ...], text: bool = False) -> str:
+    """``doc -> 'k1' -> 'k2'`` (``->>`` for the last key when `text`): keys only, never array indexes.
+
+    The spelling is exactly the one of the declared-path indexes (`memstate_sql.indexes`).
+    """
+    arrows = [" -> "] * len(keys)
+    if text and keys:
+        arrows[-1] = " ->> "
+    return doc + "".join(f"{arrow}{sql_literal(compiler, key)}" for arrow, key in zip(arrows, keys, strict=True))
+
+
+def _jsonb(compiler: SQLCompiler, bind: Any, kw: dict[str, Any]) -> str:
+    """A bound canonical-JSON text as jsonb (a stable expression: GIN and btree indexes can use it)."""
+    return f"CAST({render_bind(compiler, bind, kw)} AS JSONB)"
+
+
+def _eq(element: JsonPredicate, compiler: SQLCompiler, doc: str, kw: dict[str, Any]) -> str:
+    keys = element.keys
+    extract = _extract(compiler, doc, keys)
+    if not keys:
+        return f"({doc} = {_jsonb(compiler, element.json, kw)})"
+    # @> is served by the GIN jsonb_path_ops index for any path, and is exact for scalars.
+    parts = [f"{doc} @> {_jsonb(compiler, element.nested_json, kw)}"]
+    if element.kind in ("object", "array"):
+        # @> is a superset test for containers ([1,2,3] @> [3,1]); recheck exact equality.
+        parts.append(f"({extract}) = {_jsonb(compiler, element.json, kw)}")
+    elif element.index is not None and element.index.kind == "number":
+        parts.append(f"({extract}) = {_jsonb(compiler, element.json, kw)}")  # the declared btree on (doc -> ...)
+    elif element.index is not None:
+        text = _extract(compiler, doc, keys, text=True)
+        bound = render_bind(compiler, element.raw, kw)
+        parts.append(f'({text}) COLLATE "C" = {bound}')  # the declared btree on ((doc ->> ...) COLLATE "C")
+    return "(" + " AND ".join(parts) + ")"
 
 
 @compiles(JsonPredicate, "postgresql")
 def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw: Any) -> str:
     doc = compiler.process(element.column, **kw)
-    # "->" chains with text keys: every segment is an object key, never an array index.
-    extract = doc + "".join(f" -> {sql_literal(compiler, key)}" for key in element.keys)
+    extract = _extract(compiler, doc, element.keys)
     if element.predicate == "exists":
+        # Not "?": it also matches string elements of arrays.
         return f"(({extract}) IS NOT NULL)"
-    value = element.value
-    if not element.keys:
-        return f"({doc} = {compiler.process(bindparam(None, value, type_=JSONB), **kw)})"
-    containment = f"{doc} @> {compiler.process(bindparam(None, _nest(element.keys, value), type_=JSONB), **kw)}"
-    if element.kind in ("object", "array"):
-        # @> is a superset test for containers ([1,2,3] @> [3,1]); recheck exact equality.
-        exact = compiler.process(bindparam(None, value, type_=JSONB), **kw)
-        return f"({containment} AND ({extract}) = {exact})"
-    return f"({containment})"
+    if element.predicate == "eq":
+        return _eq(element, compiler, doc, kw)
+    if element.predicate == "range":
+        if element.kind == "number":
+            # jsonb orders numbers numerically (and kinds by a fixed order: hence the kind gate).
+            bound = _jsonb(compiler, element.json, kw)
+            return f"(jsonb_typeof({extract}) = 'number' AND ({extract}) {element.sql_op} {bound})"
+        text = _extract(compiler, doc, element.keys, text=True)
+        bound = render_bind(compiler, element.raw, kw)
+        # jsonb and text compare strings with the database collation; "C" is code-point order.
+        return f"(jsonb_typeof({extract}) = 'string' AND ({text}) COLLATE \"C\" {element.sql_op} {bound})"
+    # contains: @> [v] is served by the GIN index; it is exact for scalar elements and a superset
+    # test for containers, which get an exact recheck over the array's elements.
+    probe = f"{doc} @> {_jsonb(compiler, element.nested_list_json, kw)}"
+    if element.kind not in ("object", "array"):
+        return f"({probe})"
+    exact = _jsonb(compiler, element.json, kw)
+    return (
+        f"({probe} AND EXISTS (SELECT 1 FROM jsonb_array_elements(CASE WHEN jsonb_typeof({extract}) = 'array' "  # noqa: S608
+        f"THEN {extract} END) AS je(v) WHERE je.v = {exact}))"
+    )
+
+
+@compiles(JsonSortKey, "postgresql")
+def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) -> str:
+    doc = compiler.process(element.column, **kw)
+    e = _extract(compiler, doc, element.keys)
+    if element.part == "rank":
+        return (
+            f"(CASE jsonb_typeof({e}) WHEN 'null' THEN 1 WHEN 'boolean' THEN "
+            f"(CASE WHEN ({e}) = 'true'::jsonb THEN 3 ELSE 2 END) WHEN 'number' THEN 4 WHEN 'string' THEN 5 "
+            "WHEN 'array' THEN 6 WHEN 'object' THEN 7 ELSE 0 END)"
+        )
+    if element.part == "num":
+        return f"(CASE WHEN jsonb_typeof({e}) = 'number' THEN ({e})::numeric ELSE 0 END)"
+    return f"((CASE WHEN jsonb_typeof({e}) = 'string' THEN ({e}) #>> '{{}}' ELSE '' END) COLLATE \"C\")"
+
+
+@compiles(CodePointText, "postgresql")
+def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
+    return f'({compiler.process(element.expr, **kw)}) COLLATE "C"'

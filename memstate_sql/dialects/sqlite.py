@@ -5,21 +5,32 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, event, exc
+from sqlalchemy import Connection, Engine, Table, event, exc
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 
 from memstate_sql.dialects._paths import dollar_path
-from memstate_sql.dialects.base import DialectSupport, ErrorKind, json_label, sql_literal
+from memstate_sql.dialects.base import (
+    DialectSupport,
+    ErrorKind,
+    ddl_literal,
+    ddl_names,
+    json_label,
+    render_bind,
+    sql_literal,
+)
 from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
-from memstate_sql.filters import JsonPredicate, kind_of
+from memstate_sql.filters import JsonPredicate, JsonSortKey
+from memstate_sql.indexes import IndexedPath
 
 BUSY_TIMEOUT_S = 30.0
-#: SQLite before the 3.45 JSON rewrite cannot address object keys that contain '"'.
+#: SQLite before the 3.45 JSON rewrite cannot address object keys that contain '"' in a path
+#: (filters then find such keys with json_each; index expressions cannot).
 QUOTED_LABELS_FROM = (3, 45, 0)
 
 
@@ -107,6 +118,16 @@ class SQLiteSupport(DialectSupport):
             conn.exec_driver_sql(f"PRAGMA busy_timeout = {int(previous or 0)}")
             conn.commit()
 
+    def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
+        for key in spec.keys:
+            check_key(key)
+        table, name = ddl_names(conn, facts, spec.index_name(facts.name))
+        lit = ddl_literal(conn, dollar_path(spec.keys))
+        # The very expressions the compiler emits for a typed comparison (json_type gate, json_extract value).
+        conn.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} (json_type(payload, {lit}), json_extract(payload, {lit}))"
+        )
+
 
 def _driver_in_transaction(dbapi_conn: Any) -> bool:
     """Whether SQLite itself has a transaction open (sqlite3, or aiosqlite under SQLAlchemy's adapter)."""
@@ -120,44 +141,121 @@ def _path_literal(compiler: SQLCompiler, path: str) -> str:
     return sql_literal(compiler, path)
 
 
-def _check_key(key: str) -> None:
-    if '"' in key and sqlite3.sqlite_version_info < QUOTED_LABELS_FROM:
+def check_key(key: str) -> None:
+    """Keys an index expression can name (a path label with '"' needs SQLite >= 3.45)."""
+    if '"' in key and not _QUOTED_LABELS:
         raise ValidationFailed(
-            f"filter key {key!r}: SQLite {sqlite3.sqlite_version} cannot address object keys containing '\"' "
-            "(needs SQLite >= 3.45)"
+            f"indexed path key {key!r}: SQLite {sqlite3.sqlite_version} cannot address object keys containing '\"' "
+            "in an index expression (needs SQLite >= 3.45)"
         )
 
 
-def _eq(compiler: SQLCompiler, doc: str, path: str, value: Any, kw: dict[str, Any]) -> str:
+_QUOTED_LABELS = sqlite3.sqlite_version_info >= QUOTED_LABELS_FROM
+
+
+@dataclass(frozen=True)
+class _Loc:
+    """Where a value sits in a document: SQL for its json_type and its value, and (`src`, `path`)
+    from which its members are addressed."""
+
+    type_sql: str
+    value_sql: str
+    src: str
+    path: str
+
+
+def _at(compiler: SQLCompiler, src: str, path: str) -> _Loc:
     lit = _path_literal(compiler, path)
-    jtype = f"json_type({doc}, {lit})"
-    kind = kind_of(value)
-    if kind == "null":
+    return _Loc(f"json_type({src}, {lit})", f"json_extract({src}, {lit})", src, path)
+
+
+def _child(compiler: SQLCompiler, loc: _Loc, key: str) -> _Loc:
+    if '"' not in key or _QUOTED_LABELS:
+        return _at(compiler, loc.src, f"{loc.path}.{json_label(key)}")
+    # SQLite < 3.45 cannot spell a key containing '"' in a path: find it among the object's members.
+    # (Array members have integer keys, a scalar's only row has a NULL key: neither matches.)
+    lit, label = _path_literal(compiler, loc.path), sql_literal(compiler, key)
+    member = f"FROM json_each({loc.src}, {lit}) AS jk WHERE jk.key = {label}"
+    type_sql, value_sql = f"(SELECT jk.type {member})", f"(SELECT jk.value {member})"
+    return _Loc(type_sql, value_sql, f"(CASE WHEN {type_sql} IN ('object', 'array') THEN {value_sql} END)", "$")
+
+
+def _locate(compiler: SQLCompiler, doc: str, keys: tuple[str, ...]) -> _Loc:
+    loc = _at(compiler, doc, "$")
+    for key in keys:
+        loc = _child(compiler, loc, key)
+    return loc
+
+
+def _eq(compiler: SQLCompiler, loc: _Loc, shape: Any, leaves: Iterator[Any], kw: dict[str, Any]) -> str:
+    """Typed equality of the value at `loc` with a value of `shape` whose leaf binds come from `leaves`."""
+    jtype = loc.type_sql
+    if shape == "null":
         return f"{jtype} = 'null'"
-    if kind == "bool":
-        return f"{jtype} = '{'true' if value else 'false'}'"
-    if kind in ("number", "string"):
-        gate = "IN ('integer', 'real')" if kind == "number" else "= 'text'"
-        bound = compiler.process(bindparam(None, value), **kw)
-        return f"({jtype} {gate} AND json_extract({doc}, {lit}) = {bound})"
+    if shape[0] == "bool":
+        return f"{jtype} = '{'true' if shape[1] else 'false'}'"
+    if shape in ("number", "string"):
+        # The same two expressions as a declared index (json_type, json_extract): SEARCH, not SCAN.
+        gate = "IN ('integer', 'real')" if shape == "number" else "= 'text'"
+        bound = render_bind(compiler, next(leaves), kw)
+        return f"({jtype} {gate} AND {loc.value_sql} = {bound})"
+    kind, items = shape
+    lit = _path_literal(compiler, loc.path)
     if kind == "object":
-        # doc and lit are compiler output and an escaped literal, never user text.
-        parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({doc}, {lit})) = {len(value)}"]  # noqa: S608
-        for key, item in value.items():
-            _check_key(key)
-            parts.append(_eq(compiler, doc, f"{path}.{json_label(key)}", item, kw))
+        # src and lit are compiler output and escaped literals, never user text.
+        parts = [f"{jtype} = 'object'", f"(SELECT count(*) FROM json_each({loc.src}, {lit})) = {len(items)}"]  # noqa: S608
+        parts.extend(_eq(compiler, _child(compiler, loc, key), item, leaves, kw) for key, item in items)
         return "(" + " AND ".join(parts) + ")"
-    parts = [f"{jtype} = 'array'", f"json_array_length({doc}, {lit}) = {len(value)}"]
-    parts.extend(_eq(compiler, doc, f"{path}[{i}]", item, kw) for i, item in enumerate(value))
+    parts = [f"{jtype} = 'array'", f"json_array_length({loc.src}, {lit}) = {len(items)}"]
+    parts.extend(
+        _eq(compiler, _at(compiler, loc.src, f"{loc.path}[{i}]"), item, leaves, kw) for i, item in enumerate(items)
+    )
     return "(" + " AND ".join(parts) + ")"
+
+
+def _element_eq(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str, Any]) -> str:
+    """Typed equality of a `json_each` row ``je`` with the element's value."""
+    shape = element.shape
+    if shape == "null":
+        return "je.type = 'null'"
+    if shape[0] == "bool":
+        return f"je.type = '{'true' if shape[1] else 'false'}'"
+    if shape in ("number", "string"):
+        gate = "IN ('integer', 'real')" if shape == "number" else "= 'text'"
+        return f"(je.type {gate} AND je.value = {render_bind(compiler, element.leaves[0], kw)})"
+    # A container element's value is its JSON text; CASE keeps json_type away from other rows.
+    inner = _eq(compiler, _at(compiler, "je.value", "$"), shape, iter(element.leaves), kw)
+    return f"(CASE WHEN je.type = '{shape[0]}' THEN {inner} ELSE 0 END)"
 
 
 @compiles(JsonPredicate, "sqlite")
 def _compile_json_predicate(element: JsonPredicate, compiler: SQLCompiler, **kw: Any) -> str:
-    for key in element.keys:
-        _check_key(key)
-    doc = compiler.process(element.column, **kw)
-    path = dollar_path(element.keys)
+    loc = _locate(compiler, compiler.process(element.column, **kw), element.keys)
     if element.predicate == "exists":
-        return f"(json_type({doc}, {_path_literal(compiler, path)}) IS NOT NULL)"
-    return _eq(compiler, doc, path, element.value, kw)
+        return f"({loc.type_sql} IS NOT NULL)"
+    if element.predicate == "eq":
+        return _eq(compiler, loc, element.shape, iter(element.leaves), kw)
+    if element.predicate == "range":
+        gate = "IN ('integer', 'real')" if element.kind == "number" else "= 'text'"
+        bound = render_bind(compiler, element.leaves[0], kw)
+        # Text compares with the BINARY collation: UTF-8 bytes, i.e. code points.
+        return f"({loc.type_sql} {gate} AND {loc.value_sql} {element.sql_op} {bound})"
+    inner = _element_eq(compiler, element, kw)
+    members = f"json_each({loc.src}, {_path_literal(compiler, loc.path)})"
+    return f"({loc.type_sql} = 'array' AND EXISTS (SELECT 1 FROM {members} AS je WHERE {inner}))"  # noqa: S608
+
+
+_RANK = (
+    "CASE {t} WHEN 'null' THEN 1 WHEN 'false' THEN 2 WHEN 'true' THEN 3 "
+    "WHEN 'integer' THEN 4 WHEN 'real' THEN 4 WHEN 'text' THEN 5 WHEN 'array' THEN 6 WHEN 'object' THEN 7 ELSE 0 END"
+)
+
+
+@compiles(JsonSortKey, "sqlite")
+def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) -> str:
+    loc = _locate(compiler, compiler.process(element.column, **kw), element.keys)
+    if element.part == "rank":
+        return "(" + _RANK.format(t=loc.type_sql) + ")"
+    if element.part == "num":
+        return f"(CASE WHEN {loc.type_sql} IN ('integer', 'real') THEN {loc.value_sql} ELSE 0 END)"
+    return f"(CASE WHEN {loc.type_sql} = 'text' THEN {loc.value_sql} ELSE '' END)"

@@ -1,0 +1,441 @@
+"""Side-by-side benchmark: memstate 0.5.1 vs memstate_sql, plus a raw-driver floor.
+
+    python -m benchmarks.run [--quick] [--no-1m] [--only sqlite,postgresql,mariadb]
+
+Needs ``pip install -e ".[bench]"`` (memstate==0.5.1 is a benchmark-only dependency) and, for the server
+databases, MEMSTATE_SQL_TEST_POSTGRES_URL / MEMSTATE_SQL_TEST_MYSQL_URL (the test URLs; tables are created under
+a fresh ``bench...`` prefix and dropped afterwards). memstate 0.5.1 has no MySQL/MariaDB backend, so MariaDB is
+measured for memstate_sql and the raw floor only.
+
+One workload, same for everyone, single thread:
+
+* commits: new facts committed one by one (store.commit: one fact row + one log entry);
+* updates: store.update on existing facts; point reads: store.get;
+* rollbacks: store.rollback(session, 1) of commits made in that session;
+* filtered query: ``query("note", {"payload.group": g})`` returning 50 rows, on a data set of 20k facts and of
+  1M facts (bulk-loaded with multi-row inserts, not 1M commits). memstate_sql declares ``payload.group`` as an
+  indexed number path; memstate cannot declare one;
+* raw floor: the commit workload as a plain DB-API loop, one fact row + one log row per transaction.
+
+Figures are operations per second (medians in ms for queries); ratios are memstate_sql / memstate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import sqlalchemy as sa
+
+import memstate_sql as ms
+from memstate_sql.indexes import IndexedPath
+
+PG_URL = os.environ.get("MEMSTATE_SQL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+MY_URL = os.environ.get("MEMSTATE_SQL_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
+GROUP = 50  # facts per payload.group value: every filtered query returns 50 rows
+TS = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+
+@dataclass
+class Sizes:
+    writes: int
+    reads: int
+    rollbacks: int
+    queries: int
+    small: int
+    large: int
+
+
+QUICK = Sizes(writes=200, reads=500, rollbacks=100, queries=20, small=20_000, large=0)
+FULL = Sizes(writes=1000, reads=3000, rollbacks=300, queries=50, small=20_000, large=1_000_000)
+
+
+def rate(n: int, fn: Callable[[int], Any]) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        fn(i)
+    return n / (time.perf_counter() - start)
+
+
+def median_ms(n: int, fn: Callable[[int], Any]) -> float:
+    times = []
+    for i in range(n):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1000
+
+
+def payload(i: int) -> dict[str, Any]:
+    return {"group": i // GROUP, "score": i % 997, "name": f"user-{i}", "tags": ["a", "b"], "active": i % 2 == 0}
+
+
+def fact_doc(i: int, prefix: str = "b") -> dict[str, Any]:
+    return {
+        "id": f"{prefix}{i:08d}",
+        "type": "note",
+        "payload": payload(i),
+        "source": "bench",
+        "session_id": None,
+        "ts": TS.isoformat().replace("+00:00", "Z"),
+    }
+
+
+# ---------------------------------------------------------------------------- systems
+
+
+@dataclass
+class System:
+    """One store under test: a memstate or memstate_sql MemoryStore plus its bulk loader."""
+
+    name: str
+    db: str
+    store: Any
+    fact_cls: Any
+    bulk: Callable[[int, int], None]
+    close: Callable[[], None]
+    results: dict[str, float] = field(default_factory=dict)
+
+
+def memstate_sqlite(workdir: str) -> System:
+    import memstate
+
+    path = os.path.join(workdir, "memstate.db")
+    storage = memstate.SQLiteStorage(path)
+
+    def bulk(start: int, stop: int) -> None:
+        conn = sqlite3.connect(path)
+        with conn:
+            conn.executemany(
+                "INSERT INTO facts(id, type, data) VALUES (?, ?, ?)",
+                ((d["id"], d["type"], json.dumps(d)) for d in map(fact_doc, range(start, stop))),
+            )
+        conn.close()
+
+    return System("memstate", "sqlite", memstate.MemoryStore(storage), memstate.Fact, bulk, storage.close)
+
+
+def memstate_postgres(prefix: str) -> System:
+    import memstate
+    from memstate.backends.postgres import PostgresStorage
+
+    storage = PostgresStorage(PG_URL, table_prefix=prefix)
+    table = storage._facts_table
+
+    def bulk(start: int, stop: int) -> None:
+        with storage._engine.begin() as conn:
+            for lo in range(start, stop, 10_000):
+                conn.execute(
+                    sa.insert(table),
+                    [{"id": d["id"], "doc": d} for d in map(fact_doc, range(lo, min(stop, lo + 10_000)))],
+                )
+            conn.exec_driver_sql(f"ANALYZE {table.name}")
+
+    def close() -> None:
+        storage.close()
+
+    return System("memstate", "postgresql", memstate.MemoryStore(storage), memstate.Fact, bulk, close)
+
+
+def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None) -> System:
+    target: Any = url
+    name = "memstate_sql"
+    if synchronous is not None:
+        # memstate's own SQLite setting (WAL + synchronous=NORMAL: atomic and consistent, but the last
+        # commits can be lost on power failure). memstate_sql keeps SQLite's default (FULL) unless the
+        # application configures its engine like this.
+        target = sa.create_engine(url, connect_args={"timeout": 30})
+        sa.event.listen(target, "connect", lambda c, _r: c.execute(f"PRAGMA synchronous = {synchronous}"))
+        name = f"memstate_sql[{synchronous.lower()}]"
+    storage = ms.SQLStorage(target, table_prefix=prefix, indexed_paths=[IndexedPath("payload.group", "number")])
+    if synchronous is not None:
+        ms.dialects.support_for("sqlite").configure_engine(target)
+    store = ms.MemoryStore(storage)
+    store.count()  # prepares the schema
+
+    def bulk(start: int, stop: int) -> None:
+        def work(repo: Any) -> None:
+            for lo in range(start, stop, 10_000):
+                rows = []
+                for i in range(lo, min(stop, lo + 10_000)):
+                    d = fact_doc(i)
+                    rows.append({**d, "ts": TS, "version": 1, "immutable": False, "singleton": None})
+                repo.conn.execute(sa.insert(repo.facts), rows)
+            name = repo.facts.name
+            analyze = {"postgresql": f"ANALYZE {name}", "sqlite": "ANALYZE"}.get(db, f"ANALYZE TABLE {name}")
+            repo.conn.exec_driver_sql(analyze)
+
+        storage.runner.run(work, name="bulk")
+
+    def close() -> None:
+        storage.close()
+        if synchronous is not None:
+            target.dispose()
+
+    return System(name, db, store, ms.Fact, bulk, close)
+
+
+# ---------------------------------------------------------------------------- raw floor
+
+
+@contextmanager
+def raw_connection(db: str, url: str, synchronous: str = "FULL") -> Iterator[tuple[Any, str]]:
+    """A DB-API connection and its paramstyle placeholder."""
+    if db == "sqlite":
+        conn = sqlite3.connect(url, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+        yield conn, "?"
+        conn.close()
+        return
+    parsed = sa.make_url(url)
+    if db == "postgresql":
+        import psycopg
+
+        pconn = psycopg.connect(
+            host=parsed.host, port=parsed.port or 5432, user=parsed.username, password=parsed.password or None,
+            dbname=parsed.database,
+        )  # fmt: skip
+        yield pconn, "%s"
+        pconn.close()
+        return
+    import pymysql
+
+    mconn = pymysql.connect(
+        host=parsed.host, port=parsed.port or 3306, user=parsed.username, password=parsed.password or "",
+        database=parsed.database, autocommit=False,
+    )  # fmt: skip
+    yield mconn, "%s"
+    mconn.close()
+
+
+def raw_floor(db: str, url: str, n: int, prefix: str, synchronous: str = "FULL") -> float:
+    facts, log = f"{prefix}_rawf", f"{prefix}_rawt"
+    with raw_connection(db, url, synchronous) as (conn, ph):
+        cur = conn.cursor()
+        text_type = "TEXT" if db != "mysql" else "LONGTEXT"
+        key_type = "VARCHAR(191)"
+        seq = {"sqlite": "INTEGER PRIMARY KEY", "postgresql": "BIGSERIAL PRIMARY KEY"}.get(
+            db, "BIGINT AUTO_INCREMENT PRIMARY KEY"
+        )
+        cur.execute(f"CREATE TABLE {facts} (id {key_type} PRIMARY KEY, type {key_type}, payload {text_type})")
+        cur.execute(f"CREATE TABLE {log} (seq {seq}, fact_id {key_type}, entry {text_type})")
+        if db != "sqlite":
+            conn.commit()
+
+        def one(i: int) -> None:
+            d = fact_doc(i, "r")
+            if db == "sqlite":
+                cur.execute("BEGIN IMMEDIATE")
+            cur.execute(f"INSERT INTO {facts} (id, type, payload) VALUES ({ph}, {ph}, {ph})",
+                        (d["id"], d["type"], json.dumps(d["payload"])))  # fmt: skip
+            cur.execute(f"INSERT INTO {log} (fact_id, entry) VALUES ({ph}, {ph})", (d["id"], json.dumps(d)))
+            if db == "sqlite":
+                cur.execute("COMMIT")
+            else:
+                conn.commit()
+
+        try:
+            return rate(n, one)
+        finally:
+            cur.execute(f"DROP TABLE {facts}")
+            cur.execute(f"DROP TABLE {log}")
+            if db != "sqlite":
+                conn.commit()
+
+
+# ---------------------------------------------------------------------------- workload
+
+
+def run_workload(system: System, sizes: Sizes, log: Callable[[str], None]) -> None:
+    store, Fact = system.store, system.fact_cls
+    r = system.results
+    ids: list[str] = []
+
+    def written(i: int) -> dict[str, Any]:
+        return {**payload(i), "group": -1}  # outside the groups the filtered queries ask for
+
+    def commit(i: int) -> None:
+        ids.append(store.commit(Fact(id=f"w{i:08d}", type="note", payload=written(i)), session_id="ws"))
+
+    r["commits/s"] = rate(sizes.writes, commit)
+    r["updates/s"] = rate(sizes.writes, lambda i: store.update(ids[i], {"payload": {"score": -i}}))
+    r["point reads/s"] = rate(sizes.reads, lambda i: store.get(ids[i % len(ids)]))
+    for i in range(sizes.rollbacks):
+        store.commit(Fact(id=f"rb{i:08d}", type="note", payload=written(i)), session_id="rb")
+    r["rollbacks/s"] = rate(sizes.rollbacks, lambda i: store.rollback("rb", 1))
+    log(f"  {system.name}/{system.db}: writes done")
+
+    rng = random.Random(7)
+
+    def filtered(loaded: int) -> Callable[[int], Any]:
+        groups = [rng.randrange(loaded // GROUP) for _ in range(sizes.queries)]
+
+        def q(i: int) -> None:
+            found = store.query("note", {"payload.group": groups[i]})
+            assert len(found) == GROUP, (system.name, system.db, len(found))
+
+        return q
+
+    t0 = time.perf_counter()
+    system.bulk(0, sizes.small)
+    log(f"  {system.name}/{system.db}: loaded {sizes.small} facts in {time.perf_counter() - t0:.1f}s")
+    r["query ms @20k"] = median_ms(sizes.queries, filtered(sizes.small))
+    if sizes.large:
+        t0 = time.perf_counter()
+        for lo in range(sizes.small, sizes.large, 100_000):
+            system.bulk(lo, min(sizes.large, lo + 100_000))
+        log(f"  {system.name}/{system.db}: loaded {sizes.large} facts in {time.perf_counter() - t0:.1f}s")
+        slow = system.name == "memstate"  # full scans: a few queries are enough for a median
+        r["query ms @1M"] = median_ms(min(sizes.queries, 7) if slow else sizes.queries, filtered(sizes.large))
+
+
+# ---------------------------------------------------------------------------- report
+
+TARGETS = {
+    ("sqlite", "commits/s"): 1.0, ("sqlite", "updates/s"): 1.0, ("sqlite", "rollbacks/s"): 1.0,
+    ("postgresql", "commits/s"): 3.0, ("postgresql", "updates/s"): 3.0, ("postgresql", "rollbacks/s"): 3.0,
+    ("postgresql", "point reads/s"): 3.0,
+}  # fmt: skip
+
+
+def report(systems: list[System], floors: dict[str, float]) -> str:
+    metrics = ["commits/s", "updates/s", "point reads/s", "rollbacks/s", "query ms @20k", "query ms @1M"]
+    lines = [
+        f"{'database':<18} {'metric':<15} {'memstate':>10} {'memstate_sql':>13} {'ratio':>8}  note",
+        "-" * 96,
+    ]
+    for ours in (s for s in systems if s.name.startswith("memstate_sql")):
+        db = ours.db
+        theirs = next((s for s in systems if s.db == db and s.name == "memstate"), None)
+        variant = ours.name[len("memstate_sql") :]
+        label = ("mariadb" if db == "mysql" else db) + variant
+        for metric in metrics:
+            if metric not in ours.results:
+                continue
+            mine = ours.results[metric]
+            other = theirs.results.get(metric) if theirs else None
+            if other is None:
+                ratio, shown = "", "-"
+            elif metric.startswith("query"):
+                ratio, shown = f"{other / mine:.1f}x", f"{other:.2f}"  # faster = memstate time / ours
+            else:
+                ratio, shown = f"{mine / other:.2f}x", f"{other:.0f}"
+            note = ""
+            target = TARGETS.get((db, metric))
+            if target and other:
+                note = f"target >= {target}x"
+            if metric == "query ms @20k" and other:
+                note = "target >= 30x"
+            if metric == "query ms @1M":
+                note = f"1M/20k = {mine / ours.results['query ms @20k']:.2f} (target <= 2)"
+            value = f"{mine:.2f}" if metric.startswith("query") else f"{mine:.0f}"
+            lines.append(f"{label:<18} {metric:<15} {shown:>10} {value:>13} {ratio:>8}  {note}")
+        floor = floors.get(db + variant)
+        if floor:
+            pct = ", ".join(
+                f"{m.split('/')[0]} {ours.results[m] / floor:.0%}" for m in ("commits/s", "updates/s", "rollbacks/s")
+            )
+            lines.append(
+                f"{label:<18} {'raw floor tx/s':<15} {'':>10} {floor:>13.0f} {'':>8}  vs floor: {pct} (>= 50%)"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small counts, 20k facts only (about a minute)")
+    parser.add_argument("--no-1m", action="store_true", help="skip the 1M-fact data set")
+    parser.add_argument("--only", default="sqlite,postgresql,mariadb", help="comma-separated databases")
+    parser.add_argument("--json", help="also write the raw figures to this file")
+    parser.add_argument(
+        "--no-normal", action="store_true", help="skip the SQLite variant with memstate's synchronous=NORMAL"
+    )
+    args = parser.parse_args(argv)
+    sizes = QUICK if args.quick else FULL
+    if args.no_1m:
+        sizes = Sizes(**{**sizes.__dict__, "large": 0})
+    wanted = {"mariadb": "mysql"}
+    dbs = [wanted.get(d.strip(), d.strip()) for d in args.only.split(",") if d.strip()]
+    prefix = "bench" + uuid.uuid4().hex[:8]
+    workdir = tempfile.mkdtemp(prefix="memstate-bench-")
+    log = lambda msg: print(msg, flush=True)  # noqa: E731
+    systems: list[System] = []
+    floors: dict[str, float] = {}
+    try:
+        for db in dbs:
+            log(f"== {db}")
+            if db == "sqlite":
+                candidates = [
+                    lambda: memstate_sqlite(workdir),
+                    lambda: memstate_sql("sqlite", f"sqlite:///{workdir}/msql.db", prefix),
+                ]
+                floor_url = os.path.join(workdir, "raw.db")
+            elif db == "postgresql":
+                candidates = [
+                    lambda: memstate_postgres(prefix + "m"),
+                    lambda: memstate_sql("postgresql", PG_URL, prefix),
+                ]
+                floor_url = PG_URL
+            else:
+                candidates = [lambda: memstate_sql("mysql", MY_URL, prefix)]
+                floor_url = MY_URL
+            floors[db] = raw_floor(db, floor_url, sizes.writes, prefix)
+            log(f"  raw floor: {floors[db]:.0f} tx/s")
+            for make in candidates:
+                system = make()
+                systems.append(system)
+                try:
+                    run_workload(system, sizes, log)
+                finally:
+                    system.close()
+            if db == "sqlite" and not args.no_normal:
+                floors["sqlite[normal]"] = raw_floor(
+                    db, os.path.join(workdir, "raw2.db"), sizes.writes, prefix, "NORMAL"
+                )
+                system = memstate_sql("sqlite", f"sqlite:///{workdir}/msql-normal.db", prefix, "NORMAL")
+                systems.append(system)
+                try:
+                    run_workload(system, Sizes(**{**sizes.__dict__, "large": 0}), log)
+                finally:
+                    system.close()
+            print(report(systems, floors), flush=True)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        for url in (PG_URL, MY_URL):
+            if any((s.db == "postgresql") == (url == PG_URL) and s.db != "sqlite" for s in systems):
+                _drop(url, prefix)
+    print()
+    print(report(systems, floors))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump({f"{s.name}/{s.db}": s.results for s in systems} | {"floors": floors}, fh, indent=2)
+
+
+def _drop(url: str, prefix: str) -> None:
+    engine = sa.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            for table in sa.inspect(conn).get_table_names():
+                if table.startswith(prefix):
+                    conn.exec_driver_sql(f"DROP TABLE {conn.dialect.identifier_preparer.quote(table)}")
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    main()
