@@ -21,6 +21,7 @@ from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntr
 from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
 from memstate_sql.registry import Constraint, SchemaRegistry
+from memstate_sql.rollback import RollbackAction, RollbackConflict, RollbackConflictError, RollbackPlan
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
 from memstate_sql.uow import ConnectionLost
@@ -42,6 +43,10 @@ __all__ = [
     "MemoryStore",
     "MemoryStoreError",
     "Operation",
+    "RollbackAction",
+    "RollbackConflict",
+    "RollbackConflictError",
+    "RollbackPlan",
     "SQLStorage",
     "SchemaRegistry",
     "SchemaVersionError",

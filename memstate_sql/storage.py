@@ -100,6 +100,12 @@ class StorageCore:
         found = self._read(lambda repo: repo.get(id))
         return None if found is None else found.doc()
 
+    def load_with_version(self, id: str) -> tuple[dict[str, Any], int] | None:
+        """`load` plus the fact's version (incremented by every write)."""
+        check_key("fact id", id, required=True)
+        found = self._read(lambda repo: repo.get(id))
+        return None if found is None else (found.doc(), found.version)
+
     def save(self, fact_data: dict[str, Any]) -> None:
         """Upsert a fact document. Constraints registered on this storage apply; an
         immutable fact cannot be overwritten (`ConflictError`)."""

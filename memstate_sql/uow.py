@@ -33,7 +33,13 @@ from sqlalchemy import Connection, Engine, exc
 
 from memstate_sql._compat import await_only, in_greenlet
 from memstate_sql.dialects import DialectSupport, ErrorKind
-from memstate_sql.errors import ConflictError, MemoryStoreError, StorageError, TransientStorageError
+from memstate_sql.errors import (
+    ConflictError,
+    MemoryStoreError,
+    StorageError,
+    TransientStorageError,
+    ValidationFailed,
+)
 from memstate_sql.models import Models
 from memstate_sql.repository import Repository
 
@@ -103,14 +109,82 @@ class TransactionRunner:
         finally:
             _ACTIVE.reset(token)
 
-    def run(self, fn: Callable[[Repository], T], *, write: bool = True, name: str = "operation") -> T:
+    def run(
+        self,
+        fn: Callable[[Repository], T],
+        *,
+        write: bool = True,
+        name: str = "operation",
+        fact_id: str | None = None,
+        session_id: str | None = None,
+    ) -> T:
         joined = self.active()
         if joined is not None:
             return fn(joined)
         if self.prepare is not None:
             self.prepare()
-        if self.bound is not None:
-            return self._run_bound(fn)
+        started = time.perf_counter()
+        attempts = 0
+        try:
+            if self.bound is not None:
+                attempts = 1
+                result = self._run_bound(fn, name)
+            else:
+                result, attempts = self._run_owned(fn, write, name)
+        except Exception as err:
+            self._report(name, fact_id, session_id, started, max(attempts, 1), err)
+            raise
+        if fact_id is None and isinstance(result, str):
+            fact_id = result  # commit returns the fact's id
+        self._report(name, fact_id, session_id, started, attempts, None, write=write)
+        return result
+
+    @staticmethod
+    def _report(
+        name: str,
+        fact_id: str | None,
+        session_id: str | None,
+        started: float,
+        attempts: int,
+        error: BaseException | None,
+        *,
+        write: bool = True,
+    ) -> None:
+        """One log record per operation: never payloads, never connection URLs."""
+        duration_ms = (time.perf_counter() - started) * 1000
+        fields = {
+            "memstate_op": name,
+            "memstate_fact_id": fact_id,
+            "memstate_session_id": session_id,
+            "memstate_duration_ms": round(duration_ms, 3),
+            "memstate_attempts": attempts,
+        }
+        if error is None:
+            log.log(
+                logging.INFO if write else logging.DEBUG,
+                "%s ok fact_id=%s session_id=%s attempts=%d duration_ms=%.1f",
+                name,
+                fact_id,
+                session_id,
+                attempts,
+                duration_ms,
+                extra=fields,
+            )
+        else:
+            level = logging.INFO if isinstance(error, (ConflictError, ValidationFailed)) else logging.WARNING
+            log.log(
+                level,
+                "%s failed fact_id=%s session_id=%s attempts=%d duration_ms=%.1f error=%s",
+                name,
+                fact_id,
+                session_id,
+                attempts,
+                duration_ms,
+                type(error).__name__,
+                extra={**fields, "memstate_error": type(error).__name__},
+            )
+
+    def _run_owned(self, fn: Callable[[Repository], T], write: bool, name: str) -> tuple[T, int]:
         attempt = 0
         while True:
             attempt += 1
@@ -119,9 +193,7 @@ class TransactionRunner:
                     if write:
                         self.dialect.begin_write(conn)
                     result = self._call(conn, fn)
-                if attempt > 1:
-                    log.info("%s succeeded after %d attempts", name, attempt)
-                return result
+                return result, attempt
             except RetryUnitOfWork:
                 kind = ErrorKind.RETRY
                 error: BaseException | None = None
@@ -132,15 +204,24 @@ class TransactionRunner:
             if attempt >= self.max_attempts:
                 if kind is ErrorKind.UNIQUE:
                     raise ConflictError(
-                        f"{name}: a unique constraint kept failing after {attempt} attempts: {error}"
+                        f"{name}: a unique constraint kept failing after {attempt} attempts: {describe(error)}"
                     ) from error
                 raise TransientStorageError(
-                    f"{name}: gave up after {attempt} attempts on a retryable database error: {error}"
+                    f"{name}: gave up after {attempt} attempts on a retryable database error "
+                    f"({kind.value}): {describe(error)}"
                 ) from error
-            log.debug("%s: retrying after %s (attempt %d)", name, kind.value, attempt)
+            log.info(
+                "%s: retrying after a %s error (attempt %d of %d): %s",
+                name,
+                kind.value,
+                attempt,
+                self.max_attempts,
+                describe(error),
+                extra={"memstate_op": name, "memstate_attempts": attempt},
+            )
             self.sleep(backoff(attempt))
 
-    def _run_bound(self, fn: Callable[[Repository], T]) -> T:
+    def _run_bound(self, fn: Callable[[Repository], T], name: str) -> T:
         conn = self.bound
         assert conn is not None
         try:
@@ -153,10 +234,21 @@ class TransactionRunner:
             kind = self.dialect.classify(err)
             if kind is ErrorKind.UNIQUE:
                 raise ConflictError(f"a unique constraint failed inside the caller's transaction: {err}") from err
-            raise self._translate(kind, err, "operation") from err
+            raise self._translate(kind, err, name) from err
 
     @staticmethod
     def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str) -> MemoryStoreError:
         if kind is ErrorKind.DISCONNECT:
-            return ConnectionLost(f"{name}: database connection lost; the operation was not applied: {err.orig}")
-        return StorageError(f"{name}: database error: {err.orig}")
+            return ConnectionLost(
+                f"{name}: database connection lost; the operation's transaction did not commit: {describe(err)}"
+            )
+        return StorageError(f"{name}: database error: {describe(err)}")
+
+
+def describe(error: BaseException | None) -> str:
+    """The driver's message of a database error (first line; never the statement's parameters)."""
+    if error is None:
+        return "a row changed concurrently"
+    orig = getattr(error, "orig", None) or error
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0] if text else ''}"
