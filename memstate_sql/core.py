@@ -413,12 +413,20 @@ class StoreCore:
             overridden = {c.later_uuid for c in plan.conflicts if c.later_uuid is not None}
         pending = Pending()
         for action in plan.actions:
+            now = repo.get(action.fact_id, lock=True)
+            if (None if now is None else now.doc()) != action.current:
+                # A fact the plan found absent was written since (it could not be locked): re-plan.
+                raise RetryUnitOfWork()
             if action.action == "restore":
                 assert action.restore_to is not None
                 restored, existed = self._restore(repo, action.restore_to)
                 pending.add(Operation.UPDATE if existed else Operation.COMMIT, restored.id, restored)
             elif action.action == "delete" and repo.delete(action.fact_id):
                 pending.add(Operation.DELETE, action.fact_id, None)
+        planned = {c.later_uuid for c in plan.conflicts}
+        if any(other.uuid not in planned for _, _, other in rb.later_entries(repo, entries)):
+            # A writer logged a change to one of the facts between the plan and the writes: re-plan.
+            raise RetryUnitOfWork()
         repo.mark_reverted([e.uuid for e in entries] + sorted(overridden), by=rollback_id)
         self.deliver(pending)
         return [e.doc() for e in entries]

@@ -49,6 +49,8 @@ class RollbackAction(BaseModel):
     action: Literal["restore", "delete", "none"]
     """``restore``: write `restore_to`; ``delete``: remove the fact; ``none``: already as it should be."""
     restore_to: dict[str, Any] | None = None
+    current: dict[str, Any] | None = None
+    """The fact as the plan found it just before this change (None: absent)."""
 
 
 class RollbackConflict(BaseModel):
@@ -107,6 +109,19 @@ def touched(entry: TxRecord) -> set[str]:
     return {fid for fid, *_ in effects(entry)} | ({entry.fact_id} if entry.fact_id else set())
 
 
+def later_entries(repo: Repository, entries: Sequence[TxRecord]) -> list[tuple[TxRecord, str, TxRecord]]:
+    """(undone entry, fact id, newer active entry outside `entries` that touched the fact)."""
+    fact_ids = sorted({fid for e in entries for fid, *_ in effects(e)})
+    undone = {e.uuid for e in entries}
+    oldest = min((e.seq for e in entries), default=0)
+    later = [e for e in repo.active_entries_after(oldest, fact_ids) if e.uuid not in undone]
+    found = []
+    for entry in entries:
+        for fid, *_ in effects(entry):
+            found += [(entry, fid, other) for other in later if other.seq > entry.seq and fid in touched(other)]
+    return found
+
+
 def plan(
     repo: Repository, session_id: str | None, steps: int, entries: Sequence[TxRecord], *, lock: bool
 ) -> RollbackPlan:
@@ -117,27 +132,24 @@ def plan(
     for fid in fact_ids:
         state: FactState | None = repo.get(fid, lock=lock)
         current[fid] = None if state is None else state.doc()
-    undone = {e.uuid for e in entries}
-    oldest = min((e.seq for e in entries), default=0)
-    later = [e for e in repo.active_entries_after(oldest, fact_ids) if e.uuid not in undone]
+    later = later_entries(repo, entries)
 
     actions: list[RollbackAction] = []
     conflicts: list[RollbackConflict] = []
     for entry in entries:
         for fid, left, before, known in effects(entry):
-            for other in later:
-                if other.seq > entry.seq and fid in touched(other):
-                    conflicts.append(
-                        RollbackConflict(
-                            fact_id=fid,
-                            seq=entry.seq,
-                            reason=f"{other.op} at seq {other.seq} changed the fact after seq {entry.seq}",
-                            later_seq=other.seq,
-                            later_op=other.op,
-                            later_uuid=other.uuid,
-                            later_session_id=other.session_id,
-                        )
+            for _, _, other in (item for item in later if item[0] is entry and item[1] == fid):
+                conflicts.append(
+                    RollbackConflict(
+                        fact_id=fid,
+                        seq=entry.seq,
+                        reason=f"{other.op} at seq {other.seq} changed the fact after seq {entry.seq}",
+                        later_seq=other.seq,
+                        later_op=other.op,
+                        later_uuid=other.uuid,
+                        later_session_id=other.session_id,
                     )
+                )
             now = current[fid]
             if known and now != left and not any(c.fact_id == fid and c.later_seq is not None for c in conflicts):
                 conflicts.append(
@@ -151,7 +163,9 @@ def plan(
                 action: Literal["restore", "delete", "none"] = "restore"
             else:
                 action = "delete" if now is not None else "none"
-            actions.append(RollbackAction(seq=entry.seq, op=entry.op, fact_id=fid, action=action, restore_to=before))
+            actions.append(
+                RollbackAction(seq=entry.seq, op=entry.op, fact_id=fid, action=action, restore_to=before, current=now)
+            )
             current[fid] = None if before is None else dict(before)
     return RollbackPlan(
         session_id=session_id,

@@ -38,13 +38,13 @@ from memstate_sql.errors import (
     MemoryStoreError,
     StorageError,
     TransientStorageError,
-    ValidationFailed,
 )
 from memstate_sql.models import Models
 from memstate_sql.repository import Repository
 
 T = TypeVar("T")
 log = logging.getLogger("memstate_sql")
+log.addHandler(logging.NullHandler())
 
 _ACTIVE: ContextVar[tuple[object, Repository] | None] = ContextVar("memstate_sql_active_uow", default=None)
 
@@ -171,7 +171,12 @@ class TransactionRunner:
                 extra=fields,
             )
         else:
-            level = logging.INFO if isinstance(error, (ConflictError, ValidationFailed)) else logging.WARNING
+            # The caller's mistakes and refusals (not found, conflict, invalid input) are routine.
+            level = (
+                logging.WARNING
+                if isinstance(error, StorageError) or not isinstance(error, MemoryStoreError)
+                else logging.INFO
+            )
             log.log(
                 level,
                 "%s failed fact_id=%s session_id=%s attempts=%d duration_ms=%.1f error=%s",
