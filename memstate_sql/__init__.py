@@ -25,6 +25,7 @@ from memstate_sql.rollback import RollbackAction, RollbackConflict, RollbackConf
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
 from memstate_sql.uow import ConnectionLost
+from memstate_sql.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -56,6 +57,8 @@ __all__ = [
     "TransientStorageError",
     "TxEntry",
     "ValidationFailed",
+    "VerifyReport",
     "metadata",
     "models_for",
+    "verify",
 ]
