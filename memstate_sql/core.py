@@ -107,6 +107,11 @@ def token_for(constraint: Constraint | None, payload: Mapping[str, Any]) -> str 
     return None if value is None else singleton_token(value)
 
 
+#: Row counts (limits, offsets, rollback steps) above this are clamped: no table holds more rows,
+#: and every database accepts it as a 64-bit LIMIT/OFFSET.
+MAX_ROWS = 2**62
+
+
 def check_version(expected_version: Any) -> int | None:
     if expected_version is None:
         return None
@@ -374,7 +379,7 @@ class StoreCore:
         check_key("session_id", session_id, required=False)
         if steps <= 0:
             return []
-        return repo.tx_log(session_id, limit=steps, lock=lock)
+        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock)
 
     def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> rb.RollbackPlan:
         """What `rollback(session_id, steps)` would undo and which later changes it would override."""
@@ -442,6 +447,9 @@ class StoreCore:
 
     @staticmethod
     def query_filters(filters: Mapping[str, Any] | None, session_id: str | None) -> flt.Node:
+        check_key("session_id", session_id, required=False)
+        if filters is not None and not isinstance(filters, Mapping):
+            raise ValidationFailed(f"filters must be a mapping, got {type(filters).__name__}")
         final = dict(filters or {})
         if session_id:
             final["session_id"] = session_id
