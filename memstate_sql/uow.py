@@ -54,8 +54,13 @@ class RetryUnitOfWork(Exception):
 
 
 class ConnectionLost(StorageError):
-    """The database connection failed during the operation; its transaction did not commit
-    (or, if the failure hit COMMIT itself, its outcome is unknown and nothing half-done is visible)."""
+    """The database could not be reached, or the connection broke during the operation.
+
+    The operation's transaction did not commit, so none of it is visible; if the
+    connection broke during COMMIT itself, the outcome is unknown but still all or
+    nothing. Not retried automatically (the operation may need the caller's
+    judgement); the next operation reconnects (``pool_pre_ping``).
+    """
 
 
 def default_sleep(seconds: float) -> None:
@@ -194,7 +199,12 @@ class TransactionRunner:
         while True:
             attempt += 1
             try:
-                with self.engine.connect() as conn, conn.begin():
+                connection = self.engine.connect()
+            except exc.DBAPIError as err:
+                # Not reachable (restarting, down): nothing was sent, nothing to retry blindly.
+                raise ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}") from err
+            try:
+                with connection as conn, conn.begin():
                     if write:
                         self.dialect.begin_write(conn)
                     result = self._call(conn, fn)
