@@ -13,6 +13,7 @@ skips the test with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import pwd
@@ -110,10 +111,8 @@ class PostgresServer(PrivateServer):
         self._run("pg_ctl", "-D", str(self.data), "-m", "immediate" if crash else "fast", "-w", "stop")
 
     def destroy(self) -> None:
-        try:
+        with contextlib.suppress(subprocess.CalledProcessError):  # not running
             self.stop()
-        except subprocess.CalledProcessError:
-            pass  # not running
         shutil.rmtree(self.root, ignore_errors=True)
 
 
