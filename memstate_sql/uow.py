@@ -126,22 +126,25 @@ class TransactionRunner:
         joined = self.active()
         if joined is not None:
             return fn(joined)
-        if self.prepare is not None:
-            self.prepare()
         started = time.perf_counter()
-        attempts = 0
+        attempts = [0]
         try:
+            if self.prepare is not None:
+                try:
+                    self.prepare()
+                except exc.DBAPIError as err:
+                    raise self._unprepared(err, name) from err
             if self.bound is not None:
-                attempts = 1
+                attempts[0] = 1
                 result = self._run_bound(fn, name)
             else:
-                result, attempts = self._run_owned(fn, write, name)
+                result = self._run_owned(fn, write, name, attempts)
         except Exception as err:
-            self._report(name, fact_id, session_id, started, max(attempts, 1), err)
+            self._report(name, fact_id, session_id, started, max(attempts[0], 1), err)
             raise
         if fact_id is None and isinstance(result, str):
             fact_id = result  # commit returns the fact's id
-        self._report(name, fact_id, session_id, started, attempts, None, write=write)
+        self._report(name, fact_id, session_id, started, attempts[0], None, write=write)
         return result
 
     @staticmethod
@@ -194,10 +197,11 @@ class TransactionRunner:
                 extra={**fields, "memstate_error": type(error).__name__},
             )
 
-    def _run_owned(self, fn: Callable[[Repository], T], write: bool, name: str) -> tuple[T, int]:
+    def _run_owned(self, fn: Callable[[Repository], T], write: bool, name: str, attempts: list[int]) -> T:
         attempt = 0
         while True:
             attempt += 1
+            attempts[0] = attempt
             try:
                 connection = self.engine.connect()
             except exc.DBAPIError as err:
@@ -208,7 +212,7 @@ class TransactionRunner:
                     if write:
                         self.dialect.begin_write(conn)
                     result = self._call(conn, fn)
-                return result, attempt
+                return result
             except RetryUnitOfWork:
                 kind = ErrorKind.RETRY
                 error: BaseException | None = None
@@ -250,6 +254,15 @@ class TransactionRunner:
             if kind is ErrorKind.UNIQUE:
                 raise ConflictError(f"a unique constraint failed inside the caller's transaction: {err}") from err
             raise self._translate(kind, err, name) from err
+
+    def _unprepared(self, err: exc.DBAPIError, name: str) -> MemoryStoreError:
+        """The schema check failed: unreachable database (`ConnectionLost`) or another storage error."""
+        try:
+            with self.engine.connect():
+                pass
+        except exc.DBAPIError:
+            return ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}")
+        return self._translate(self.dialect.classify(err), err, name)
 
     @staticmethod
     def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str) -> MemoryStoreError:

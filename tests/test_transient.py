@@ -10,6 +10,7 @@ nothing of the operation is in the database.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
@@ -212,8 +213,9 @@ def sqlite_storage(db_url: str, prefix: str, attempts: int) -> SQLStorage:
     return storage
 
 
-def test_sqlite_busy_is_retried(db: str, db_url: str, prefix: str) -> None:
+def test_sqlite_busy_is_retried(db: str, db_url: str, prefix: str, caplog: pytest.LogCaptureFixture) -> None:
     only(db, "sqlite")
+    caplog.set_level(logging.INFO, logger="memstate_sql")
     storage = sqlite_storage(db_url, prefix, attempts=20)
     store = MemoryStore(storage)
     store.commit(Fact(id="f", type="t", payload={"v": 1}))
@@ -225,6 +227,13 @@ def test_sqlite_busy_is_retried(db: str, db_url: str, prefix: str) -> None:
         store.update("f", {"payload": {"v": 2}})
         assert len(storage.runner.sleep.calls) >= 1
         assert store.get("f")["payload"] == {"v": 2}
+        retries = [r for r in caplog.records if "retrying after a retry error" in r.getMessage()]
+        [done] = [
+            r
+            for r in caplog.records
+            if getattr(r, "memstate_op", None) == "update" and r.levelno == logging.INFO and "ok" in r.getMessage()
+        ]
+        assert len(retries) == len(storage.runner.sleep.calls) and done.memstate_attempts == len(retries) + 1
     finally:
         release.join()
         holder.close()
