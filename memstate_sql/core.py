@@ -30,7 +30,7 @@ from memstate_sql.facts import Fact, Operation, utcnow
 from memstate_sql.models import KEY_LENGTH
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.repository import FactState, Repository, TxRecord, singleton_token
-from memstate_sql.uow import RetryUnitOfWork
+from memstate_sql.uow import JOINED_MARK, RetryUnitOfWork
 
 #: Calls one hook with (op, fact_id, fact); the sync store calls it, the async store awaits it.
 HookCaller = Callable[[Any, Operation, str, "Fact | None"], None]
@@ -162,11 +162,14 @@ class StoreCore:
             for hook in self.hooks:
                 try:
                     self.call_hook(hook, op, fact_id, fact)
-                except (sa_exc.DBAPIError, RetryUnitOfWork):
-                    # The hook's own database access (joined to this transaction) failed: let the
-                    # unit of work classify it (a deadlock is retried, a lost connection reported).
+                except RetryUnitOfWork:
                     raise
                 except Exception as exc:
+                    if isinstance(exc, sa_exc.DBAPIError) and getattr(exc, JOINED_MARK, False):
+                        # The hook's storage call failed inside this transaction: the unit of work
+                        # classifies it (a deadlock is retried, a lost connection reported).
+                        raise
+
                     raise HookError(f"hook {hook!r} failed on {op.value} {fact_id}: {exc!r}") from exc
 
     @staticmethod

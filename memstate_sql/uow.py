@@ -49,6 +49,10 @@ log.addHandler(logging.NullHandler())
 _ACTIVE: ContextVar[tuple[object, Repository] | None] = ContextVar("memstate_sql_active_uow", default=None)
 
 
+#: Attribute set on a database error raised by a storage call that joined an operation's transaction.
+JOINED_MARK = "memstate_sql_joined"
+
+
 class RetryUnitOfWork(Exception):
     """Raised inside a unit of work to have it re-run (e.g. a row changed under it)."""
 
@@ -125,7 +129,13 @@ class TransactionRunner:
     ) -> T:
         joined = self.active()
         if joined is not None:
-            return fn(joined)
+            try:
+                return fn(joined)
+            except exc.DBAPIError as err:
+                # Raised inside the enclosing operation's transaction (a hook's storage call):
+                # marked so that the operation treats it as its own database error (retry or report).
+                setattr(err, JOINED_MARK, True)
+                raise
         started = time.perf_counter()
         attempts = [0]
         try:

@@ -256,3 +256,24 @@ def test_sqlite_busy_gives_up_with_the_cause(db: str, db_url: str, prefix: str) 
         holder.close()
     assert store.get("f")["payload"] == {"v": 1} and log_count(storage) == 1
     storage.engine.dispose()
+
+
+def test_a_database_error_of_the_hooks_own_connection_is_a_hook_error(
+    db: str, db_url: str, prefix: str, other: sa.Engine
+) -> None:
+    """Only errors inside the operation's own transaction are classified (and maybe retried)."""
+    calls: list[int] = []
+
+    def hook(op: ms.Operation, fact_id: str, fact: ms.Fact | None) -> None:
+        calls.append(1)
+        with other.connect() as conn:
+            conn.execute(sa.text("SELECT * FROM no_such_table_memstate"))
+
+    storage = SQLStorage(db_url, table_prefix=prefix)
+    store = MemoryStore(storage, [hook])
+    try:
+        with pytest.raises(ms.HookError):
+            store.commit(Fact(id="f", type="t", payload={}))
+        assert calls == [1] and store.get("f") is None and storage.get_tx_log(None) == []
+    finally:
+        storage.close()
