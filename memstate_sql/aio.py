@@ -11,6 +11,7 @@ the sync ``Session``; it means the sync and async stores cannot drift apart.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
@@ -49,10 +50,11 @@ def async_url(url: str | URL) -> URL:
     backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
     if backend not in _ASYNC_DRIVERS:
         raise ValidationFailed(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {backend!r}")
-    if driver in _KNOWN_ASYNC:
+    explicit = "+" in parsed.drivername
+    if explicit and driver in _KNOWN_ASYNC:
         return parsed
     sync_default, async_driver = _ASYNC_DRIVERS[backend]
-    if "+" in parsed.drivername and driver != sync_default:
+    if explicit and driver != sync_default:
         raise ValidationFailed(
             f"{parsed.drivername!r} is not an asyncio driver; write "
             f"'{backend}+{async_driver}://...' (install memstate-sql[async])"
@@ -114,6 +116,9 @@ class AsyncSQLStorage:
             "max_payload_bytes": max_payload_bytes,
         }
         self._core: StorageCore | None = None
+        # Schema preparation runs once, before any operation. Greenlets of one event loop share a
+        # thread, so the sync core's threading.Lock cannot serialise them: an asyncio.Lock does.
+        self._prepare_lock = asyncio.Lock()
         if self._bound is None:
             self._core = StorageCore(self.engine.sync_engine, owns_engine=False, **self._options)
 
@@ -128,6 +133,9 @@ class AsyncSQLStorage:
             assert sync_conn is not None
             self._core = StorageCore(self.engine.sync_engine, owns_engine=False, bound=sync_conn, **self._options)
             self._core._schema_ready = False
+        if not self._core._schema_ready:
+            async with self._prepare_lock:
+                await _spawn(self._core._prepare)
         return self._core
 
     @property
