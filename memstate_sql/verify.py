@@ -21,6 +21,7 @@ reported as mismatches, by design.
 
 from __future__ import annotations
 
+import contextlib
 from collections import Counter, defaultdict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
 
 from memstate_sql.facts import Operation
 from memstate_sql.models import DEFAULT_PREFIX, models_for
@@ -138,7 +140,12 @@ def verify(
     engine = create_engine(url_or_engine) if not isinstance(url_or_engine, Engine) else url_or_engine
     try:
         models = models_for(table_prefix, schema)
-        with engine.connect() as conn, conn.begin():
+        with engine.connect() as conn:
+            # One snapshot for both tables where the database offers it (PostgreSQL, MySQL/MariaDB);
+            # a SQLite read transaction is a snapshot already.
+            with contextlib.suppress(ArgumentError):
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.begin()
             facts_table = inspect(models.Fact).local_table
             log_table = inspect(models.Tx).local_table
             facts = [Repository._fact(row) for row in conn.execute(select(facts_table))]
