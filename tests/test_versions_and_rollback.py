@@ -178,3 +178,43 @@ def test_forced_rollback_never_overrides_a_later_session_discard(store: Any) -> 
     store.rollback("s")
     assert store.get(fid)["payload"]["name"] == "t"
     check_store(store.storage)
+
+
+def test_a_fact_created_between_the_plan_and_the_writes_is_not_overwritten(
+    db: str, db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race the stress test found: the plan cannot lock an absent fact; the writes re-check it."""
+    if db == "sqlite":
+        pytest.skip("SQLite serialises writers (BEGIN IMMEDIATE): nothing can run between plan and writes")
+    import threading
+
+    from memstate_sql import rollback as rollback_module
+
+    store = ms.MemoryStore(ms.SQLStorage(db_url, table_prefix=prefix))
+    other = ms.MemoryStore(ms.SQLStorage(db_url, table_prefix=prefix))
+    original = rollback_module.plan
+    raced: list[str] = []
+
+    def plan_then_race(*args: Any, **kwargs: Any) -> Any:
+        result = original(*args, **kwargs)
+        if not raced and kwargs.get("lock"):
+            raced.append("x")
+            thread = threading.Thread(
+                target=lambda: other.commit(Fact(id="f", type="t", payload={"by": "other"}), session_id="s2")
+            )
+            thread.start()
+            thread.join(30)
+        return result
+
+    try:
+        store.commit(Fact(id="f", type="t", payload={"v": 1}), session_id="s1")
+        store.discard_session("s1")  # f is gone; undoing the discard would re-create it
+        monkeypatch.setattr(rollback_module, "plan", plan_then_race)
+        with pytest.raises(RollbackConflictError) as info:
+            store.rollback("s1")
+        assert raced and info.value.plan.conflicts[0].later_session_id == "s2"
+        assert store.get("f")["payload"] == {"by": "other"}
+    finally:
+        store.storage.close()
+        other.storage.close()
+    check_store(store.storage)
