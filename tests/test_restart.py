@@ -166,3 +166,46 @@ def test_restarts_in_the_middle_of_a_busy_run(server: PrivateServer, private_pre
     assert recovered["ok"] > 0, "no operation succeeded after the restarts"
     report = check_tables(server.url, private_prefix)
     print(f"restart run: {dict(outcomes)} tables={report.counts()}")
+
+
+@pytest.mark.parametrize("crash", [False, True], ids=["restart", "crash"])
+def test_an_async_operation_in_flight_fails_with_connection_lost(
+    server: PrivateServer, private_prefix: str, crash: bool
+) -> None:
+    entered, resume = threading.Event(), threading.Event()
+
+    class Hook:
+        async def __call__(self, op: ms.Operation, fact_id: str, fact: ms.Fact | None) -> None:
+            if fact is not None and fact.payload.get("block"):
+                entered.set()
+                while not resume.is_set():
+                    await asyncio.sleep(0.01)
+
+    outcome: list[BaseException | str] = []
+
+    async def scenario() -> None:
+        store = ms.AsyncMemoryStore(ms.AsyncSQLStorage(server.url, table_prefix=private_prefix), [Hook()])
+        try:
+            await store.commit(Fact(id="kept", type="t", payload={}), session_id="s")
+            try:
+                outcome.append(
+                    await store.commit(Fact(id="inflight", type="t", payload={"block": True}), session_id="s")
+                )
+            except BaseException as exc:
+                outcome.append(exc)
+            assert await store.get("inflight") is None  # the store carries on, nothing half-written
+            await store.commit(Fact(id="next", type="t", payload={}), session_id="s")
+        finally:
+            await store.storage.close()
+
+    thread = threading.Thread(target=lambda: asyncio.run(scenario()))
+    thread.start()
+    try:
+        assert entered.wait(30)
+        server.restart(crash=crash)
+    finally:
+        resume.set()
+        thread.join(60)
+    [error] = outcome
+    assert isinstance(error, ConnectionLost), repr(error)
+    check_tables(server.url, private_prefix)
