@@ -217,11 +217,13 @@ class TransactionRunner:
             except exc.DBAPIError as err:
                 # Not reachable (restarting, down): nothing was sent, nothing to retry blindly.
                 raise ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}") from err
+            committing = False
             try:
                 with connection as conn, conn.begin():
                     if write:
                         self.dialect.begin_write(conn)
                     result = self._call(conn, fn)
+                    committing = True  # leaving the block sends COMMIT
                 return result
             except RetryUnitOfWork:
                 kind = ErrorKind.RETRY
@@ -229,7 +231,7 @@ class TransactionRunner:
             except exc.DBAPIError as err:
                 kind, error = self.dialect.classify(err), err
                 if kind not in (ErrorKind.RETRY, ErrorKind.UNIQUE):
-                    raise self._translate(kind, err, name) from err
+                    raise self._translate(kind, err, name, committing=committing) from err
             if attempt >= self.max_attempts:
                 if kind is ErrorKind.UNIQUE:
                     raise ConflictError(
@@ -275,7 +277,12 @@ class TransactionRunner:
         return self._translate(self.dialect.classify(err), err, name)
 
     @staticmethod
-    def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str) -> MemoryStoreError:
+    def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str, *, committing: bool = False) -> MemoryStoreError:
+        if kind is ErrorKind.DISCONNECT and committing:
+            return ConnectionLost(
+                f"{name}: database connection lost during COMMIT: the operation was applied entirely or not "
+                f"at all, and which is unknown; read the fact (or its history) before repeating it: {describe(err)}"
+            )
         if kind is ErrorKind.DISCONNECT:
             return ConnectionLost(
                 f"{name}: database connection lost; the operation's transaction did not commit: {describe(err)}"

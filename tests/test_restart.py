@@ -84,6 +84,7 @@ def test_the_operation_in_flight_fails_with_connection_lost_and_leaves_nothing(
         if fact is not None and fact.payload.get("block"):
             entered.set()
             assert resume.wait(60)
+            store.storage.load(fact_id)  # joins the transaction: fails on the broken connection
 
     store = ms.MemoryStore(ms.SQLStorage(server.url, table_prefix=private_prefix), [hook])
     outcome: list[BaseException | str] = []
@@ -208,4 +209,6 @@ def test_an_async_operation_in_flight_fails_with_connection_lost(
         thread.join(60)
     [error] = outcome
     assert isinstance(error, ConnectionLost), repr(error)
+    # The break was noticed at COMMIT: the client cannot know the outcome, and says so.
+    assert "during COMMIT" in str(error) and "unknown" in str(error)
     check_tables(server.url, private_prefix)
