@@ -24,9 +24,11 @@ from memstate_sql.indexes import IndexedPath
 from memstate_sql.migrations import VERSION_TABLE, migrate
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
 from memstate_sql.registry import Constraint, SchemaRegistry
+from memstate_sql.rollback import RollbackAction, RollbackConflict, RollbackConflictError, RollbackPlan
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
 from memstate_sql.uow import ConnectionLost
+from memstate_sql.verify import VerifyReport, verify
 
 __version__ = "0.1.0"
 
@@ -48,6 +50,10 @@ __all__ = [
     "MemoryStoreError",
     "MigrationLockTimeout",
     "Operation",
+    "RollbackAction",
+    "RollbackConflict",
+    "RollbackConflictError",
+    "RollbackPlan",
     "SQLStorage",
     "SchemaRegistry",
     "SchemaVersionError",
@@ -57,7 +63,9 @@ __all__ = [
     "TransientStorageError",
     "TxEntry",
     "ValidationFailed",
+    "VerifyReport",
     "metadata",
     "migrate",
     "models_for",
+    "verify",
 ]

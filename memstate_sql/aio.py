@@ -32,6 +32,7 @@ from memstate_sql.hooks import AsyncMemoryHook
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX
 from memstate_sql.registry import Constraint
+from memstate_sql.rollback import RollbackPlan
 from memstate_sql.storage import Page, StorageCore, check_batch
 from memstate_sql.store import MemoryStore
 
@@ -225,6 +226,9 @@ class AsyncSQLStorage:
     async def delete_txs(self, tx_uuids: list[str]) -> None:
         await _spawn((await self.core()).delete_txs, tx_uuids)
 
+    async def load_with_version(self, id: str) -> tuple[dict[str, Any], int] | None:
+        return await _spawn((await self.core()).load_with_version, id)
+
     async def history(self, fact_id: str) -> list[dict[str, Any]]:
         return await _spawn((await self.core()).history, fact_id)
 
@@ -302,14 +306,32 @@ class AsyncMemoryStore:
         return await _spawn(store.commit_model, model, fact_id, source, session_id, ephemeral, actor, reason)
 
     async def update(
-        self, fact_id: str, patch: dict[str, Any], actor: str | None = None, reason: str | None = None
+        self,
+        fact_id: str,
+        patch: dict[str, Any],
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
     ) -> str:
-        return await _spawn((await self._store()).update, fact_id, patch, actor, reason)
+        store = await self._store()
+        return await _spawn(
+            functools.partial(store.update, expected_version=expected_version), fact_id, patch, actor, reason
+        )
 
     async def delete(
-        self, session_id: str | None, fact_id: str, actor: str | None = None, reason: str | None = None
+        self,
+        session_id: str | None,
+        fact_id: str,
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
     ) -> str:
-        return await _spawn((await self._store()).delete, session_id, fact_id, actor, reason)
+        store = await self._store()
+        return await _spawn(
+            functools.partial(store.delete, expected_version=expected_version), session_id, fact_id, actor, reason
+        )
 
     async def promote_session(
         self,
@@ -323,11 +345,20 @@ class AsyncMemoryStore:
     async def discard_session(self, session_id: str, actor: str | None = None, reason: str | None = None) -> int:
         return await _spawn((await self._store()).discard_session, session_id, actor, reason)
 
-    async def rollback(self, session_id: str | None, steps: int = 1) -> None:
-        await _spawn((await self._store()).rollback, session_id, steps)
+    async def rollback(self, session_id: str | None, steps: int = 1, *, force: bool = False) -> None:
+        await _spawn(functools.partial((await self._store()).rollback, force=force), session_id, steps)
+
+    async def plan_rollback(self, session_id: str | None, steps: int = 1) -> RollbackPlan:
+        return await _spawn((await self._store()).plan_rollback, session_id, steps)
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         return await _spawn((await self._store()).get, fact_id)
+
+    async def get_with_version(self, fact_id: str) -> tuple[dict[str, Any], int] | None:
+        return await _spawn((await self._store()).get_with_version, fact_id)
+
+    async def get_version(self, fact_id: str) -> int | None:
+        return await _spawn((await self._store()).get_version, fact_id)
 
     async def query(
         self,

@@ -20,15 +20,17 @@ from datetime import datetime, timezone
 from typing import Any
 
 from pydantic import BaseModel
+from sqlalchemy import exc as sa_exc
 
 from memstate_sql import filters as flt
 from memstate_sql import jsondoc
+from memstate_sql import rollback as rb
 from memstate_sql.errors import ConflictError, HookError, MemoryStoreError, ValidationFailed
 from memstate_sql.facts import Fact, Operation, utcnow
 from memstate_sql.models import KEY_LENGTH
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.repository import FactState, Repository, TxRecord, singleton_token
-from memstate_sql.uow import RetryUnitOfWork
+from memstate_sql.uow import JOINED_MARK, RetryUnitOfWork
 
 #: Calls one hook with (op, fact_id, fact); the sync store calls it, the async store awaits it.
 HookCaller = Callable[[Any, Operation, str, "Fact | None"], None]
@@ -105,6 +107,23 @@ def token_for(constraint: Constraint | None, payload: Mapping[str, Any]) -> str 
     return None if value is None else singleton_token(value)
 
 
+#: Row counts (limits, offsets, rollback steps) above this are clamped: no table holds more rows,
+#: and every database accepts it as a 64-bit LIMIT/OFFSET.
+MAX_ROWS = 2**62
+
+
+def check_version(expected_version: Any) -> int | None:
+    if expected_version is None:
+        return None
+    if isinstance(expected_version, bool) or not isinstance(expected_version, int) or expected_version < 1:
+        raise ValidationFailed(f"expected_version must be a positive integer, got {expected_version!r}")
+    return expected_version
+
+
+def version_conflict(fact_id: str, actual: int, expected: int) -> ConflictError:
+    return ConflictError(f"fact {fact_id} is at version {actual}, not the expected version {expected}")
+
+
 def immutable_error(fact_type: str, detail: Any) -> ConflictError:
     return ConflictError(f"Immutable constraint violation: {fact_type}:{detail}")
 
@@ -143,7 +162,14 @@ class StoreCore:
             for hook in self.hooks:
                 try:
                     self.call_hook(hook, op, fact_id, fact)
+                except RetryUnitOfWork:
+                    raise
                 except Exception as exc:
+                    if isinstance(exc, sa_exc.DBAPIError) and getattr(exc, JOINED_MARK, False):
+                        # The hook's storage call failed inside this transaction: the unit of work
+                        # classifies it (a deadlock is retried, a lost connection reported).
+                        raise
+
                     raise HookError(f"hook {hook!r} failed on {op.value} {fact_id}: {exc!r}") from exc
 
     @staticmethod
@@ -239,9 +265,11 @@ class StoreCore:
         patch: Mapping[str, Any],
         actor: str | None,
         reason: str | None,
+        expected_version: int | None = None,
     ) -> str:
         check_key("fact id", fact_id, required=True)
         check_key("actor", actor, required=False)
+        expected = check_version(expected_version)
         if not isinstance(patch, Mapping):
             raise ValidationFailed(f"patch must be a mapping, got {type(patch).__name__}")
         extra = set(patch) - {"payload"}
@@ -254,6 +282,8 @@ class StoreCore:
         existing = repo.get(fact_id, lock=True)
         if existing is None:
             raise FactNotFound("Fact not found")
+        if expected is not None and existing.version != expected:
+            raise version_conflict(fact_id, existing.version, expected)
         if existing.immutable:
             raise immutable_error(existing.type, existing.id)
         merged = {**existing.payload, **patch["payload"]}
@@ -275,14 +305,23 @@ class StoreCore:
         return fact_id
 
     def delete(
-        self, repo: Repository, session_id: str | None, fact_id: str, actor: str | None, reason: str | None
+        self,
+        repo: Repository,
+        session_id: str | None,
+        fact_id: str,
+        actor: str | None,
+        reason: str | None,
+        expected_version: int | None = None,
     ) -> str:
         check_key("fact id", fact_id, required=True)
         check_key("session_id", session_id, required=False)
         check_key("actor", actor, required=False)
+        expected = check_version(expected_version)
         existing = repo.get(fact_id, lock=True)
         if existing is None:
             raise FactNotFound("Fact not found")
+        if expected is not None and existing.version != expected:
+            raise version_conflict(fact_id, existing.version, expected)
         if not repo.delete(fact_id, expected_version=existing.version):
             raise RetryUnitOfWork()
         self._log(repo, Operation.DELETE, session_id, fact_id, existing, None, actor, reason)
@@ -336,60 +375,84 @@ class StoreCore:
         self.deliver(pending)
         return len(facts)
 
-    def rollback(self, repo: Repository, session_id: str | None, steps: int) -> list[dict[str, Any]]:
-        """Undo the session's newest `steps` active log entries, newest first, in one transaction.
-
-        Undone entries stay in the table, marked with the rollback's id, and
-        leave the session's active log (`get_tx_log`), as memstate's rollback
-        removes them. Returns the undone entries.
-        """
+    @staticmethod
+    def _rollback_entries(repo: Repository, session_id: str | None, steps: int, lock: bool) -> list[TxRecord]:
         if isinstance(steps, bool) or not isinstance(steps, int):
             raise ValidationFailed(f"steps must be an integer, got {type(steps).__name__}")
         check_key("session_id", session_id, required=False)
         if steps <= 0:
             return []
-        entries = repo.tx_log(session_id, limit=steps, lock=True)
+        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock)
+
+    def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> rb.RollbackPlan:
+        """What `rollback(session_id, steps)` would undo and which later changes it would override."""
+        entries = self._rollback_entries(repo, session_id, steps, lock=False)
+        return rb.plan(repo, session_id, steps, entries, lock=False)
+
+    def rollback(
+        self, repo: Repository, session_id: str | None, steps: int, force: bool = False
+    ) -> list[dict[str, Any]]:
+        """Undo the session's newest `steps` active log entries, newest first, in one transaction.
+
+        Refuses (`RollbackConflictError`, nothing changed) when a fact it would
+        restore or delete changed afterwards outside the undone entries, unless
+        `force`. Undone entries stay in the table, marked with the rollback's id,
+        and leave the session's active log (`get_tx_log`), as memstate's
+        rollback removes them. Returns the undone entries.
+        """
+        entries = self._rollback_entries(repo, session_id, steps, lock=True)
+        if not entries:
+            return []
+        plan = rb.plan(repo, session_id, steps, entries, lock=True)
+        rollback_id = str(uuid.uuid4())
+        overridden: set[str] = set()
+        if plan.conflicts:
+            discards = [c for c in plan.conflicts if c.later_op == Operation.DISCARD_SESSION.value]
+            if not force or discards:
+                detail = rb.describe(discards if force else plan.conflicts)
+                hint = (
+                    "a later session discard cannot be overridden; roll that session back first"
+                    if force
+                    else "pass force=True to override them"
+                )
+                raise rb.RollbackConflictError(
+                    f"rollback of {session_id!r} would override later changes ({hint}): {detail}", plan
+                )
+            overridden = {c.later_uuid for c in plan.conflicts if c.later_uuid is not None}
         pending = Pending()
-        for entry in entries:
-            self._undo(repo, entry, pending)
-        repo.mark_reverted([e.uuid for e in entries], by=str(uuid.uuid4()))
+        for action in plan.actions:
+            now = repo.get(action.fact_id, lock=True)
+            if (None if now is None else now.doc()) != action.current:
+                # A fact the plan found absent was written since (it could not be locked): re-plan.
+                raise RetryUnitOfWork()
+            if action.action == "restore":
+                assert action.restore_to is not None
+                restored, existed = self._restore(repo, action.restore_to)
+                pending.add(Operation.UPDATE if existed else Operation.COMMIT, restored.id, restored)
+            elif action.action == "delete" and repo.delete(action.fact_id):
+                pending.add(Operation.DELETE, action.fact_id, None)
+        planned = {c.later_uuid for c in plan.conflicts}
+        if any(other.uuid not in planned for _, _, other in rb.later_entries(repo, entries)):
+            # A writer logged a change to one of the facts between the plan and the writes: re-plan.
+            raise RetryUnitOfWork()
+        repo.mark_reverted([e.uuid for e in entries] + sorted(overridden), by=rollback_id)
         self.deliver(pending)
         return [e.doc() for e in entries]
 
-    def _restore(self, repo: Repository, doc: Mapping[str, Any]) -> FactState:
+    def _restore(self, repo: Repository, doc: Mapping[str, Any]) -> tuple[FactState, bool]:
         target = state_from_doc(doc, self.constraints, max_bytes=max(self.max_bytes, len(jsondoc.dumps(doc)) * 4))
         current = repo.get(target.id, lock=True)
         if current is not None:
             target = target.evolve(immutable=current.immutable)
-        return self._write(repo, current, target, allow_immutable=True)
-
-    def _undo(self, repo: Repository, entry: TxRecord, pending: Pending) -> None:
-        fid = entry.fact_id
-        if entry.op in (
-            Operation.COMMIT.value,
-            Operation.COMMIT_EPHEMERAL.value,
-            Operation.UPDATE.value,
-            Operation.PROMOTE.value,
-        ):
-            if entry.fact_before:
-                restored = self._restore(repo, entry.fact_before)
-                pending.add(Operation.UPDATE, restored.id, restored)
-            elif fid and repo.get(fid, lock=True) is not None:
-                repo.delete(fid)
-                pending.add(Operation.DELETE, fid, None)
-        elif entry.op == Operation.DELETE.value:
-            if entry.fact_before:
-                restored = self._restore(repo, entry.fact_before)
-                pending.add(Operation.COMMIT, restored.id, restored)
-        elif entry.op == Operation.DISCARD_SESSION.value:
-            for doc in entry.discarded or []:
-                restored = self._restore(repo, doc)
-                pending.add(Operation.COMMIT, restored.id, restored)
+        return self._write(repo, current, target, allow_immutable=True), current is not None
 
     # ------------------------------------------------------------------ reads
 
     @staticmethod
     def query_filters(filters: Mapping[str, Any] | None, session_id: str | None) -> flt.Node:
+        check_key("session_id", session_id, required=False)
+        if filters is not None and not isinstance(filters, Mapping):
+            raise ValidationFailed(f"filters must be a mapping, got {type(filters).__name__}")
         node = flt.parse(filters)
         if session_id:
             node = flt.All((node, flt.parse({"session_id": session_id})))

@@ -456,3 +456,15 @@ class Repository:
             )
             samples.extend(self._fact(row) for row in self.conn.execute(stmt))
         return samples
+
+    def active_entries_after(self, seq: int, fact_ids: Sequence[str]) -> list[TxRecord]:
+        """Active entries newer than `seq` that name one of `fact_ids` or discard a session, oldest first."""
+        if not fact_ids:
+            return []
+        touches = self.log.c.fact_id.in_(list(fact_ids)) | (self.log.c.op == "DISCARD_SESSION")
+        stmt = (
+            select(self.log)
+            .where((self.log.c.seq > seq) & self.log.c.reverted_by.is_(None) & touches)
+            .order_by(self.log.c.seq)
+        )
+        return [self._tx(row) for row in self.conn.execute(stmt)]

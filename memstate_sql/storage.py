@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from memstate_sql import filters as flt
 from memstate_sql import indexes, jsondoc
-from memstate_sql.core import as_utc, check_key, immutable_error, state_from_doc
+from memstate_sql.core import MAX_ROWS, as_utc, check_key, immutable_error, state_from_doc
 from memstate_sql.dialects import DialectSupport, support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Operation, TxEntry
@@ -118,6 +118,12 @@ class StorageCore:
         check_key("fact id", id, required=True)
         found = self._read(lambda repo: repo.get(id))
         return None if found is None else found.doc()
+
+    def load_with_version(self, id: str) -> tuple[dict[str, Any], int] | None:
+        """`load` plus the fact's version (incremented by every write)."""
+        check_key("fact id", id, required=True)
+        found = self._read(lambda repo: repo.get(id))
+        return None if found is None else (found.doc(), found.version)
 
     def save(self, fact_data: dict[str, Any]) -> None:
         """Upsert a fact document. Constraints registered on this storage apply; an
@@ -256,6 +262,7 @@ class StorageCore:
         for name, value in (("limit", limit), ("offset", offset)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ValidationFailed(f"{name} must be a non-negative integer")
+        limit, offset = min(limit, MAX_ROWS), min(offset, MAX_ROWS)
         return [e.doc() for e in self._read(lambda repo: repo.tx_log(session_id, limit=limit, offset=offset))]
 
     def delete_session(self, session_id: str) -> list[str]:

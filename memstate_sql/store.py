@@ -16,6 +16,7 @@ from memstate_sql.filters import parse_order
 from memstate_sql.hooks import MemoryHook
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
+from memstate_sql.rollback import RollbackPlan
 from memstate_sql.storage import StorageCore, check_batch, paginate
 
 
@@ -110,15 +111,41 @@ class MemoryStore:
             fields["id"] = fact_id
         return self.commit(Fact(**fields), session_id=session_id, ephemeral=ephemeral, actor=actor, reason=reason)
 
-    def update(self, fact_id: str, patch: dict[str, Any], actor: str | None = None, reason: str | None = None) -> str:
-        """Shallow-merge ``patch["payload"]`` into the fact's payload and validate the result."""
+    def update(
+        self,
+        fact_id: str,
+        patch: dict[str, Any],
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> str:
+        """Shallow-merge ``patch["payload"]`` into the fact's payload and validate the result.
+
+        With `expected_version`, raise `ConflictError` (changing nothing) unless the
+        fact is still at that version (`get_version`): optimistic concurrency.
+        """
         return self.storage.runner.run(
-            lambda repo: self._core.update(repo, fact_id, patch, actor, reason), name="update"
+            lambda repo: self._core.update(repo, fact_id, patch, actor, reason, expected_version),
+            name="update",
+            fact_id=fact_id,
         )
 
-    def delete(self, session_id: str | None, fact_id: str, actor: str | None = None, reason: str | None = None) -> str:
+    def delete(
+        self,
+        session_id: str | None,
+        fact_id: str,
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        expected_version: int | None = None,
+    ) -> str:
+        """Delete the fact (logged under `session_id`); `expected_version` as in `update`."""
         return self.storage.runner.run(
-            lambda repo: self._core.delete(repo, session_id, fact_id, actor, reason), name="delete"
+            lambda repo: self._core.delete(repo, session_id, fact_id, actor, reason, expected_version),
+            name="delete",
+            fact_id=fact_id,
+            session_id=session_id,
         )
 
     def promote_session(
@@ -140,17 +167,43 @@ class MemoryStore:
             lambda repo: self._core.discard_session(repo, session_id, actor, reason), name="discard_session"
         )
 
-    def rollback(self, session_id: str | None, steps: int = 1) -> None:
+    def rollback(self, session_id: str | None, steps: int = 1, *, force: bool = False) -> None:
         """Undo the session's last `steps` operations, newest first, in one transaction.
 
-        ``session_id=None`` undoes operations logged without a session.
+        ``session_id=None`` undoes operations logged without a session. When a fact
+        it would restore or delete was changed afterwards by another operation, the
+        rollback raises `RollbackConflictError` (a `ConflictError`) and changes
+        nothing; ``force=True`` overrides those later changes (and marks their log
+        entries as undone by this rollback). `plan_rollback` is the dry run.
         """
-        self.storage.runner.run(lambda repo: self._core.rollback(repo, session_id, steps), name="rollback")
+        self.storage.runner.run(
+            lambda repo: self._core.rollback(repo, session_id, steps, bool(force)),
+            name="rollback",
+            session_id=session_id,
+        )
+
+    def plan_rollback(self, session_id: str | None, steps: int = 1) -> RollbackPlan:
+        """Dry run of `rollback`: the entries it would undo, the changes, the conflicts; changes nothing."""
+        return self.storage.runner.run(
+            lambda repo: self._core.plan_rollback(repo, session_id, steps),
+            write=False,
+            name="plan_rollback",
+            session_id=session_id,
+        )
 
     # ------------------------------------------------------------------ reads
 
     def get(self, fact_id: str) -> dict[str, Any] | None:
         return self.storage.load(fact_id)
+
+    def get_with_version(self, fact_id: str) -> tuple[dict[str, Any], int] | None:
+        """The fact's document and its version (for `update`/`delete` ``expected_version``)."""
+        return self.storage.load_with_version(fact_id)
+
+    def get_version(self, fact_id: str) -> int | None:
+        """The fact's version: 1 when created, incremented by every write; None if absent."""
+        found = self.storage.load_with_version(fact_id)
+        return None if found is None else found[1]
 
     def query(
         self,

@@ -35,14 +35,24 @@ from sqlalchemy import Connection, Engine, exc
 
 from memstate_sql._compat import await_only, in_greenlet
 from memstate_sql.dialects import DialectSupport, ErrorKind
-from memstate_sql.errors import ConflictError, MemoryStoreError, StorageError, TransientStorageError
+from memstate_sql.errors import (
+    ConflictError,
+    MemoryStoreError,
+    StorageError,
+    TransientStorageError,
+)
 from memstate_sql.models import Models
 from memstate_sql.repository import Repository
 
 T = TypeVar("T")
 log = logging.getLogger("memstate_sql")
+log.addHandler(logging.NullHandler())
 
 _ACTIVE: ContextVar[tuple[object, Repository] | None] = ContextVar("memstate_sql_active_uow", default=None)
+
+
+#: Attribute set on a database error raised by a storage call that joined an operation's transaction.
+JOINED_MARK = "memstate_sql_joined"
 
 
 class RetryUnitOfWork(Exception):
@@ -50,8 +60,13 @@ class RetryUnitOfWork(Exception):
 
 
 class ConnectionLost(StorageError):
-    """The database connection failed during the operation; its transaction did not commit
-    (or, if the failure hit COMMIT itself, its outcome is unknown and nothing half-done is visible)."""
+    """The database could not be reached, or the connection broke during the operation.
+
+    The operation's transaction did not commit, so none of it is visible; if the
+    connection broke during COMMIT itself, the outcome is unknown but still all or
+    nothing. Not retried automatically (the operation may need the caller's
+    judgement); the next operation reconnects (``pool_pre_ping``).
+    """
 
 
 def default_sleep(seconds: float) -> None:
@@ -126,24 +141,112 @@ class TransactionRunner:
         finally:
             _ACTIVE.reset(token)
 
-    def run(self, fn: Callable[[Repository], T], *, write: bool = True, name: str = "operation") -> T:
+    def run(
+        self,
+        fn: Callable[[Repository], T],
+        *,
+        write: bool = True,
+        name: str = "operation",
+        fact_id: str | None = None,
+        session_id: str | None = None,
+    ) -> T:
         joined = self.active()
         if joined is not None:
-            return fn(joined)
-        if self.prepare is not None:
-            self.prepare()
-        if self.bound is not None:
-            return self._run_bound(fn, write)
+            try:
+                return fn(joined)
+            except exc.DBAPIError as err:
+                # Raised inside the enclosing operation's transaction (a hook's storage call):
+                # marked so that the operation treats it as its own database error (retry or report).
+                setattr(err, JOINED_MARK, True)
+                raise
+        started = time.perf_counter()
+        attempts = [0]
+        try:
+            if self.prepare is not None:
+                try:
+                    self.prepare()
+                except exc.DBAPIError as err:
+                    raise self._unprepared(err, name) from err
+            if self.bound is not None:
+                attempts[0] = 1
+                result = self._run_bound(fn, write, name)
+            else:
+                result = self._run_owned(fn, write, name, attempts)
+        except Exception as err:
+            self._report(name, fact_id, session_id, started, max(attempts[0], 1), err)
+            raise
+        if fact_id is None and isinstance(result, str):
+            fact_id = result  # commit returns the fact's id
+        self._report(name, fact_id, session_id, started, attempts[0], None, write=write)
+        return result
+
+    @staticmethod
+    def _report(
+        name: str,
+        fact_id: str | None,
+        session_id: str | None,
+        started: float,
+        attempts: int,
+        error: BaseException | None,
+        *,
+        write: bool = True,
+    ) -> None:
+        """One log record per operation: never payloads, never connection URLs."""
+        duration_ms = (time.perf_counter() - started) * 1000
+        fields = {
+            "memstate_op": name,
+            "memstate_fact_id": fact_id,
+            "memstate_session_id": session_id,
+            "memstate_duration_ms": round(duration_ms, 3),
+            "memstate_attempts": attempts,
+        }
+        if error is None:
+            log.log(
+                logging.INFO if write else logging.DEBUG,
+                "%s ok fact_id=%s session_id=%s attempts=%d duration_ms=%.1f",
+                name,
+                fact_id,
+                session_id,
+                attempts,
+                duration_ms,
+                extra=fields,
+            )
+        else:
+            # The caller's mistakes and refusals (not found, conflict, invalid input) are routine.
+            level = (
+                logging.WARNING
+                if isinstance(error, StorageError) or not isinstance(error, MemoryStoreError)
+                else logging.INFO
+            )
+            log.log(
+                level,
+                "%s failed fact_id=%s session_id=%s attempts=%d duration_ms=%.1f error=%s",
+                name,
+                fact_id,
+                session_id,
+                attempts,
+                duration_ms,
+                type(error).__name__,
+                extra={**fields, "memstate_error": type(error).__name__},
+            )
+
+    def _run_owned(self, fn: Callable[[Repository], T], write: bool, name: str, attempts: list[int]) -> T:
         attempt = 0
         while True:
             attempt += 1
+            attempts[0] = attempt
             try:
-                with self.engine.connect() as conn, conn.begin():
+                connection = self.engine.connect()
+            except exc.DBAPIError as err:
+                # Not reachable (restarting, down): nothing was sent, nothing to retry blindly.
+                raise ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}") from err
+            committing = False
+            try:
+                with connection as conn, conn.begin():
                     if write:
                         self.dialect.begin_write(conn)
                     result = self._call(conn, fn)
-                if attempt > 1:
-                    log.info("%s succeeded after %d attempts", name, attempt)
+                    committing = True  # leaving the block sends COMMIT
                 return result
             except RetryUnitOfWork:
                 kind = ErrorKind.RETRY
@@ -151,19 +254,28 @@ class TransactionRunner:
             except exc.DBAPIError as err:
                 kind, error = self.dialect.classify(err), err
                 if kind not in (ErrorKind.RETRY, ErrorKind.UNIQUE):
-                    raise self._translate(kind, err, name) from err
+                    raise self._translate(kind, err, name, committing=committing) from err
             if attempt >= self.max_attempts:
                 if kind is ErrorKind.UNIQUE:
                     raise ConflictError(
-                        f"{name}: a unique constraint kept failing after {attempt} attempts: {error}"
+                        f"{name}: a unique constraint kept failing after {attempt} attempts: {describe(error)}"
                     ) from error
                 raise TransientStorageError(
-                    f"{name}: gave up after {attempt} attempts on a retryable database error: {error}"
+                    f"{name}: gave up after {attempt} attempts on a retryable database error "
+                    f"({kind.value}): {describe(error)}"
                 ) from error
-            log.debug("%s: retrying after %s (attempt %d)", name, kind.value, attempt)
+            log.info(
+                "%s: retrying after a %s error (attempt %d of %d): %s",
+                name,
+                kind.value,
+                attempt,
+                self.max_attempts,
+                describe(error),
+                extra={"memstate_op": name, "memstate_attempts": attempt},
+            )
             self.sleep(backoff(attempt))
 
-    def _run_bound(self, fn: Callable[[Repository], T], write: bool) -> T:
+    def _run_bound(self, fn: Callable[[Repository], T], write: bool, name: str) -> T:
         conn = self.host_connection()
         assert conn is not None
         try:
@@ -180,10 +292,35 @@ class TransactionRunner:
             kind = self.dialect.classify(err)
             if kind is ErrorKind.UNIQUE:
                 raise ConflictError(f"a unique constraint failed inside the caller's transaction: {err}") from err
-            raise self._translate(kind, err, "operation") from err
+            raise self._translate(kind, err, name) from err
+
+    def _unprepared(self, err: exc.DBAPIError, name: str) -> MemoryStoreError:
+        """The schema check failed: unreachable database (`ConnectionLost`) or another storage error."""
+        try:
+            with self.engine.connect():
+                pass
+        except exc.DBAPIError:
+            return ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}")
+        return self._translate(self.dialect.classify(err), err, name)
 
     @staticmethod
-    def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str) -> MemoryStoreError:
+    def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str, *, committing: bool = False) -> MemoryStoreError:
+        if kind is ErrorKind.DISCONNECT and committing:
+            return ConnectionLost(
+                f"{name}: database connection lost during COMMIT: the operation was applied entirely or not "
+                f"at all, and which is unknown; read the fact (or its history) before repeating it: {describe(err)}"
+            )
         if kind is ErrorKind.DISCONNECT:
-            return ConnectionLost(f"{name}: database connection lost; the operation was not applied: {err.orig}")
-        return StorageError(f"{name}: database error: {err.orig}")
+            return ConnectionLost(
+                f"{name}: database connection lost; the operation's transaction did not commit: {describe(err)}"
+            )
+        return StorageError(f"{name}: database error: {describe(err)}")
+
+
+def describe(error: BaseException | None) -> str:
+    """The driver's message of a database error (first line; never the statement's parameters)."""
+    if error is None:
+        return "a row changed concurrently"
+    orig = getattr(error, "orig", None) or error
+    text = str(orig).strip().splitlines()
+    return f"{type(orig).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,156 @@
+"""Consistency check of a store's tables: does the log describe the facts exactly?
+
+`verify(url_or_engine, table_prefix=...)` reads both tables (in one read
+transaction) and checks the invariants every store operation maintains:
+
+* at most one fact per (type, singleton key);
+* log sequence numbers and uuids are unique, sequence numbers positive;
+* the *active* log (entries no rollback undid) replays to the facts table:
+  taking each fact's active entries in sequence order, every entry's before
+  image is the state the previous one left (no change is missing between
+  them), and the last one's after image is the fact's current row (every fact
+  has its log entries, every logged change is present, no rollback is half
+  applied);
+* every fact row is accounted for by at least one active entry.
+
+It reads the whole tables into memory: meant for tests, audits after an
+incident, and moderately sized stores. Writes through `SQLStorage.save` or
+`append_tx` (memstate's raw backend API) bypass the store's log and are
+reported as mismatches, by design.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import Counter, defaultdict
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
+
+from memstate_sql.facts import Operation
+from memstate_sql.models import DEFAULT_PREFIX, models_for
+from memstate_sql.repository import FactState, Repository, TxRecord
+
+_SINGLE = {
+    Operation.COMMIT.value,
+    Operation.COMMIT_EPHEMERAL.value,
+    Operation.UPDATE.value,
+    Operation.PROMOTE.value,
+    Operation.DELETE.value,
+}
+
+
+@dataclass
+class VerifyReport:
+    """What `verify` found: counts and a list of human-readable problems (empty when consistent)."""
+
+    facts: int = 0
+    log_entries: int = 0
+    active_entries: int = 0
+    reverted_entries: int = 0
+    rollbacks: int = 0
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "facts": self.facts,
+            "log_entries": self.log_entries,
+            "active_entries": self.active_entries,
+            "reverted_entries": self.reverted_entries,
+            "rollbacks": self.rollbacks,
+        }
+
+
+def _effects(entry: TxRecord) -> list[tuple[str, Mapping[str, Any] | None, Mapping[str, Any] | None]]:
+    """(fact id, before, after) per fact the entry changed."""
+    if entry.op in _SINGLE and entry.fact_id:
+        after = None if entry.op == Operation.DELETE.value else entry.fact_after
+        return [(entry.fact_id, entry.fact_before, after)]
+    if entry.op == Operation.DISCARD_SESSION.value:
+        return [(str(doc.get("id")), doc, None) for doc in entry.discarded or [] if isinstance(doc, Mapping)]
+    return []
+
+
+def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
+    """The invariants over rows already read (`verify` reads them)."""
+    report = VerifyReport(facts=len(facts), log_entries=len(log))
+    problems = report.problems
+    singletons = Counter((f.type, f.singleton) for f in facts if f.singleton is not None)
+    problems += [f"{n} facts of type {t!r} share singleton key {s}" for (t, s), n in singletons.items() if n > 1]
+    seqs = Counter(e.seq for e in log)
+    problems += [f"log seq {s} is used {n} times" for s, n in seqs.items() if n > 1]
+    problems += [f"log seq {e.seq} is not positive" for e in log if e.seq < 1]
+    uuids = Counter(e.uuid for e in log)
+    problems += [f"log uuid {u} is used {n} times" for u, n in uuids.items() if n > 1]
+
+    active = [e for e in sorted(log, key=lambda e: e.seq) if e.reverted_by is None]
+    report.active_entries = len(active)
+    report.reverted_entries = len(log) - len(active)
+    report.rollbacks = len({e.reverted_by for e in log if e.reverted_by is not None})
+
+    state: dict[str, Mapping[str, Any] | None] = {}
+    last_seq: dict[str, int] = {}
+    chains: dict[str, int] = defaultdict(int)
+    for entry in active:
+        for fid, before, after in _effects(entry):
+            previous = state.get(fid)
+            if chains[fid] and _norm(before) != _norm(previous):
+                problems.append(
+                    f"fact {fid}: log seq {entry.seq} ({entry.op}) starts from a state that seq "
+                    f"{last_seq[fid]} did not leave (a change is missing from the log)"
+                )
+            elif not chains[fid] and before is not None:
+                problems.append(
+                    f"fact {fid}: its first active log entry, seq {entry.seq} ({entry.op}), changes a fact "
+                    "no active entry created"
+                )
+            state[fid] = after
+            last_seq[fid] = entry.seq
+            chains[fid] += 1
+
+    rows = {f.id: f.doc() for f in facts}
+    for fid, doc in rows.items():
+        if fid not in state:
+            problems.append(f"fact {fid} has no active log entry")
+        elif _norm(state[fid]) != _norm(doc):
+            problems.append(f"fact {fid}: the row differs from what log seq {last_seq[fid]} recorded")
+    for fid, expected in state.items():
+        if expected is not None and fid not in rows:
+            problems.append(f"fact {fid}: log seq {last_seq[fid]} left it present, but it is missing")
+    return report
+
+
+def _norm(doc: Mapping[str, Any] | None) -> Any:
+    return None if doc is None else dict(doc)
+
+
+def verify(
+    url_or_engine: str | URL | Engine, *, table_prefix: str = DEFAULT_PREFIX, schema: str | None = None
+) -> VerifyReport:
+    """Check a store's tables (see the module docstring); never writes."""
+    owns = not isinstance(url_or_engine, Engine)
+    engine = create_engine(url_or_engine) if not isinstance(url_or_engine, Engine) else url_or_engine
+    try:
+        models = models_for(table_prefix, schema)
+        with engine.connect() as conn:
+            # One snapshot for both tables where the database offers it (PostgreSQL, MySQL/MariaDB);
+            # a SQLite read transaction is a snapshot already.
+            with contextlib.suppress(ArgumentError):
+                conn.execution_options(isolation_level="REPEATABLE READ")
+            conn.begin()
+            facts_table = inspect(models.Fact).local_table
+            log_table = inspect(models.Tx).local_table
+            facts = [Repository._fact(row) for row in conn.execute(select(facts_table))]
+            log = [Repository._tx(row) for row in conn.execute(select(log_table))]
+        return check(facts, log)
+    finally:
+        if owns:
+            engine.dispose()
