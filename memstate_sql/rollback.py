@@ -23,6 +23,7 @@ forced.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel
@@ -151,7 +152,11 @@ def plan(
                     )
                 )
             now = current[fid]
-            if known and now != left and not any(c.fact_id == fid and c.later_seq is not None for c in conflicts):
+            if (
+                known
+                and _canon(now) != _canon(left)
+                and not any(c.fact_id == fid and c.later_seq is not None for c in conflicts)
+            ):
                 conflicts.append(
                     RollbackConflict(
                         fact_id=fid,
@@ -180,3 +185,20 @@ def describe(conflicts: Sequence[RollbackConflict]) -> str:
     shown = "; ".join(f"fact {c.fact_id}: {c.reason}" for c in conflicts[:5])
     more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
     return shown + more
+
+
+def _canon(doc: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A fact document in comparable form: the same instant written as ``Z`` or ``+00:00`` (log entries
+    imported from memstate), or with or without microseconds, compares equal; absent optional fields are None."""
+    if doc is None:
+        return None
+    out = {key: doc.get(key) for key in ("id", "type", "payload", "source", "session_id")}
+    ts = doc.get("ts")
+    if isinstance(ts, str):
+        try:
+            parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
+            ts = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
+        except ValueError:
+            pass
+    out["ts"] = ts
+    return out

@@ -11,13 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import cli, dump, script
 from pydantic import BaseModel
 
 import memstate_sql as ms
 from memstate_sql import Constraint, Fact
 from memstate_sql.cli import build_parser
 from memstate_sql.cli.render import Progress
+from tests.cli_support import cli, dump, script
 
 COMMANDS = [
     "demo",

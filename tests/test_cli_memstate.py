@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from cli_support import cli, dump, script
-from conftest import database_url
 from pydantic import BaseModel
 
 import memstate_sql as ms
+from tests.cli_support import cli, dump, script
+from tests.conftest import database_url
 
 memstate = pytest.importorskip("memstate", minversion="0.5.1")
 

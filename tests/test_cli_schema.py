@@ -6,11 +6,11 @@ import uuid
 
 import pytest
 import sqlalchemy as sa
-from cli_support import cli, script
-from conftest import database_url
 
 import memstate_sql as ms
 from memstate_sql import migrations
+from tests.cli_support import cli, script
+from tests.conftest import database_url
 
 
 def test_upgrade_current_check_downgrade(capsys: pytest.CaptureFixture[str], db_url: str, prefix: str) -> None:

@@ -11,12 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_support import cli, dump, script
-from conftest import database_url, drop_prefix
 from pydantic import BaseModel
 
 import memstate_sql as ms
 from memstate_sql import Constraint, Fact
+from tests.cli_support import cli, dump, script
+from tests.conftest import database_url, drop_prefix
 
 #: Each database exports into the next one: every dialect is a source and a target.
 NEXT = {"sqlite": "postgresql", "postgresql": "mysql", "mysql": "sqlite"}
