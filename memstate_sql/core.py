@@ -132,10 +132,10 @@ def immutable_error(fact_type: str, detail: Any) -> ConflictError:
 class Pending:
     """Hook notifications collected during an operation, delivered before COMMIT."""
 
-    calls: list[tuple[Operation, str, Fact | None]] = field(default_factory=list)
+    calls: list[tuple[Operation, str, FactState | None]] = field(default_factory=list)
 
     def add(self, op: Operation, fact_id: str, state: FactState | None) -> None:
-        self.calls.append((op, fact_id, None if state is None else Fact.model_validate(state.doc())))
+        self.calls.append((op, fact_id, state))
 
 
 class StoreCore:
@@ -158,7 +158,10 @@ class StoreCore:
             self.constraints[typename] = constraint
 
     def deliver(self, pending: Pending) -> None:
-        for op, fact_id, fact in pending.calls:
+        if not self.hooks:
+            return  # no Fact models to build
+        for op, fact_id, state in pending.calls:
+            fact = None if state is None else Fact.model_validate(state.doc())
             for hook in self.hooks:
                 try:
                     self.call_hook(hook, op, fact_id, fact)
