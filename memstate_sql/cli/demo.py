@@ -166,7 +166,7 @@ def run_demo(path: Path) -> None:
         reader.dispose()
     elapsed = time.monotonic() - started
     print()
-    print(f"Done in {elapsed:.1f}s. The database is still there; look around:")
+    print(f"Done in {elapsed * 1000:.0f} ms. The database is still there; look around:")
     print(f"   memstate-sql --url {path} stats")
     print(f"   memstate-sql --url {path} facts --type user")
     print(f"   memstate-sql --url {path} log --session chat-1")
