@@ -21,7 +21,7 @@ database: imported facts carry no singleton key or immutable flag.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,30 +100,28 @@ def _document(raw: Any, where: str) -> dict[str, Any]:
 
 
 def read_facts(conn: Connection, layout: Layout, batch: int) -> Iterator[list[dict[str, Any]]]:
-    ident, doc = layout.facts.c.id, layout.facts.c[layout.fact_doc]
-    after: Any = None
-    while True:
-        stmt = select(ident, doc).order_by(ident).limit(batch)
-        if after is not None:
-            stmt = stmt.where(ident > after)
-        rows = conn.execute(stmt).all()
-        if not rows:
-            return
-        yield [_document(row[1], f"memstate fact {row[0]}") for row in rows]
-        after = rows[-1][0]
+    key, doc = layout.facts.c.id, layout.facts.c[layout.fact_doc]
+    return _read_keyset(conn, key, doc, batch, lambda k: f"memstate fact {k}")
 
 
 def read_log(conn: Connection, layout: Layout, batch: int) -> Iterator[list[dict[str, Any]]]:
-    order, doc = layout.log.c[layout.log_order], layout.log.c[layout.log_doc]
+    key, doc = layout.log.c[layout.log_order], layout.log.c[layout.log_doc]
+    return _read_keyset(conn, key, doc, batch, lambda k: f"memstate log entry {layout.log_order}={k}")
+
+
+def _read_keyset(
+    conn: Connection, key: Any, doc: Any, batch: int, describe: Callable[[Any], str]
+) -> Iterator[list[dict[str, Any]]]:
+    """The documents of a memstate table in `key` order, `batch` rows per read (keyset pagination)."""
     after: Any = None
     while True:
-        stmt = select(order, doc).order_by(order).limit(batch)
+        stmt = select(key, doc).order_by(key).limit(batch)
         if after is not None:
-            stmt = stmt.where(order > after)
+            stmt = stmt.where(key > after)
         rows = conn.execute(stmt).all()
         if not rows:
             return
-        yield [_document(row[1], f"memstate log entry {layout.log_order}={row[0]}") for row in rows]
+        yield [_document(row[1], describe(row[0])) for row in rows]
         after = rows[-1][0]
 
 
