@@ -279,7 +279,6 @@ class AsyncMemoryStore:
         if self._impl is not None:
             self._impl.register_schema(typename, model, constraint)
         else:
-            MemoryStore.__new__(MemoryStore)  # validation happens in StoreCore on first use
             self._schemas.append((typename, model, constraint))
 
     async def commit(
