@@ -201,7 +201,7 @@ class StoreCore:
         )
 
     @staticmethod
-    def _write(
+    def write(
         repo: Repository, existing: FactState | None, new: FactState, *, allow_immutable: bool = False
     ) -> FactState:
         """Insert `new`, or write it over `existing` (bumping the version)."""
@@ -254,7 +254,7 @@ class StoreCore:
             # A commit never pulls a fact that lives elsewhere into the caller's session (so
             # discard_session cannot delete it); a commit without a session makes it global.
             new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
-        written = self._write(repo, existing, new)
+        written = self.write(repo, existing, new)
         self._log(repo, op, requested, written.id, existing, written, actor, reason)
         pending = Pending()
         pending.add(op, written.id, written)
@@ -300,7 +300,7 @@ class StoreCore:
                     f"update of {fact_id} would give it the singleton key of fact {other.id} ({existing.type})"
                 )
         new = new.evolve(immutable=existing.immutable)
-        written = self._write(repo, existing, new)
+        written = self.write(repo, existing, new)
         self._log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
         pending = Pending()
         pending.add(Operation.UPDATE, fact_id, written)
@@ -348,7 +348,7 @@ class StoreCore:
         for existing in repo.session_facts(session_id, lock=True):
             if selector is not None and not selector(existing.doc()):
                 continue
-            written = self._write(repo, existing, existing.evolve(session_id=None), allow_immutable=True)
+            written = self.write(repo, existing, existing.evolve(session_id=None), allow_immutable=True)
             self._log(repo, Operation.PROMOTE, session_id, existing.id, existing, written, actor, reason)
             pending.add(Operation.PROMOTE, existing.id, written)
             promoted.append(existing.id)
@@ -447,7 +447,7 @@ class StoreCore:
         current = repo.get(target.id, lock=True)
         if current is not None:
             target = target.evolve(immutable=current.immutable)
-        return self._write(repo, current, target, allow_immutable=True), current is not None
+        return self.write(repo, current, target, allow_immutable=True), current is not None
 
     # ------------------------------------------------------------------ reads
 

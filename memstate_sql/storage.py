@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 
 from memstate_sql import filters as flt
 from memstate_sql import indexes, jsondoc
-from memstate_sql.core import MAX_ROWS, as_utc, check_key, immutable_error, state_from_doc
+from memstate_sql.core import MAX_ROWS, StoreCore, as_utc, check_key, immutable_error, state_from_doc
 from memstate_sql.dialects import DialectSupport, support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Operation, TxEntry
@@ -27,7 +27,7 @@ from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
 from memstate_sql.schema import prepare_schema
-from memstate_sql.uow import RetryUnitOfWork, TransactionRunner, holding
+from memstate_sql.uow import TransactionRunner, holding
 
 T = TypeVar("T")
 Bindable = Connection | Session
@@ -132,15 +132,11 @@ class StorageCore:
 
         def work(repo: Repository) -> None:
             current = repo.get(new.id, lock=True)
-            if current is None:
-                repo.insert(new)
-                return
-            if current.immutable:
+            if current is not None and current.immutable:
                 if current.doc() == new.doc():
                     return
                 raise immutable_error(current.type, current.id)
-            if not repo.update(new.evolve(version=current.version + 1), expected_version=current.version):
-                raise RetryUnitOfWork()
+            StoreCore.write(repo, current, new)
 
         self._write(work, "save")
 
