@@ -22,7 +22,8 @@ import sqlalchemy as sa
 
 import memstate_sql as ms
 from memstate_sql.cli import main
-from memstate_sql.repository import FactState, Repository, TxRecord
+from memstate_sql.records import FactState, TxRecord
+from memstate_sql.repository import Repository
 
 
 def fill(url: str, prefix: str, n: int) -> None:
@@ -52,7 +53,7 @@ def fill(url: str, prefix: str, n: int) -> None:
                 ]
             )
 
-    storage.runner.run(work, name="fill")
+    storage.transaction(work, name="fill")
     storage.close()
 
 

@@ -178,7 +178,7 @@ def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None)
             analyze = {"postgresql": f"ANALYZE {name}", "sqlite": "ANALYZE"}.get(db, f"ANALYZE TABLE {name}")
             repo.conn.exec_driver_sql(analyze)
 
-        storage.runner.run(work, name="bulk")
+        storage.transaction(work, name="bulk")
 
     def close() -> None:
         storage.close()

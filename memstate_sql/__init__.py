@@ -7,12 +7,14 @@ the hooks' outcome commit together or not at all.
 from __future__ import annotations
 
 from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
-from memstate_sql.core import FactNotFound
 from memstate_sql.errors import (
     ConflictError,
+    ConnectionLost,
+    FactNotFound,
     HookError,
     MemoryStoreError,
     MigrationLockTimeout,
+    RollbackConflictError,
     SchemaVersionError,
     StorageError,
     TransientStorageError,
@@ -23,11 +25,10 @@ from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
 from memstate_sql.indexes import IndexedPath
 from memstate_sql.migrations import VERSION_TABLE, migrate
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
+from memstate_sql.records import RollbackAction, RollbackConflict, RollbackPlan
 from memstate_sql.registry import Constraint, SchemaRegistry
-from memstate_sql.rollback import RollbackAction, RollbackConflict, RollbackConflictError, RollbackPlan
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
-from memstate_sql.uow import ConnectionLost
 from memstate_sql.verify import VerifyReport, verify
 
 __version__ = "0.1.0"

@@ -1,7 +1,7 @@
 """The asyncio store and storage: facades over the one sync implementation.
 
 `AsyncSQLStorage` and `AsyncMemoryStore` hold no logic of their own. Each
-coroutine runs the corresponding method of `StorageCore` / `MemoryStore`
+coroutine runs the corresponding method of `SQLStorage` / `MemoryStore`
 inside SQLAlchemy's greenlet bridge (``greenlet_spawn``) on the async engine's
 ``sync_engine``: database I/O goes through the async driver, async hooks are
 awaited in place (inside the operation's transaction), and a retry backoff
@@ -23,18 +23,17 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, c
 
 from memstate_sql import jsondoc
 from memstate_sql._compat import await_only, greenlet_spawn
-from memstate_sql.core import StoreCore
 from memstate_sql.dialects import support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact
-from memstate_sql.filters import parse, parse_order
 from memstate_sql.hooks import AsyncMemoryHook
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX
+from memstate_sql.records import RollbackPlan
 from memstate_sql.registry import Constraint
-from memstate_sql.rollback import RollbackPlan
-from memstate_sql.storage import Page, StorageCore, check_batch
+from memstate_sql.storage import Page, SQLStorage
 from memstate_sql.store import MemoryStore
+from memstate_sql.validation import check_batch, query_spec
 
 T = TypeVar("T")
 
@@ -72,7 +71,7 @@ async def _spawn(fn: Callable[..., T], *args: Any) -> T:
 
 
 async def _apaginate(
-    get_core: Callable[[], Awaitable[StorageCore]], fetch: Callable[[StorageCore, tuple[Any, ...] | None], Page]
+    get_core: Callable[[], Awaitable[SQLStorage]], fetch: Callable[[SQLStorage, tuple[Any, ...] | None], Page]
 ) -> AsyncIterator[dict[str, Any]]:
     core = await get_core()
     after: tuple[Any, ...] | None = None
@@ -135,14 +134,14 @@ class AsyncSQLStorage:
             "max_payload_bytes": max_payload_bytes,
             "indexed_paths": indexed_paths,
         }
-        self._core: StorageCore | None = None
+        self._core: SQLStorage | None = None
         # Schema preparation runs once, before any operation. Greenlets of one event loop share a
         # thread, so the sync core's threading.Lock cannot serialise them: an asyncio.Lock does.
         self._prepare_lock = asyncio.Lock()
         if self._bound is None:
-            self._core = StorageCore(self.engine.sync_engine, owns_engine=False, **self._options)
+            self._core = SQLStorage.bridged(self.engine.sync_engine, **self._options)
 
-    async def core(self) -> StorageCore:
+    async def core(self) -> SQLStorage:
         """The sync implementation this facade drives (bound to the host connection if any)."""
         if self._core is None:
             assert self._bound is not None
@@ -161,10 +160,10 @@ class AsyncSQLStorage:
                 sync_conn = self._bound.sync_connection
                 assert sync_conn is not None
                 bound = sync_conn
-            self._core = StorageCore(self.engine.sync_engine, owns_engine=False, bound=bound, **self._options)
-        if not self._core._schema_ready:
+            self._core = SQLStorage.bridged(self.engine.sync_engine, bound=bound, **self._options)
+        if not self._core.schema_gate.ready:
             async with self._prepare_lock:
-                await _spawn(self._core._prepare)
+                await _spawn(self._core.schema_gate.ensure)
         return self._core
 
     @property
@@ -206,10 +205,9 @@ class AsyncSQLStorage:
         batch_size: int = 500,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream `query`'s result in batches (keyset pagination); each batch is one awaited read."""
-        node = parse(json_filters)
-        order = parse_order(order_by)
+        spec = query_spec(type_filter, json_filters, order_by=order_by)
         check_batch(batch_size)
-        return _apaginate(self.core, lambda core, after: core.query_page(type_filter, node, order, batch_size, after))
+        return _apaginate(self.core, lambda core, after: core.page(spec, batch_size, after))
 
     async def append_tx(self, tx_data: dict[str, Any]) -> None:
         await _spawn((await self.core()).append_tx, tx_data)
@@ -344,8 +342,17 @@ class AsyncMemoryStore:
     async def discard_session(self, session_id: str, actor: str | None = None, reason: str | None = None) -> int:
         return await _spawn((await self._store()).discard_session, session_id, actor, reason)
 
-    async def rollback(self, session_id: str | None, steps: int = 1, *, force: bool = False) -> None:
-        await _spawn(functools.partial((await self._store()).rollback, force=force), session_id, steps)
+    async def rollback(
+        self,
+        session_id: str | None,
+        steps: int = 1,
+        *,
+        force: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> int:
+        rollback = functools.partial((await self._store()).rollback, force=force, actor=actor, reason=reason)
+        return await _spawn(rollback, session_id, steps)
 
     async def plan_rollback(self, session_id: str | None, steps: int = 1) -> RollbackPlan:
         return await _spawn((await self._store()).plan_rollback, session_id, steps)
@@ -389,12 +396,9 @@ class AsyncMemoryStore:
         batch_size: int = 500,
     ) -> AsyncIterator[dict[str, Any]]:
         """Stream `query`'s result in batches (keyset pagination); each batch is one awaited read."""
-        node = StoreCore.query_filters(filters, session_id)
-        order = parse_order(order_by)
+        spec = query_spec(typename, filters, session_id, order_by)
         check_batch(batch_size)
-        return _apaginate(
-            self.storage.core, lambda core, after: core.query_page(typename, node, order, batch_size, after)
-        )
+        return _apaginate(self.storage.core, lambda core, after: core.page(spec, batch_size, after))
 
     async def search(
         self,

@@ -27,6 +27,8 @@ class Operation(str, Enum):
     DELETE = "DELETE"
     PROMOTE = "PROMOTE"
     DISCARD_SESSION = "DISCARD_SESSION"
+    ROLLBACK = "ROLLBACK"
+    """The audit record of a rollback (`SQLStorage.history`); never part of `get_tx_log`."""
 
 
 class Fact(BaseModel):

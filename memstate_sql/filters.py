@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy import ColumnElement, and_, bindparam, case, false, literal, or_, true
@@ -37,6 +37,7 @@ from sqlalchemy.types import Boolean, Integer, NullType, String
 
 from memstate_sql import jsondoc
 from memstate_sql.errors import ValidationFailed
+from memstate_sql.timeutil import as_utc, parse_iso
 
 if TYPE_CHECKING:
     from memstate_sql.indexes import IndexedPath
@@ -211,12 +212,12 @@ def parse_ts(value: Any, raw: str) -> datetime:
     """A ``ts`` operand: an aware or naive (UTC) datetime, or an ISO 8601 string."""
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+            return parse_iso(value)
         except ValueError as exc:
             raise ValidationFailed(f"filter key {raw!r}: {value!r} is not an ISO 8601 timestamp") from exc
     if not isinstance(value, datetime):
         raise ValidationFailed(f"filter key {raw!r}: compare ts with a datetime or an ISO 8601 string")
-    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+    return as_utc(value)
 
 
 def _operand(field: str, raw: str, op: str, value: Any) -> Any:

@@ -1,10 +1,23 @@
-"""Hook protocols (memstate's), called inside the operation's database transaction."""
+"""Hooks: memstate's protocols, and their delivery inside the operation's transaction.
+
+`HookSet` is the one place hooks are called, for the sync and the asyncio store
+alike: a hook's result is awaited when it is a coroutine and the store runs in
+SQLAlchemy's greenlet bridge (`AsyncMemoryStore`); the sync store refuses an
+async hook.
+"""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Protocol
 
+from sqlalchemy import exc as sa_exc
+
+from memstate_sql._compat import await_only, in_greenlet
+from memstate_sql.errors import HookError, RetryUnitOfWork, is_joined
 from memstate_sql.facts import Fact, Operation, SearchResult
+from memstate_sql.records import FactState
 
 
 class MemoryHook(Protocol):
@@ -54,3 +67,62 @@ class AsyncMemoryHook(Protocol):
         filters: dict[str, Any] | None = None,
         score_threshold: float | None = None,
     ) -> list[SearchResult]: ...
+
+
+def invoke(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call a hook (or a hook's search); await the result when it is a coroutine.
+
+    Awaiting is possible when the store runs inside the asyncio bridge
+    (`AsyncMemoryStore`); a sync `MemoryStore` given an async hook says so.
+    """
+    result = fn(*args)
+    if inspect.isawaitable(result):
+        if in_greenlet():
+            return await_only(result)
+        if inspect.iscoroutine(result):
+            result.close()
+        raise TypeError(f"{fn!r} is asynchronous; use it with AsyncMemoryStore")
+    return result
+
+
+#: One hook notification: the operation, the fact's id, the fact's new state (None: deleted).
+Notification = tuple[Operation, str, "FactState | None"]
+
+
+class HookSet:
+    """The hooks of one store, delivered after an operation's writes and before COMMIT."""
+
+    def __init__(self, hooks: Iterable[Any] = ()) -> None:
+        self.hooks: list[Any] = list(hooks)
+
+    def __bool__(self) -> bool:
+        return bool(self.hooks)
+
+    def deliver(self, calls: Sequence[Notification]) -> None:
+        """Call every hook for every notification; a hook that raises becomes `HookError`."""
+        if not self.hooks:
+            return  # no Fact models to build
+        for op, fact_id, state in calls:
+            fact = None if state is None else Fact.model_validate(state.doc())
+            for hook in self.hooks:
+                try:
+                    invoke(hook, op, fact_id, fact)
+                except RetryUnitOfWork:
+                    raise
+                except Exception as exc:
+                    if isinstance(exc, sa_exc.DBAPIError) and is_joined(exc):
+                        # The hook's storage call failed inside this transaction: the unit of work
+                        # classifies it (a deadlock is retried, a lost connection reported).
+                        raise
+                    raise HookError(f"hook {hook!r} failed on {op.value} {fact_id}: {exc!r}") from exc
+
+    def search(
+        self, query: str, limit: int, filters: dict[str, Any] | None, score_threshold: float | None
+    ) -> list[SearchResult]:
+        """The hits of every hook that can search."""
+        hits: list[SearchResult] = []
+        for hook in self.hooks:
+            search = getattr(hook, "search", None)
+            if callable(search):
+                hits.extend(invoke(search, query, limit, filters, score_threshold) or [])
+        return hits

@@ -38,12 +38,12 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, create_engine, inspect, make_url
+from sqlalchemy import Connection, Engine, inspect, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.schema import SchemaItem
 
-from memstate_sql.dialects import support_for
+from memstate_sql.dialects import engine_for, support_for
 from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
 from memstate_sql.uow import default_sleep, holding
@@ -242,14 +242,10 @@ include_object = _DEFAULT_HOST_FILTERS.include_object
 
 
 def _engine_for(url: str | URL) -> Engine:
+    """A short-lived engine for one migration command (no pool kept behind it)."""
     parsed = make_url(url) if isinstance(url, str) else url
-    support = support_for(parsed.get_backend_name())
-    options = support.engine_options(parsed)
-    if "poolclass" not in options:
-        options["poolclass"] = NullPool
-    engine = create_engine(parsed, **options)
-    support.configure_engine(engine)
-    return engine
+    options = support_for(parsed.get_backend_name()).engine_options(parsed)
+    return engine_for(parsed, {} if "poolclass" in options else {"poolclass": NullPool})
 
 
 @contextmanager

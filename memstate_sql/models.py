@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -39,9 +39,11 @@ from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from memstate_sql import jsondoc
 from memstate_sql.errors import ValidationFailed
+from memstate_sql.records import KEY_LENGTH
+from memstate_sql.timeutil import as_utc
 
 DEFAULT_PREFIX = "memstate"
-KEY_LENGTH = 191
+
 _PREFIX_RE = re.compile(r"^[a-z][a-z0-9_]{0,29}$")
 
 
@@ -92,13 +94,13 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        value = value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        value = as_utc(value)
         return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
+        return as_utc(value)
 
 
 class KeyString(TypeDecorator[str]):

@@ -10,10 +10,11 @@ fields and a ``payload``.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from memstate_sql import filters as flt
+from memstate_sql.timeutil import as_utc, parse_iso
 
 
 class _Missing:
@@ -57,8 +58,8 @@ def _compare(left: Any, op: str, right: Any) -> bool:
 
 def _ts(value: Any) -> datetime:
     if isinstance(value, datetime):
-        return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value.astimezone(timezone.utc)
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).astimezone(timezone.utc)
+        return as_utc(value)
+    return parse_iso(str(value))
 
 
 def _envelope(doc: Mapping[str, Any], field: str) -> Any:

@@ -7,109 +7,17 @@ commits: the unit of work (`memstate_sql.uow`) owns the transaction.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, delete, func, insert, inspect, select, update
+from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.sql import ColumnElement
 
 from memstate_sql import filters as flt
-from memstate_sql import jsondoc
 from memstate_sql.dialects import DialectSupport
-from memstate_sql.models import KEY_LENGTH, Models
-
-
-def format_ts(ts: datetime) -> str:
-    """ISO 8601 in UTC with a trailing ``Z`` (pydantic's JSON form of an aware UTC datetime)."""
-    return ts.isoformat().replace("+00:00", "Z")
-
-
-def singleton_token(value: Any) -> str:
-    """The value of a singleton key as stored in the unique index.
-
-    Canonical JSON keeps types apart (``true``, ``1`` and ``"1"`` differ) and
-    numbers are normalised so that ``1`` and ``1.0`` are the same key, as they
-    are equal under the filter contract. Long values are replaced by a digest.
-    """
-
-    def norm(v: Any) -> Any:
-        if isinstance(v, float) and v.is_integer():
-            return int(v)
-        if isinstance(v, dict):
-            return {k: norm(v[k]) for k in sorted(v)}
-        if isinstance(v, list):
-            return [norm(i) for i in v]
-        return v
-
-    text = jsondoc.dumps(norm(value))
-    if len(text) > KEY_LENGTH:
-        return "sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()
-    return text
-
-
-@dataclass(frozen=True)
-class FactState:
-    """One fact row."""
-
-    id: str
-    type: str
-    payload: dict[str, Any]
-    session_id: str | None
-    source: str | None
-    ts: datetime
-    version: int = 1
-    immutable: bool = False
-    singleton: str | None = None
-
-    def doc(self) -> dict[str, Any]:
-        """The memstate document of the fact (what `load` and `query` return)."""
-        return {
-            "id": self.id,
-            "type": self.type,
-            "payload": self.payload,
-            "source": self.source,
-            "session_id": self.session_id,
-            "ts": format_ts(self.ts),
-        }
-
-    def evolve(self, **changes: Any) -> FactState:
-        return replace(self, **changes)
-
-
-@dataclass(frozen=True)
-class TxRecord:
-    """One log row."""
-
-    seq: int
-    uuid: str
-    op: str
-    session_id: str | None
-    fact_id: str | None
-    actor: str | None
-    reason: str | None
-    ts: datetime
-    fact_before: dict[str, Any] | None
-    fact_after: dict[str, Any] | None
-    discarded: list[dict[str, Any]] | None
-    reverted_by: str | None
-
-    def doc(self) -> dict[str, Any]:
-        """The memstate form of the entry (`TxEntry.model_dump(mode="json")`)."""
-        return {
-            "uuid": self.uuid,
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "ts": format_ts(self.ts),
-            "op": self.op,
-            "fact_id": self.fact_id,
-            "fact_before": self.fact_before,
-            "fact_after": self.fact_after,
-            "actor": self.actor,
-            "reason": self.reason,
-        }
+from memstate_sql.models import Models
+from memstate_sql.records import FactState, TxRecord
 
 
 class Repository:
@@ -292,6 +200,7 @@ class Repository:
         actor: str | None = None,
         reason: str | None = None,
         discarded: list[dict[str, Any]] | None = None,
+        reverted_by: str | None = None,
     ) -> None:
         self.conn.execute(
             insert(self.log),
@@ -306,6 +215,7 @@ class Repository:
                 "actor": actor,
                 "reason": reason,
                 "discarded": discarded,
+                "reverted_by": reverted_by,
             },
         )
 
@@ -327,8 +237,33 @@ class Repository:
         return [self._tx(row) for row in self.conn.execute(stmt)]
 
     def fact_history(self, fact_id: str) -> list[TxRecord]:
+        """The entries that name the fact in ``fact_id``, oldest first."""
         stmt = select(self.log).where(self.log.c.fact_id == fact_id).order_by(self.log.c.seq)
         return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def multi_fact_entries(self, session_ids: Sequence[str]) -> list[TxRecord]:
+        """The session discards and rollbacks logged under `session_ids` (they list their facts)."""
+        if not session_ids:
+            return []
+        stmt = (
+            select(self.log)
+            .where(self.log.c.session_id.in_(list(session_ids)) & self.log.c.op.in_(["DISCARD_SESSION", "ROLLBACK"]))
+            .order_by(self.log.c.seq)
+        )
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def facts_without_singleton(self, type_: str) -> list[FactState]:
+        return self._select_facts((self.facts.c.type == type_) & self.facts.c.singleton.is_(None), lock=True)
+
+    def set_singletons(self, tokens: dict[str, str]) -> None:
+        """Give facts (by id) their singleton key."""
+        stmt = update(self.facts).where(self.facts.c.id == bindparam("fid")).values(singleton=bindparam("token"))
+        self.conn.execute(stmt, [{"fid": fid, "token": token} for fid, token in tokens.items()])
+
+    def mark_immutable(self, type_: str) -> None:
+        self.conn.execute(
+            update(self.facts).where((self.facts.c.type == type_) & ~self.facts.c.immutable).values(immutable=True)
+        )
 
     def mark_reverted(self, uuids: Sequence[str], by: str) -> None:
         if uuids:

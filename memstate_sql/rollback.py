@@ -12,7 +12,7 @@ transaction and reports two kinds of conflict per fact:
 * *state*: the fact's current row is not what the undone entry left behind
   (a write that bypassed the store's log, such as `SQLStorage.save`).
 
-`StoreCore.rollback` refuses a plan with conflicts (`RollbackConflictError`, a
+`Operations.rollback` (memstate_sql.operations) refuses a plan with conflicts (`RollbackConflictError`, a
 `ConflictError`, nothing changed) unless forced. A forced rollback also marks
 the newer single-fact entries it overrides as undone by itself, so the active
 log keeps describing the facts table exactly; a newer *session discard* cannot
@@ -22,104 +22,28 @@ forced.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel
-
-from memstate_sql.errors import ConflictError
-from memstate_sql.facts import Operation
-from memstate_sql.repository import FactState, Repository, TxRecord
-
-_SINGLE_FACT_OPS = {
-    Operation.COMMIT.value,
-    Operation.COMMIT_EPHEMERAL.value,
-    Operation.UPDATE.value,
-    Operation.PROMOTE.value,
-}
-
-
-class RollbackAction(BaseModel):
-    """One fact change a rollback makes, in the order it makes them."""
-
-    seq: int
-    """The log entry being undone."""
-    op: str
-    fact_id: str
-    action: Literal["restore", "delete", "none"]
-    """``restore``: write `restore_to`; ``delete``: remove the fact; ``none``: already as it should be."""
-    restore_to: dict[str, Any] | None = None
-    current: dict[str, Any] | None = None
-    """The fact as the plan found it just before this change (None: absent)."""
-
-
-class RollbackConflict(BaseModel):
-    """A fact the rollback would overwrite although it changed after the undone entry."""
-
-    fact_id: str
-    seq: int
-    """The log entry being undone."""
-    reason: str
-    later_seq: int | None = None
-    """The newer active log entry that touched the fact (None: an unlogged change)."""
-    later_op: str | None = None
-    later_uuid: str | None = None
-    later_session_id: str | None = None
-
-
-class RollbackPlan(BaseModel):
-    """What `rollback(session_id, steps)` would do now (`MemoryStore.plan_rollback`)."""
-
-    session_id: str | None
-    steps: int
-    entries: list[dict[str, Any]]
-    """The log entries it would undo, newest first (memstate's log-entry form)."""
-    actions: list[RollbackAction]
-    conflicts: list[RollbackConflict]
-
-    @property
-    def ok(self) -> bool:
-        """True when the rollback would not override any later change."""
-        return not self.conflicts
-
-
-class RollbackConflictError(ConflictError):
-    """A rollback was refused because it would override later changes; nothing was changed.
-
-    `plan` is the refused `RollbackPlan` (its `conflicts` say which facts and entries).
-    """
-
-    def __init__(self, message: str, plan: RollbackPlan) -> None:
-        super().__init__(message)
-        self.plan = plan
-
-
-def effects(entry: TxRecord) -> list[tuple[str, dict[str, Any] | None, dict[str, Any] | None, bool]]:
-    """(fact id, state the entry left, state before it, whether the left state is known) per fact."""
-    if entry.op in _SINGLE_FACT_OPS and entry.fact_id:
-        return [(entry.fact_id, entry.fact_after, entry.fact_before, entry.fact_after is not None)]
-    if entry.op == Operation.DELETE.value and entry.fact_id:
-        return [(entry.fact_id, None, entry.fact_before, True)]
-    if entry.op == Operation.DISCARD_SESSION.value:
-        return [(str(doc["id"]), None, doc, True) for doc in entry.discarded or [] if isinstance(doc, Mapping)]
-    return []
-
-
-def touched(entry: TxRecord) -> set[str]:
-    return {fid for fid, *_ in effects(entry)} | ({entry.fact_id} if entry.fact_id else set())
+from memstate_sql import logentry
+from memstate_sql.records import FactState, RollbackAction, RollbackConflict, RollbackPlan, TxRecord
+from memstate_sql.repository import Repository
 
 
 def later_entries(repo: Repository, entries: Sequence[TxRecord]) -> list[tuple[TxRecord, str, TxRecord]]:
     """(undone entry, fact id, newer active entry outside `entries` that touched the fact)."""
-    fact_ids = sorted({fid for e in entries for fid, *_ in effects(e)})
+    fact_ids = sorted({e.fact_id for entry in entries for e in logentry.effects(entry)})
     undone = {e.uuid for e in entries}
     oldest = min((e.seq for e in entries), default=0)
     later = [e for e in repo.active_entries_after(oldest, fact_ids) if e.uuid not in undone]
     found = []
     for entry in entries:
-        for fid, *_ in effects(entry):
-            found += [(entry, fid, other) for other in later if other.seq > entry.seq and fid in touched(other)]
+        for effect in logentry.effects(entry):
+            found += [
+                (entry, effect.fact_id, other)
+                for other in later
+                if other.seq > entry.seq and logentry.touches(other, effect.fact_id)
+            ]
     return found
 
 
@@ -127,7 +51,7 @@ def plan(
     repo: Repository, session_id: str | None, steps: int, entries: Sequence[TxRecord], *, lock: bool
 ) -> RollbackPlan:
     """Simulate undoing `entries` (newest first) against the current rows; nothing is written."""
-    fact_ids = sorted({fid for e in entries for fid, *_ in effects(e)})
+    fact_ids = sorted({e.fact_id for entry in entries for e in logentry.effects(entry)})
     # Lock the facts first: every writer that changed them has committed (and logged) by then.
     current: dict[str, dict[str, Any] | None] = {}
     for fid in fact_ids:
@@ -138,7 +62,8 @@ def plan(
     actions: list[RollbackAction] = []
     conflicts: list[RollbackConflict] = []
     for entry in entries:
-        for fid, left, before, known in effects(entry):
+        for effect in logentry.effects(entry):
+            fid = effect.fact_id
             for _, _, other in (item for item in later if item[0] is entry and item[1] == fid):
                 conflicts.append(
                     RollbackConflict(
@@ -153,8 +78,8 @@ def plan(
                 )
             now = current[fid]
             if (
-                known
-                and _canon(now) != _canon(left)
+                effect.known
+                and logentry.comparable(now) != logentry.comparable(effect.after)
                 and not any(c.fact_id == fid and c.later_seq is not None for c in conflicts)
             ):
                 conflicts.append(
@@ -164,14 +89,15 @@ def plan(
                         reason=f"the fact is not in the state seq {entry.seq} left it in (changed without a log entry)",
                     )
                 )
-            if before is not None:
+            target = logentry.undo(effect)
+            if target is not None:
                 action: Literal["restore", "delete", "none"] = "restore"
             else:
                 action = "delete" if now is not None else "none"
             actions.append(
-                RollbackAction(seq=entry.seq, op=entry.op, fact_id=fid, action=action, restore_to=before, current=now)
+                RollbackAction(seq=entry.seq, op=entry.op, fact_id=fid, action=action, restore_to=target, current=now)
             )
-            current[fid] = None if before is None else dict(before)
+            current[fid] = None if target is None else dict(target)
     return RollbackPlan(
         session_id=session_id,
         steps=steps,
@@ -185,20 +111,3 @@ def describe(conflicts: Sequence[RollbackConflict]) -> str:
     shown = "; ".join(f"fact {c.fact_id}: {c.reason}" for c in conflicts[:5])
     more = f" (and {len(conflicts) - 5} more)" if len(conflicts) > 5 else ""
     return shown + more
-
-
-def _canon(doc: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A fact document in comparable form: the same instant written as ``Z`` or ``+00:00`` (log entries
-    imported from memstate), or with or without microseconds, compares equal; absent optional fields are None."""
-    if doc is None:
-        return None
-    out = {key: doc.get(key) for key in ("id", "type", "payload", "source", "session_id")}
-    ts = doc.get("ts")
-    if isinstance(ts, str):
-        try:
-            parsed = datetime.fromisoformat(ts.replace("Z", "+00:00"))
-            ts = parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
-        except ValueError:
-            pass
-    out["ts"] = ts
-    return out

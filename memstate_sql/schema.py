@@ -19,7 +19,8 @@ where DDL would commit the host's transaction, it runs on a connection of its ow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, Engine, inspect
 
@@ -28,7 +29,7 @@ from memstate_sql.dialects import support_for
 from memstate_sql.indexes import IndexedPath, ensure_indexes
 from memstate_sql.migrations import State
 from memstate_sql.models import Models
-from memstate_sql.uow import default_sleep
+from memstate_sql.uow import default_sleep, holding
 
 
 def prepare_schema(
@@ -91,3 +92,48 @@ def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_mig
     with conn.begin_nested():
         migrations.migrate(conn, table_prefix=models.prefix, schema=models.schema)
     return False
+
+
+class SchemaGate:
+    """Runs `prepare_schema` once per storage, before its first operation (the unit of work calls
+    `ensure` before every operation; after the first success it costs one attribute read)."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        models: Models,
+        *,
+        auto_migrate: bool,
+        indexed_paths: Sequence[IndexedPath] = (),
+        host: Callable[[], Connection | None] = lambda: None,
+    ) -> None:
+        self.engine = engine
+        self.models = models
+        self.auto_migrate = auto_migrate
+        self.indexed_paths = indexed_paths
+        self.host = host
+        self.ready = False
+        self._pending: object | None = None
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        if self.ready:
+            return
+        with holding(self._lock):
+            if self.ready:
+                return
+            host = self.host()
+            current = None if host is None else host.get_transaction()
+            if current is not None and current is self._pending:
+                return  # created earlier in this same host transaction
+            durable = prepare_schema(
+                self.engine,
+                self.models,
+                auto_migrate=self.auto_migrate,
+                connection=host,
+                indexed_paths=self.indexed_paths,
+            )
+            # Created inside the host's open transaction: valid for that transaction only (its
+            # rollback removes the tables); check again in the next one.
+            self.ready = durable
+            self._pending = None if durable else current

@@ -8,53 +8,142 @@ code written against memstate's backends works unchanged.
 
 from __future__ import annotations
 
-import threading
 import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, create_engine, make_url
+from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from memstate_sql import filters as flt
-from memstate_sql import indexes, jsondoc
-from memstate_sql.core import MAX_ROWS, StoreCore, as_utc, check_key, immutable_error, state_from_doc
-from memstate_sql.dialects import DialectSupport, support_for
+from memstate_sql import indexes, jsondoc, operations
+from memstate_sql.dialects import DialectSupport, engine_for, support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Operation, TxEntry
+from memstate_sql.hooks import HookSet
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
-from memstate_sql.schema import prepare_schema
-from memstate_sql.uow import TransactionRunner, holding
+from memstate_sql.schema import SchemaGate
+from memstate_sql.timeutil import as_utc
+from memstate_sql.uow import TransactionRunner
+from memstate_sql.validation import (
+    MAX_ROWS,
+    QuerySpec,
+    check_batch,
+    check_key,
+    check_window,
+    immutable_error,
+    query_spec,
+    state_from_doc,
+)
 
 T = TypeVar("T")
 Bindable = Connection | Session
 
 
-class StorageCore:
-    """The storage implementation, written once against a sync `Engine`.
+class SQLStorage:
+    """memstate's storage backend on SQLite, PostgreSQL or MySQL/MariaDB.
 
-    `SQLStorage` is this class; `AsyncSQLStorage` drives an instance of it
-    that sits on an async engine's ``sync_engine`` through SQLAlchemy's
-    greenlet bridge.
+    `url_or_engine`: a SQLAlchemy URL (``"sqlite:///memory.db"``,
+    ``"postgresql+psycopg://..."``, ``"mysql+pymysql://..."``), an `Engine`
+    (used as is; memstate_sql never disposes of it), or a `Connection` /
+    ORM `Session` of a host application, whose transaction every operation
+    joins through a SAVEPOINT.
+
+    Start-up (`memstate_sql.schema`): a database without the prefix's tables, or
+    at an older revision, is migrated on first use when `auto_migrate` is true
+    (the default) and refused with `SchemaVersionError` otherwise; a database
+    migrated by a newer memstate_sql is always refused.
     """
 
     def __init__(
         self,
+        url_or_engine: str | URL | Engine | Connection | Session,
+        *,
+        table_prefix: str = DEFAULT_PREFIX,
+        schema: str | None = None,
+        auto_migrate: bool = True,
+        engine_options: Mapping[str, Any] | None = None,
+        max_attempts: int = 10,
+        max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
+        indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
+    ) -> None:
+        bound: Connection | Callable[[], Connection] | None = None
+        if isinstance(url_or_engine, str | URL):
+            engine, owns = engine_for(url_or_engine, engine_options), True
+        elif isinstance(url_or_engine, Engine):
+            engine, owns = url_or_engine, False
+        elif isinstance(url_or_engine, Session):
+            # The session's connection of the moment: it changes after each commit.
+            bound = url_or_engine.connection
+            bind = url_or_engine.get_bind()
+            engine, owns = (bind if isinstance(bind, Engine) else bind.engine), False
+        elif isinstance(url_or_engine, Connection):
+            bound = url_or_engine
+            engine, owns = bound.engine, False
+        else:
+            raise ValidationFailed(
+                "SQLStorage takes a database URL, an Engine, a Connection or a Session, "
+                f"not {type(url_or_engine).__name__}"
+            )
+        self._setup(
+            engine,
+            owns_engine=owns,
+            bound=bound,
+            table_prefix=table_prefix,
+            schema=schema,
+            auto_migrate=auto_migrate,
+            max_attempts=max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            indexed_paths=indexed_paths,
+        )
+
+    @classmethod
+    def bridged(
+        cls,
         engine: Engine,
         *,
-        owns_engine: bool,
+        bound: Connection | Callable[[], Connection] | None = None,
+        sleep: Callable[[float], Any] | None = None,
         table_prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         auto_migrate: bool = True,
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
-        sleep: Callable[[float], Any] | None = None,
-        bound: Connection | Callable[[], Connection] | None = None,
-        constraints: dict[str, Constraint] | None = None,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
+    ) -> SQLStorage:
+        """The storage an `AsyncSQLStorage` drives through SQLAlchemy's greenlet bridge: on the async
+        engine's ``sync_engine`` (never disposed of here), joined to a host connection (or a callable
+        giving the host session's connection of the moment), with an awaiting `sleep`."""
+        storage = cls.__new__(cls)
+        storage._setup(
+            engine,
+            owns_engine=False,
+            bound=bound,
+            sleep=sleep,
+            table_prefix=table_prefix,
+            schema=schema,
+            auto_migrate=auto_migrate,
+            max_attempts=max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            indexed_paths=indexed_paths,
+        )
+        return storage
+
+    def _setup(
+        self,
+        engine: Engine,
+        *,
+        owns_engine: bool,
+        bound: Connection | Callable[[], Connection] | None,
+        table_prefix: str,
+        schema: str | None,
+        auto_migrate: bool,
+        max_attempts: int,
+        max_payload_bytes: int,
+        indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None,
+        sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.engine = engine
         #: Declared payload paths with a real index on every database (`memstate_sql.indexes`).
@@ -66,51 +155,63 @@ class StorageCore:
         self.auto_migrate = auto_migrate
         self.max_payload_bytes = max_payload_bytes
         #: Constraints registered by the stores on this storage (`MemoryStore.register_schema`).
-        self.constraints: dict[str, Constraint] = {} if constraints is None else constraints
-        self._schema_ready = False
-        self._schema_pending: object | None = None
-        self._schema_lock = threading.Lock()
-        options: dict[str, Any] = {
-            "owner": self,
-            "max_attempts": max_attempts,
-            "bound": bound,
-            "prepare": self._prepare,
-        }
+        self.constraints: dict[str, Constraint] = {}
+        #: Types whose constraint was registered but not yet applied to the rows already stored.
+        self._unapplied: set[str] = set()
+        options: dict[str, Any] = {"max_attempts": max_attempts, "bound": bound}
         if sleep is not None:
             options["sleep"] = sleep
-        self.runner = TransactionRunner(engine, self.models, self.dialect, **options)
+        self.runner = TransactionRunner(engine, self.models, self.dialect, owner=self, **options)
+        self.schema_gate = SchemaGate(
+            engine,
+            self.models,
+            auto_migrate=auto_migrate,
+            indexed_paths=self.indexed_paths,
+            host=self.runner.host_connection,
+        )
+        self.runner.prepare = self.schema_gate.ensure
 
     @property
     def table_prefix(self) -> str:
         return self.models.prefix
 
-    def _prepare(self) -> None:
-        if self._schema_ready:
-            return
-        with holding(self._schema_lock):
-            if self._schema_ready:
-                return
-            host = self.runner.host_connection()
-            current = None if host is None else host.get_transaction()
-            if current is not None and current is self._schema_pending:
-                return  # created earlier in this same host transaction
-            durable = prepare_schema(
-                self.engine,
-                self.models,
-                auto_migrate=self.auto_migrate,
-                connection=host,
-                indexed_paths=self.indexed_paths,
-            )
-            # Created inside the host's open transaction: valid for that transaction only (its
-            # rollback removes the tables); check again in the next one.
-            self._schema_ready = durable
-            self._schema_pending = None if durable else current
+    def transaction(
+        self,
+        work: Callable[[Repository], T],
+        *,
+        write: bool = True,
+        name: str = "operation",
+        fact_id: str | None = None,
+        session_id: str | None = None,
+    ) -> T:
+        """Run `work` as one unit of work (`memstate_sql.uow`): one database transaction, committed when
+        it returns, rolled back when it raises, retried on transient failures; joined to the enclosing
+        operation's transaction when called from inside one (a hook's storage call)."""
+        if write and self._unapplied:
+            self._apply_constraints()
+        return self.runner.run(work, write=write, name=name, fact_id=fact_id, session_id=session_id)
+
+    def register_constraint(self, typename: str, constraint: Constraint) -> None:
+        """Register `constraint` for `typename` on this storage (every store on it shares it). Facts of
+        the type stored before (imported, written by another application) are brought under it before
+        the next write (`Operations.apply_constraints`)."""
+        if not isinstance(constraint, Constraint):
+            raise ValidationFailed("constraint must be a memstate_sql.Constraint")
+        if self.constraints.get(typename) != constraint:
+            self.constraints[typename] = constraint
+            self._unapplied.add(typename)
+
+    def _apply_constraints(self) -> None:
+        types = sorted(self._unapplied)
+        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        self.runner.run(lambda repo: ops.apply_constraints(repo, types), name="apply_constraints")
+        self._unapplied.difference_update(types)
 
     def _read(self, fn: Callable[[Repository], T]) -> T:
-        return self.runner.run(fn, write=False, name="read")
+        return self.transaction(fn, write=False, name="read")
 
     def _write(self, fn: Callable[[Repository], T], name: str) -> T:
-        return self.runner.run(fn, write=True, name=name)
+        return self.transaction(fn, write=True, name=name)
 
     # ------------------------------------------------------------------ memstate backend API
 
@@ -136,7 +237,7 @@ class StorageCore:
                 if current.doc() == new.doc():
                     return
                 raise immutable_error(current.type, current.id)
-            StoreCore.write(repo, current, new)
+            operations.write(repo, current, new)
 
         self._write(work, "save")
 
@@ -158,48 +259,11 @@ class StorageCore:
         `order_by`: a path or a list of paths (envelope fields or ``payload.`` paths), each
         prefixed with ``-`` for descending; ties are broken by id. Default: ts, then id.
         """
-        return self.query_node(type_filter, flt.parse(json_filters), limit=limit, offset=offset, order_by=order_by)
-
-    def query_node(
-        self,
-        type_filter: str | None,
-        node: flt.Node,
-        *,
-        limit: int | None = None,
-        offset: int = 0,
-        order_by: str | Sequence[Any] | None = None,
-    ) -> list[dict[str, Any]]:
-        check_key("type_filter", type_filter, required=False)
-        order = flt.parse_order(order_by)
-        _check_window(limit, offset)
-        found = self._read(
-            lambda repo: repo.query(type_filter, node, indexed=self.indexed, order=order, limit=limit, offset=offset)
-        )
-        return [f.doc() for f in found]
+        return self.select(query_spec(type_filter, json_filters, order_by=order_by), limit=limit, offset=offset)
 
     def count(self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None) -> int:
         """How many facts `query(type_filter, json_filters)` would return."""
-        return self.count_node(type_filter, flt.parse(json_filters))
-
-    def count_node(self, type_filter: str | None, node: flt.Node) -> int:
-        check_key("type_filter", type_filter, required=False)
-        return self._read(lambda repo: repo.count(type_filter, node, indexed=self.indexed))
-
-    def query_page(
-        self,
-        type_filter: str | None,
-        node: flt.Node,
-        order: tuple[flt.OrderSpec, ...],
-        batch_size: int,
-        after: tuple[Any, ...] | None,
-    ) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
-        """One batch of a streamed query: the docs after the row keyed `after`, and the last row's key."""
-        rows = self._read(
-            lambda repo: repo.query_page(
-                type_filter, node, indexed=self.indexed, order=order, limit=batch_size, after=after
-            )
-        )
-        return [fact.doc() for fact, _ in rows], (rows[-1][1] if rows else None)
+        return self.tally(query_spec(type_filter, json_filters))
 
     def iter_query(
         self,
@@ -215,11 +279,37 @@ class StorageCore:
         iteration runs may or may not be seen, but no fact is returned twice
         unless its sort key changed in between.
         """
-        node = flt.parse(json_filters)
-        check_key("type_filter", type_filter, required=False)
-        order = flt.parse_order(order_by)
+        return self.stream(query_spec(type_filter, json_filters, order_by=order_by), batch_size)
+
+    # The three readers above and the stores' readers all come down to these, with a checked `QuerySpec`.
+
+    def select(self, spec: QuerySpec, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
+        """The documents of the facts `spec` selects, in its order, within the window."""
+        check_window(limit, offset)
+        found = self._read(
+            lambda repo: repo.query(
+                spec.type_filter, spec.node, indexed=self.indexed, order=spec.order, limit=limit, offset=offset
+            )
+        )
+        return [f.doc() for f in found]
+
+    def tally(self, spec: QuerySpec) -> int:
+        """How many facts `spec` selects."""
+        return self._read(lambda repo: repo.count(spec.type_filter, spec.node, indexed=self.indexed))
+
+    def page(self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None) -> Page:
+        """One batch of a stream: the documents after the row keyed `after`, and the last row's key."""
+        rows = self._read(
+            lambda repo: repo.query_page(
+                spec.type_filter, spec.node, indexed=self.indexed, order=spec.order, limit=batch_size, after=after
+            )
+        )
+        return [fact.doc() for fact, _ in rows], (rows[-1][1] if rows else None)
+
+    def stream(self, spec: QuerySpec, batch_size: int = 500) -> Iterator[dict[str, Any]]:
+        """Stream what `spec` selects in batches (see `iter_query`); arguments are checked at once."""
         check_batch(batch_size)
-        return paginate(lambda after: self.query_page(type_filter, node, order, batch_size, after))
+        return paginate(lambda after: self.page(spec, batch_size, after))
 
     def append_tx(self, tx_data: dict[str, Any]) -> None:
         """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""
@@ -285,25 +375,26 @@ class StorageCore:
         if self.owns_engine:
             self.engine.dispose()
 
+    def __repr__(self) -> str:
+        return (
+            f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r}, table_prefix={self.table_prefix!r})"
+        )
+
+    def __enter__(self) -> SQLStorage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # ------------------------------------------------------------------ extensions
 
     def history(self, fact_id: str) -> list[dict[str, Any]]:
-        """Every log entry of one fact, oldest first, including entries undone by a rollback."""
+        """Every log entry that changed one fact, oldest first: its own entries, the session discard that
+        deleted it, the rollbacks that restored it, and the entries a rollback undid (``reverted_by``:
+        the uuid of that rollback's ROLLBACK entry)."""
         check_key("fact id", fact_id, required=True)
-        return [{**e.doc(), "reverted_by": e.reverted_by} for e in self._read(lambda repo: repo.fact_history(fact_id))]
-
-
-def _check_window(limit: int | None, offset: int) -> None:
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
-        raise ValidationFailed("limit must be None or a non-negative integer")
-    if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
-        raise ValidationFailed("offset must be a non-negative integer")
-
-
-def check_batch(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValidationFailed("batch_size must be a positive integer")
-    return batch_size
+        entries = self._read(lambda repo: operations.history(repo, fact_id))
+        return [{**e.doc(), "reverted_by": e.reverted_by} for e in entries]
 
 
 Page = tuple[list[dict[str, Any]], "tuple[Any, ...] | None"]
@@ -318,81 +409,3 @@ def paginate(fetch: Callable[[tuple[Any, ...] | None], Page]) -> Iterator[dict[s
         if last is None:
             return
         after = last
-
-
-def _engine_from(url: str | URL, engine_options: Mapping[str, Any] | None) -> Engine:
-    parsed = make_url(url) if isinstance(url, str) else url
-    dialect = support_for(parsed.get_backend_name())
-    options = {**dialect.engine_options(parsed), **(engine_options or {})}
-    engine = create_engine(parsed, **options)
-    dialect.configure_engine(engine)
-    return engine
-
-
-class SQLStorage(StorageCore):
-    """memstate's storage backend on SQLite, PostgreSQL or MySQL/MariaDB.
-
-    `url_or_engine`: a SQLAlchemy URL (``"sqlite:///memory.db"``,
-    ``"postgresql+psycopg://..."``, ``"mysql+pymysql://..."``), an `Engine`
-    (used as is; memstate_sql never disposes of it), or a `Connection` /
-    ORM `Session` of a host application, whose transaction every operation
-    joins through a SAVEPOINT.
-
-    Start-up (`memstate_sql.schema`): a database without the prefix's tables, or
-    at an older revision, is migrated on first use when `auto_migrate` is true
-    (the default) and refused with `SchemaVersionError` otherwise; a database
-    migrated by a newer memstate_sql is always refused.
-    """
-
-    def __init__(
-        self,
-        url_or_engine: str | URL | Engine | Connection | Session,
-        *,
-        table_prefix: str = DEFAULT_PREFIX,
-        schema: str | None = None,
-        auto_migrate: bool = True,
-        engine_options: Mapping[str, Any] | None = None,
-        max_attempts: int = 10,
-        max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
-        indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
-    ) -> None:
-        bound: Connection | Callable[[], Connection] | None = None
-        if isinstance(url_or_engine, str | URL):
-            engine, owns = _engine_from(url_or_engine, engine_options), True
-        elif isinstance(url_or_engine, Engine):
-            engine, owns = url_or_engine, False
-        elif isinstance(url_or_engine, Session):
-            # The session's connection of the moment: it changes after each commit.
-            bound = url_or_engine.connection
-            bind = url_or_engine.get_bind()
-            engine, owns = (bind if isinstance(bind, Engine) else bind.engine), False
-        elif isinstance(url_or_engine, Connection):
-            bound = url_or_engine
-            engine, owns = bound.engine, False
-        else:
-            raise ValidationFailed(
-                "SQLStorage takes a database URL, an Engine, a Connection or a Session, "
-                f"not {type(url_or_engine).__name__}"
-            )
-        super().__init__(
-            engine,
-            owns_engine=owns,
-            table_prefix=table_prefix,
-            schema=schema,
-            auto_migrate=auto_migrate,
-            max_attempts=max_attempts,
-            max_payload_bytes=max_payload_bytes,
-            bound=bound,
-            indexed_paths=indexed_paths,
-        )
-
-    def __repr__(self) -> str:
-        return (
-            f"SQLStorage({self.engine.url.render_as_string(hide_password=True)!r}, table_prefix={self.table_prefix!r})"
-        )
-
-    def __enter__(self) -> SQLStorage:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

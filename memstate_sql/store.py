@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from pydantic import BaseModel
 
-from memstate_sql._compat import await_only, in_greenlet
-from memstate_sql.core import StoreCore
 from memstate_sql.errors import MemoryStoreError, ValidationFailed
-from memstate_sql.facts import Fact, ScoredFact, SearchResult
-from memstate_sql.filters import parse_order
-from memstate_sql.hooks import MemoryHook
+from memstate_sql.facts import Fact, ScoredFact
+from memstate_sql.hooks import HookSet, MemoryHook
+from memstate_sql.operations import Operations
+from memstate_sql.records import RollbackPlan
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
-from memstate_sql.rollback import RollbackPlan
-from memstate_sql.storage import StorageCore, check_batch, paginate
-
-
-def invoke(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call a hook (or a hook's search); await the result when it is a coroutine.
-
-    Awaiting is possible when the store runs inside the asyncio bridge
-    (`AsyncMemoryStore`); a sync `MemoryStore` given an async hook says so.
-    """
-    result = fn(*args)
-    if inspect.isawaitable(result):
-        if in_greenlet():
-            return await_only(result)
-        if inspect.iscoroutine(result):
-            result.close()
-        raise TypeError(f"{fn!r} is asynchronous; use it with AsyncMemoryStore")
-    return result
+from memstate_sql.storage import SQLStorage
+from memstate_sql.validation import query_spec
 
 
 class MemoryStore:
@@ -45,30 +27,30 @@ class MemoryStore:
     it back.
     """
 
-    def __init__(self, storage: StorageCore, hooks: list[MemoryHook] | None = None) -> None:
-        if not isinstance(storage, StorageCore):
+    def __init__(self, storage: SQLStorage, hooks: list[MemoryHook] | None = None) -> None:
+        if not isinstance(storage, SQLStorage):
             raise ValidationFailed(f"MemoryStore needs a memstate_sql.SQLStorage, got {type(storage).__name__}")
         self.storage = storage
-        self._core = StoreCore(
-            list(hooks or []),
-            lambda hook, op, fact_id, fact: invoke(hook, op, fact_id, fact),
-            storage.constraints,
-            storage.max_payload_bytes,
-        )
+        self._hooks = HookSet(hooks or [])
+        self._ops = Operations(self._hooks, storage.constraints, storage.max_payload_bytes)
 
     @property
     def hooks(self) -> list[Any]:
-        return self._core.hooks
+        return self._hooks.hooks
 
     def add_hook(self, hook: MemoryHook) -> None:
-        self._core.hooks.append(hook)
+        self._hooks.hooks.append(hook)
 
     def register_schema(self, typename: str, model: type[BaseModel], constraint: Constraint | None = None) -> None:
-        self._core.register_schema(typename, model, constraint)
+        """Validate the payloads of `typename` with `model`; `constraint` (singleton key, immutability) is
+        registered on the storage and applies to every fact of the type, including facts stored before."""
+        self._ops.registry.register(typename, model)
+        if constraint is not None:
+            self.storage.register_constraint(typename, constraint)
 
     @property
     def _schema_registry(self) -> Any:
-        return self._core.registry
+        return self._ops.registry
 
     # ------------------------------------------------------------------ writes
 
@@ -81,8 +63,8 @@ class MemoryStore:
         reason: str | None = None,
     ) -> str:
         """Validate and store `fact` (an update when its id or singleton key exists); returns its id."""
-        return self.storage.runner.run(
-            lambda repo: self._core.commit(repo, fact, session_id, ephemeral, actor, reason), name="commit"
+        return self.storage.transaction(
+            lambda repo: self._ops.commit(repo, fact, session_id, ephemeral, actor, reason), name="commit"
         )
 
     def commit_model(
@@ -96,7 +78,12 @@ class MemoryStore:
         reason: str | None = None,
     ) -> str:
         """Commit a registered pydantic model instance as a fact of its type."""
-        schema_type = self._core.registry.get_type_by_model(type(model))
+        if not isinstance(model, BaseModel):
+            raise ValidationFailed(
+                f"commit_model() expected a pydantic model instance, got {type(model).__name__}"
+                + (" (the type name is taken from the model's registration)" if isinstance(model, str) else "")
+            )
+        schema_type = self._ops.registry.get_type_by_model(type(model))
         if not schema_type:
             raise MemoryStoreError(
                 f"Model class '{type(model).__name__}' is not registered. "
@@ -125,8 +112,8 @@ class MemoryStore:
         With `expected_version`, raise `ConflictError` (changing nothing) unless the
         fact is still at that version (`get_version`): optimistic concurrency.
         """
-        return self.storage.runner.run(
-            lambda repo: self._core.update(repo, fact_id, patch, actor, reason, expected_version),
+        return self.storage.transaction(
+            lambda repo: self._ops.update(repo, fact_id, patch, actor, reason, expected_version),
             name="update",
             fact_id=fact_id,
         )
@@ -141,8 +128,8 @@ class MemoryStore:
         expected_version: int | None = None,
     ) -> str:
         """Delete the fact (logged under `session_id`); `expected_version` as in `update`."""
-        return self.storage.runner.run(
-            lambda repo: self._core.delete(repo, session_id, fact_id, actor, reason, expected_version),
+        return self.storage.transaction(
+            lambda repo: self._ops.delete(repo, session_id, fact_id, actor, reason, expected_version),
             name="delete",
             fact_id=fact_id,
             session_id=session_id,
@@ -156,18 +143,26 @@ class MemoryStore:
         reason: str | None = None,
     ) -> list[str]:
         """Make the session's facts (those `selector` accepts) global; returns their ids."""
-        return self.storage.runner.run(
-            lambda repo: self._core.promote_session(repo, session_id, selector, actor, reason),
+        return self.storage.transaction(
+            lambda repo: self._ops.promote_session(repo, session_id, selector, actor, reason),
             name="promote_session",
         )
 
     def discard_session(self, session_id: str, actor: str | None = None, reason: str | None = None) -> int:
         """Delete the facts that belong to the session (logged, hooks notified); returns how many."""
-        return self.storage.runner.run(
-            lambda repo: self._core.discard_session(repo, session_id, actor, reason), name="discard_session"
+        return self.storage.transaction(
+            lambda repo: self._ops.discard_session(repo, session_id, actor, reason), name="discard_session"
         )
 
-    def rollback(self, session_id: str | None, steps: int = 1, *, force: bool = False) -> None:
+    def rollback(
+        self,
+        session_id: str | None,
+        steps: int = 1,
+        *,
+        force: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> int:
         """Undo the session's last `steps` operations, newest first, in one transaction.
 
         ``session_id=None`` undoes operations logged without a session. When a fact
@@ -175,17 +170,22 @@ class MemoryStore:
         rollback raises `RollbackConflictError` (a `ConflictError`) and changes
         nothing; ``force=True`` overrides those later changes (and marks their log
         entries as undone by this rollback). `plan_rollback` is the dry run.
+
+        The rollback is logged as one ROLLBACK entry (who: `actor`, why: `reason`, when, and what
+        it restored), visible in `SQLStorage.history`; the undone entries point at it. Returns how
+        many operations were undone: 0 when the session has none (memstate returns None).
         """
-        self.storage.runner.run(
-            lambda repo: self._core.rollback(repo, session_id, steps, bool(force)),
+        undone = self.storage.transaction(
+            lambda repo: self._ops.rollback(repo, session_id, steps, bool(force), actor, reason),
             name="rollback",
             session_id=session_id,
         )
+        return len(undone)
 
     def plan_rollback(self, session_id: str | None, steps: int = 1) -> RollbackPlan:
         """Dry run of `rollback`: the entries it would undo, the changes, the conflicts; changes nothing."""
-        return self.storage.runner.run(
-            lambda repo: self._core.plan_rollback(repo, session_id, steps),
+        return self.storage.transaction(
+            lambda repo: self._ops.plan_rollback(repo, session_id, steps),
             write=False,
             name="plan_rollback",
             session_id=session_id,
@@ -220,14 +220,13 @@ class MemoryStore:
         `order_by`: ``"ts"``, ``"-payload.score"`` or a list of such paths (``-``: descending);
         ties are broken by id. Default order: ts, then id. See docs/filters.md.
         """
-        node = self._core.query_filters(filters, session_id)
-        return self.storage.query_node(typename, node, limit=limit, offset=offset, order_by=order_by)
+        return self.storage.select(query_spec(typename, filters, session_id, order_by), limit=limit, offset=offset)
 
     def count(
         self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
     ) -> int:
         """How many facts `query(typename, filters, session_id)` would return."""
-        return self.storage.count_node(typename, self._core.query_filters(filters, session_id))
+        return self.storage.tally(query_spec(typename, filters, session_id))
 
     def iter_query(
         self,
@@ -239,10 +238,7 @@ class MemoryStore:
         batch_size: int = 500,
     ) -> Iterator[dict[str, Any]]:
         """Stream `query`'s result in batches of `batch_size` (keyset pagination, one read per batch)."""
-        node = self._core.query_filters(filters, session_id)
-        order = parse_order(order_by)
-        check_batch(batch_size)
-        return paginate(lambda after: self.storage.query_page(typename, node, order, batch_size, after))
+        return self.storage.stream(query_spec(typename, filters, session_id, order_by), batch_size)
 
     def search(
         self,
@@ -255,16 +251,12 @@ class MemoryStore:
 
         Hits whose fact no longer exists are dropped; best score first.
         """
-        hits: list[SearchResult] = []
-        for hook in self._core.hooks:
-            search = getattr(hook, "search", None)
-            if callable(search):
-                hits.extend(invoke(search, query, limit, filters, score_threshold) or [])
+        hits = self._hooks.search(query, limit, filters, score_threshold)
         if not hits:
             return []
 
         def read(repo: Repository) -> list[ScoredFact]:
-            ranked = self._core.hydrate(repo, [(h.fact_id, h.score) for h in hits])
+            ranked = self._ops.hydrate(repo, [(h.fact_id, h.score) for h in hits])
             return [ScoredFact(fact=Fact.model_validate(state.doc()), score=score) for state, score in ranked]
 
-        return self.storage.runner.run(read, write=False, name="search")
+        return self.storage.transaction(read, write=False, name="search")

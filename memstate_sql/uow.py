@@ -37,9 +37,12 @@ from memstate_sql._compat import await_only, in_greenlet
 from memstate_sql.dialects import DialectSupport, ErrorKind
 from memstate_sql.errors import (
     ConflictError,
+    ConnectionLost,
     MemoryStoreError,
+    RetryUnitOfWork,
     StorageError,
     TransientStorageError,
+    mark_joined,
 )
 from memstate_sql.models import Models
 from memstate_sql.repository import Repository
@@ -49,24 +52,6 @@ log = logging.getLogger("memstate_sql")
 log.addHandler(logging.NullHandler())
 
 _ACTIVE: ContextVar[tuple[object, Repository] | None] = ContextVar("memstate_sql_active_uow", default=None)
-
-
-#: Attribute set on a database error raised by a storage call that joined an operation's transaction.
-JOINED_MARK = "memstate_sql_joined"
-
-
-class RetryUnitOfWork(Exception):
-    """Raised inside a unit of work to have it re-run (e.g. a row changed under it)."""
-
-
-class ConnectionLost(StorageError):
-    """The database could not be reached, or the connection broke during the operation.
-
-    The operation's transaction did not commit, so none of it is visible; if the
-    connection broke during COMMIT itself, the outcome is unknown but still all or
-    nothing. Not retried automatically (the operation may need the caller's
-    judgement); the next operation reconnects (``pool_pre_ping``).
-    """
 
 
 def default_sleep(seconds: float) -> None:
@@ -157,7 +142,7 @@ class TransactionRunner:
             except exc.DBAPIError as err:
                 # Raised inside the enclosing operation's transaction (a hook's storage call):
                 # marked so that the operation treats it as its own database error (retry or report).
-                setattr(err, JOINED_MARK, True)
+                mark_joined(err)
                 raise
         started = time.perf_counter()
         attempts = [0]

@@ -31,17 +31,11 @@ from sqlalchemy import Engine, create_engine, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
+from memstate_sql import logentry
 from memstate_sql.facts import Operation
 from memstate_sql.models import DEFAULT_PREFIX, models_for
-from memstate_sql.repository import FactState, Repository, TxRecord
-
-_SINGLE = {
-    Operation.COMMIT.value,
-    Operation.COMMIT_EPHEMERAL.value,
-    Operation.UPDATE.value,
-    Operation.PROMOTE.value,
-    Operation.DELETE.value,
-}
+from memstate_sql.records import FactState, TxRecord
+from memstate_sql.repository import Repository
 
 
 @dataclass
@@ -69,16 +63,6 @@ class VerifyReport:
         }
 
 
-def _effects(entry: TxRecord) -> list[tuple[str, Mapping[str, Any] | None, Mapping[str, Any] | None]]:
-    """(fact id, before, after) per fact the entry changed."""
-    if entry.op in _SINGLE and entry.fact_id:
-        after = None if entry.op == Operation.DELETE.value else entry.fact_after
-        return [(entry.fact_id, entry.fact_before, after)]
-    if entry.op == Operation.DISCARD_SESSION.value:
-        return [(str(doc.get("id")), doc, None) for doc in entry.discarded or [] if isinstance(doc, Mapping)]
-    return []
-
-
 def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     """The invariants over rows already read (`verify` reads them)."""
     report = VerifyReport(facts=len(facts), log_entries=len(log))
@@ -91,18 +75,25 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     uuids = Counter(e.uuid for e in log)
     problems += [f"log uuid {u} is used {n} times" for u, n in uuids.items() if n > 1]
 
-    active = [e for e in sorted(log, key=lambda e: e.seq) if e.reverted_by is None]
+    active = [e for e in sorted(log, key=lambda e: e.seq) if logentry.is_active(e)]
+    records = {e.uuid for e in log if e.op == Operation.ROLLBACK.value}
     report.active_entries = len(active)
-    report.reverted_entries = len(log) - len(active)
+    report.reverted_entries = len(log) - len(active) - len(records)
     report.rollbacks = len({e.reverted_by for e in log if e.reverted_by is not None})
+    problems += [
+        f"log seq {e.seq} is undone by rollback {e.reverted_by}, which has no ROLLBACK entry"
+        for e in log
+        if records and e.reverted_by is not None and e.reverted_by not in records
+    ]
 
     state: dict[str, Mapping[str, Any] | None] = {}
     last_seq: dict[str, int] = {}
     chains: dict[str, int] = defaultdict(int)
     for entry in active:
-        for fid, before, after in _effects(entry):
+        for effect in logentry.effects(entry):
+            fid, before, after = effect.fact_id, effect.before, effect.after
             previous = state.get(fid)
-            if chains[fid] and _norm(before) != _norm(previous):
+            if chains[fid] and logentry.comparable(before) != logentry.comparable(previous):
                 problems.append(
                     f"fact {fid}: log seq {entry.seq} ({entry.op}) starts from a state that seq "
                     f"{last_seq[fid]} did not leave (a change is missing from the log)"
@@ -120,16 +111,12 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     for fid, doc in rows.items():
         if fid not in state:
             problems.append(f"fact {fid} has no active log entry")
-        elif _norm(state[fid]) != _norm(doc):
+        elif logentry.comparable(state[fid]) != logentry.comparable(doc):
             problems.append(f"fact {fid}: the row differs from what log seq {last_seq[fid]} recorded")
     for fid, expected in state.items():
         if expected is not None and fid not in rows:
             problems.append(f"fact {fid}: log seq {last_seq[fid]} left it present, but it is missing")
     return report
-
-
-def _norm(doc: Mapping[str, Any] | None) -> Any:
-    return None if doc is None else dict(doc)
 
 
 def verify(

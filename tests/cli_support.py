@@ -14,7 +14,8 @@ import pytest
 
 import memstate_sql as ms
 from memstate_sql.cli import main
-from memstate_sql.repository import FactState, Repository, TxRecord
+from memstate_sql.records import FactState, TxRecord
+from memstate_sql.repository import Repository
 
 SCRIPT = Path(sys.executable).with_name("memstate-sql")
 
@@ -65,6 +66,6 @@ def dump(url: str, prefix: str) -> tuple[list[FactState], list[TxRecord]]:
         def read(repo: Repository) -> tuple[list[FactState], list[TxRecord]]:
             return repo.facts_page(None, 1_000_000), repo.log_page(None, 1_000_000)
 
-        return storage.runner.run(read, write=False)
+        return storage.transaction(read, write=False)
     finally:
         storage.close()

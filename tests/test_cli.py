@@ -116,7 +116,7 @@ def test_demo_through_the_script_tells_the_story(tmp_path: Path) -> None:
     assert "secret" not in by_type
     assert sorted(f.session_id or "" for f in by_type["note"]) == ["", ""]
     assert [f.payload for f in by_type["pref"]] == [{"theme": "dark"}]
-    assert [e.op for e in log if e.reverted_by] == ["UPDATE"]
+    assert [e.op for e in log if e.reverted_by] == ["UPDATE", "ROLLBACK"]
     assert not (tmp_path / "memstate.db").exists()
 
 

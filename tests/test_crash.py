@@ -50,7 +50,7 @@ def kill_once(db_url: str, prefix: str, n: int, rng: random.Random, during_hook:
 def test_sigkill_mid_operation_leaves_the_tables_consistent(
     db: str, db_url: str, prefix: str, kills: int, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    workload.make_store(db_url, prefix).storage._prepare()
+    workload.make_store(db_url, prefix).storage.schema_gate.ensure()
     rng = random.Random(kills)
     in_hook = 0
     report = None

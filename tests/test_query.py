@@ -170,14 +170,14 @@ def test_iter_query_streams_in_batches(storage: ms.SQLStorage, monkeypatch: pyte
     for i in range(23):
         store.commit(Fact(id=f"i{i:02d}", type="t", payload={"n": i % 5, "s": f"{i % 3}"}, ts=TS))
     pages: list[int] = []
-    real = storage.query_page
+    real = storage.page
 
     def spy(*args: Any) -> Any:
         docs, last = real(*args)
         pages.append(len(docs))
         return docs, last
 
-    monkeypatch.setattr(storage, "query_page", spy)
+    monkeypatch.setattr(storage, "page", spy)
     stream = store.iter_query("t", {"payload.n": {"$lt": 4}}, order_by=["-payload.n", "payload.s"], batch_size=4)
     assert pages == []  # lazy
     got = ids(list(stream))

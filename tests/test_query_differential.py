@@ -27,7 +27,8 @@ from sqlalchemy import delete
 import memstate_sql as ms
 from memstate_sql import filters as flt
 from memstate_sql import jsondoc, reference
-from memstate_sql.repository import FactState, Repository
+from memstate_sql.records import FactState
+from memstate_sql.repository import Repository
 
 EXAMPLES = int(os.environ.get("MEMSTATE_SQL_DIFF_EXAMPLES", "500"))
 NFC_E = unicodedata.normalize("NFC", "é")
@@ -148,7 +149,7 @@ def load(storage: ms.SQLStorage, docs: list[tuple[dict[str, Any], dict[str, Any]
         for state in states:
             repo.insert(state)
 
-    storage.runner.run(work, name="load")
+    storage.transaction(work, name="load")
     return [s.doc() for s in states]
 
 

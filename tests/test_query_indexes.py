@@ -13,7 +13,8 @@ from sqlalchemy import event, inspect
 import memstate_sql as ms
 from memstate_sql import jsondoc, reference
 from memstate_sql.indexes import IndexedPath
-from memstate_sql.repository import FactState, Repository
+from memstate_sql.records import FactState
+from memstate_sql.repository import Repository
 
 TS = datetime(2026, 1, 1, tzinfo=timezone.utc)
 DECLARED = [
@@ -72,7 +73,7 @@ def populate(storage: ms.SQLStorage, n: int = 400) -> list[dict[str, Any]]:
             ).format(t=repo.facts.name)
         )
 
-    storage.runner.run(work, name="populate")
+    storage.transaction(work, name="populate")
     return [s.doc() for s in states]
 
 
@@ -183,7 +184,7 @@ def test_postgresql_containment_uses_the_gin_index(db: str, storage: ms.SQLStora
                   session_id=None, source=None, ts=TS)
         for i in range(300)
     ]  # fmt: skip
-    storage.runner.run(lambda repo: [repo.insert(s) for s in states], name="load")
+    storage.transaction(lambda repo: [repo.insert(s) for s in states], name="load")
     docs = [s.doc() for s in states]
     assert [d["id"] for d in storage.query(None, flt_)] == [d["id"] for d in reference.run(docs, flt_)]
     with explained(storage) as plans:

@@ -326,7 +326,11 @@ def test_rollback_keeps_undone_entries_for_audit(store: Any) -> None:
     store.update(fid, {"payload": {"v": 2}})
     store.rollback("s")
     history = store.storage.history(fid)
-    assert [(h["op"], h["reverted_by"] is not None) for h in history] == [("COMMIT", False), ("UPDATE", True)]
+    assert [(h["op"], h["reverted_by"] is not None) for h in history] == [
+        ("COMMIT", False),
+        ("UPDATE", True),
+        ("ROLLBACK", True),
+    ]
 
 
 def test_rollback_rejects_bad_steps(store: Any) -> None:

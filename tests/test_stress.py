@@ -45,7 +45,7 @@ def singleton_counts(url: str, prefix: str) -> Counter[str]:
 
 
 def run_workers(db_url: str, prefix: str, tmp_path: Path, seconds: float) -> list[dict[str, Any]]:
-    workload.make_store(db_url, prefix).storage._prepare()  # create the tables once, before the race
+    workload.make_store(db_url, prefix).storage.schema_gate.ensure()  # create the tables once, before the race
     ctx = multiprocessing.get_context("fork")
     paths = [str(tmp_path / f"worker{i}.json") for i in range(WORKERS)]
     procs = [

@@ -124,8 +124,10 @@ def test_forced_rollback_overrides_and_marks_the_overridden_entries(store: Any) 
         ("COMMIT", False),
         ("PROMOTE", True),
         ("UPDATE", True),
+        ("ROLLBACK", True),
     ]
-    assert history[1]["reverted_by"] == history[2]["reverted_by"]
+    assert history[1]["reverted_by"] == history[2]["reverted_by"] == history[3]["uuid"]
+    assert "forced" in history[3]["reason"]
     assert store.storage.get_tx_log(None) == []  # the overridden update left the active log
     check_store(store.storage)
 

@@ -25,9 +25,10 @@ from memstate_sql.cli.reading import cmd_facts, cmd_get, cmd_history, cmd_log, c
 from memstate_sql.cli.rollback import cmd_rollback
 from memstate_sql.cli.schema_cmds import cmd_check, cmd_current, cmd_downgrade, cmd_upgrade
 from memstate_sql.cli.transfer import cmd_export, cmd_import
-from memstate_sql.core import FactNotFound
 from memstate_sql.errors import (
     ConflictError,
+    ConnectionLost,
+    FactNotFound,
     HookError,
     MemoryStoreError,
     SchemaVersionError,
@@ -35,7 +36,6 @@ from memstate_sql.errors import (
     ValidationFailed,
 )
 from memstate_sql.models import DEFAULT_PREFIX
-from memstate_sql.uow import ConnectionLost
 
 PROG = "memstate-sql"
 EPILOG = f"""database: --url, else ${ENV_URL}, else ./{DEFAULT_FILE} (SQLite).

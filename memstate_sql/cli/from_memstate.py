@@ -33,10 +33,11 @@ from memstate_sql.cli.context import Target, display, driver_problem, parse_url,
 from memstate_sql.cli.errors import USAGE, CliError
 from memstate_sql.cli.render import Progress, to_json
 from memstate_sql.cli.transfer import parse_ts
-from memstate_sql.core import check_key, state_from_doc
 from memstate_sql.errors import ConflictError, ValidationFailed
 from memstate_sql.facts import Operation
-from memstate_sql.repository import FactState, Repository, TxRecord
+from memstate_sql.records import FactState, TxRecord
+from memstate_sql.repository import Repository
+from memstate_sql.validation import check_key, state_from_doc
 
 #: memstate's own limit is none; this is ours for one imported payload.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -245,7 +246,7 @@ def cmd_import_memstate(args: Any) -> int:
                 progress.done = 0
                 return copy(repo, source, layout, args.batch_size, progress)
 
-            counts = storage.runner.run(work, name="import-memstate")
+            counts = storage.transaction(work, name="import-memstate")
             progress.finish()
     finally:
         source.dispose()

@@ -10,8 +10,8 @@ from memstate_sql import migrations
 from memstate_sql.cli.context import Target
 from memstate_sql.cli.errors import FAILED, USAGE, CliError
 from memstate_sql.cli.render import compact, short, table, to_json
-from memstate_sql.core import StoreCore
 from memstate_sql.repository import Repository
+from memstate_sql.validation import query_spec
 
 ENVELOPE_ORDER = ("ts", "id", "type", "session_id", "source")
 _KIND_RANK = {"null": 0, "number": 1, "string": 2, "bool": 3, "array": 4, "object": 5}
@@ -68,8 +68,7 @@ def cmd_facts(args: Any) -> int:
     if args.limit < 0:
         raise CliError("--limit must be >= 0", USAGE)
     with Target.from_args(args).open(create=False) as storage:
-        node = StoreCore.query_filters(filters, args.session)
-        docs = storage.query_node(args.type, node)
+        docs = storage.select(query_spec(args.type, filters, args.session))
     docs.sort(key=sort_key(path), reverse=args.desc)
     total = len(docs)
     if args.limit:
@@ -186,7 +185,7 @@ def cmd_stats(args: Any) -> int:
                 "log_entries_rolled_back": log_undone,
             }
 
-        data = storage.runner.run(read, write=False, name="stats")
+        data = storage.transaction(read, write=False, name="stats")
         revision = migrations.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
         head = migrations.head_revision()
     data = {

@@ -9,10 +9,12 @@ from memstate_sql.cli.context import Target
 from memstate_sql.cli.errors import FAILED, USAGE, CliError
 from memstate_sql.cli.reading import describe
 from memstate_sql.cli.render import compact, table, to_json
-from memstate_sql.core import StoreCore
 from memstate_sql.errors import ConflictError
+from memstate_sql.hooks import HookSet
+from memstate_sql.operations import Operations
+from memstate_sql.records import TxRecord, singleton_token
 from memstate_sql.registry import Constraint
-from memstate_sql.repository import Repository, TxRecord, singleton_token
+from memstate_sql.repository import Repository
 
 
 def undo_effect(entry: TxRecord) -> str:
@@ -69,7 +71,7 @@ def cmd_rollback(args: Any) -> int:
     session = None if args.no_session else args.session
     which = f"session {session!r}" if session is not None else "operations without a session"
     with Target.from_args(args).open(create=False) as storage:
-        plan: list[TxRecord] = storage.runner.run(
+        plan: list[TxRecord] = storage.transaction(
             lambda repo: repo.tx_log(session, limit=args.steps), write=False, name="rollback plan"
         )
         if not plan:
@@ -98,10 +100,10 @@ def cmd_rollback(args: Any) -> int:
             current = [e.uuid for e in repo.tx_log(session, limit=args.steps, lock=True)]
             if current != expected:
                 raise ConflictError("the log changed since the plan was shown; nothing was rolled back, run it again")
-            core = StoreCore([], lambda *_: None, recover_constraints(repo), storage.max_payload_bytes)
-            return core.rollback(repo, session, args.steps)
+            ops = Operations(HookSet(), recover_constraints(repo), storage.max_payload_bytes)
+            return [e.doc() for e in ops.rollback(repo, session, args.steps)]
 
-        undone = storage.runner.run(apply, name="rollback")
+        undone = storage.transaction(apply, name="rollback")
     if args.json:
         print(to_json({"dry_run": False, "undone": undone}))
     else:

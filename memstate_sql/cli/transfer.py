@@ -32,10 +32,12 @@ from memstate_sql import __version__, jsondoc
 from memstate_sql.cli.context import Target
 from memstate_sql.cli.errors import USAGE, CliError
 from memstate_sql.cli.render import Progress, to_json
-from memstate_sql.core import check_key
 from memstate_sql.errors import ConflictError, ValidationFailed
 from memstate_sql.facts import Operation
-from memstate_sql.repository import FactState, Repository, TxRecord, format_ts
+from memstate_sql.records import FactState, TxRecord
+from memstate_sql.repository import Repository
+from memstate_sql.timeutil import format_iso as format_ts
+from memstate_sql.validation import check_key
 
 FORMAT = "memstate-sql-export"
 FORMAT_VERSION = 1
@@ -330,7 +332,7 @@ def cmd_import(args: Any) -> int:
             return import_stream(repo, stream, args.batch_size, progress)
 
         try:
-            facts, log = storage.runner.run(work, name="import")
+            facts, log = storage.transaction(work, name="import")
         except UnicodeDecodeError as error:
             raise CliError(f"{args.file} is not UTF-8 text: {error.reason}", USAGE) from None
         progress.finish()

@@ -7,7 +7,11 @@ SQL compilation of `memstate_sql.filters.JsonPredicate` for its database.
 
 from __future__ import annotations
 
-from sqlalchemy import Dialect
+from collections.abc import Mapping
+from typing import Any
+
+from sqlalchemy import Dialect, Engine, create_engine
+from sqlalchemy.engine import URL, make_url
 
 from memstate_sql.dialects import mysql, postgresql, sqlite
 from memstate_sql.dialects.base import DialectSupport, ErrorKind
@@ -30,4 +34,15 @@ def support_for(dialect: Dialect | str) -> DialectSupport:
         raise StorageError(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {name!r}") from None
 
 
-__all__ = ["DialectSupport", "ErrorKind", "support_for"]
+def engine_for(url: str | URL, engine_options: Mapping[str, Any] | None = None) -> Engine:
+    """The one way memstate_sql creates a sync engine: the database's defaults
+    (`DialectSupport.engine_options`), the caller's options over them, and the database's
+    per-connection settings (`DialectSupport.configure_engine`)."""
+    parsed = make_url(url) if isinstance(url, str) else url
+    support = support_for(parsed.get_backend_name())
+    engine = create_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
+    support.configure_engine(engine)
+    return engine
+
+
+__all__ = ["DialectSupport", "ErrorKind", "engine_for", "support_for"]

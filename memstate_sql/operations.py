@@ -1,0 +1,427 @@
+"""The store operations, implemented once for the sync and the asyncio store.
+
+Every store operation is a method of `Operations` that receives a `Repository`
+(a connection inside the operation's transaction) and returns the result. The
+storage's unit of work (`SQLStorage.transaction`) runs it: `MemoryStore` calls
+it directly, `AsyncMemoryStore` inside SQLAlchemy's greenlet bridge, where the
+same hooks are awaited (`memstate_sql.hooks.HookSet`).
+
+Each operation writes its fact rows, then its log entries, then delivers the
+hook notifications, all before COMMIT: a hook that raises becomes `HookError`
+and the transaction rolls back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from memstate_sql import jsondoc, logentry
+from memstate_sql import rollback as rb
+from memstate_sql.errors import (
+    ConflictError,
+    FactNotFound,
+    RetryUnitOfWork,
+    RollbackConflictError,
+    ValidationFailed,
+)
+from memstate_sql.facts import Fact, Operation
+from memstate_sql.hooks import HookSet, Notification
+from memstate_sql.records import FactState, RollbackPlan, TxRecord, singleton_token
+from memstate_sql.registry import Constraint, SchemaRegistry
+from memstate_sql.repository import Repository
+from memstate_sql.timeutil import utcnow
+from memstate_sql.validation import (
+    MAX_ROWS,
+    check_key,
+    check_version,
+    immutable_error,
+    new_state,
+    state_from_doc,
+    version_conflict,
+)
+
+
+def write(repo: Repository, existing: FactState | None, new: FactState, *, allow_immutable: bool = False) -> FactState:
+    """Insert `new`, or write it over `existing` (bumping the version). The one way a fact row is written."""
+    if existing is None:
+        new = new.evolve(version=1)
+        repo.insert(new)
+        return new
+    new = new.evolve(version=existing.version + 1)
+    if not repo.update(new, expected_version=existing.version, allow_immutable=allow_immutable):
+        if existing.immutable and not allow_immutable:
+            raise immutable_error(existing.type, existing.id)
+        # The row changed between our read and our write: re-run the unit of work.
+        raise RetryUnitOfWork()
+    return new
+
+
+def log(
+    repo: Repository,
+    op: Operation,
+    session_id: str | None,
+    fact_id: str | None,
+    before: FactState | None,
+    after: FactState | None,
+    actor: str | None,
+    reason: str | None,
+    *,
+    documents: list[dict[str, Any]] | None = None,
+    entry_id: str | None = None,
+    reverted_by: str | None = None,
+) -> None:
+    """Append the log entry of one change (see `memstate_sql.logentry` for the kinds)."""
+    repo.append(
+        uuid=entry_id or str(uuid.uuid4()),
+        op=op.value,
+        session_id=session_id,
+        fact_id=fact_id,
+        ts=utcnow(),
+        fact_before=None if before is None else before.doc(),
+        fact_after=None if after is None else after.doc(),
+        actor=actor,
+        reason=reason,
+        discarded=documents,
+        reverted_by=reverted_by,
+    )
+
+
+def history(repo: Repository, fact_id: str) -> list[TxRecord]:
+    """Every log entry that changed the fact, oldest first: its own entries, the session discards
+    that deleted it and the rollbacks that restored it (including entries a rollback undid)."""
+    own = repo.fact_history(fact_id)
+    sessions = {e.session_id for e in own if e.session_id is not None}
+    sessions |= {
+        doc["session_id"]
+        for e in own
+        for doc in (e.fact_before, e.fact_after)
+        if doc is not None and isinstance(doc.get("session_id"), str)
+    }
+    current = repo.get(fact_id)
+    if current is not None and current.session_id is not None:
+        sessions.add(current.session_id)
+    others = [e for e in repo.multi_fact_entries(sorted(sessions)) if logentry.touches(e, fact_id)]
+    seen = {e.uuid for e in own}
+    return sorted(own + [e for e in others if e.uuid not in seen], key=lambda e: e.seq)
+
+
+class Operations:
+    """The semantics of every store operation, given the store's schemas (`registry`), the storage's
+    constraints (shared by every store on it) and the store's hooks."""
+
+    def __init__(self, hooks: HookSet, constraints: dict[str, Constraint], max_bytes: int) -> None:
+        self.hooks = hooks
+        self.registry = SchemaRegistry()
+        self.constraints = constraints
+        self.max_bytes = max_bytes
+
+    # ------------------------------------------------------------------ writes
+
+    def commit(
+        self,
+        repo: Repository,
+        fact: Fact,
+        session_id: str | None,
+        ephemeral: bool,
+        actor: str | None,
+        reason: str | None,
+    ) -> str:
+        if not isinstance(fact, Fact):
+            raise ValidationFailed(f"commit() takes a Fact, got {type(fact).__name__}")
+        check_key("actor", actor, required=False)
+        payload = self.registry.validate(fact.type, fact.payload)
+        requested = session_id or fact.session_id
+        new = new_state(fact, payload, requested, self.constraints, self.max_bytes)
+        constraint = self.constraints.get(fact.type)
+
+        existing: FactState | None = None
+        if new.singleton is not None:
+            existing = repo.find_singleton(new.type, new.singleton, lock=True)
+            if existing is not None and constraint is not None and constraint.immutable:
+                assert constraint.singleton_key is not None
+                raise immutable_error(fact.type, new.payload.get(constraint.singleton_key))
+        if existing is None:
+            existing = repo.get(new.id, lock=True)
+        if existing is not None and existing.immutable:
+            raise immutable_error(existing.type, existing.id)
+
+        if existing is None:
+            op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
+        else:
+            op = Operation.UPDATE
+            # A commit never pulls a fact that lives elsewhere into the caller's session (so
+            # discard_session cannot delete it); a commit without a session makes it global.
+            new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
+        written = write(repo, existing, new)
+        log(repo, op, requested, written.id, existing, written, actor, reason)
+        self.hooks.deliver([(op, written.id, written)])
+        return written.id
+
+    def update(
+        self,
+        repo: Repository,
+        fact_id: str,
+        patch: Mapping[str, Any],
+        actor: str | None,
+        reason: str | None,
+        expected_version: int | None = None,
+    ) -> str:
+        check_key("fact id", fact_id, required=True)
+        check_key("actor", actor, required=False)
+        expected = check_version(expected_version)
+        if not isinstance(patch, Mapping):
+            raise ValidationFailed(f"patch must be a mapping, got {type(patch).__name__}")
+        extra = set(patch) - {"payload"}
+        if extra:
+            raise ValidationFailed(
+                f"update() patches the payload only; unsupported patch keys: {', '.join(sorted(map(str, extra)))}"
+            )
+        if "payload" not in patch or not isinstance(patch["payload"], Mapping):
+            raise ValidationFailed("update() needs a patch of the form {'payload': {...}}")
+        existing = repo.get(fact_id, lock=True)
+        if existing is None:
+            raise FactNotFound("Fact not found")
+        if expected is not None and existing.version != expected:
+            raise version_conflict(fact_id, existing.version, expected)
+        if existing.immutable:
+            raise immutable_error(existing.type, existing.id)
+        merged = {**existing.payload, **patch["payload"]}
+        payload = self.registry.validate(existing.type, merged)
+        probe = Fact(id=existing.id, type=existing.type, payload={}, source=existing.source, ts=utcnow())
+        new = new_state(probe, payload, existing.session_id, self.constraints, self.max_bytes)
+        if new.singleton is not None and new.singleton != existing.singleton:
+            other = repo.find_singleton(new.type, new.singleton, lock=True)
+            if other is not None and other.id != existing.id:
+                raise ConflictError(
+                    f"update of {fact_id} would give it the singleton key of fact {other.id} ({existing.type})"
+                )
+        new = new.evolve(immutable=existing.immutable)
+        written = write(repo, existing, new)
+        log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
+        self.hooks.deliver([(Operation.UPDATE, fact_id, written)])
+        return fact_id
+
+    def delete(
+        self,
+        repo: Repository,
+        session_id: str | None,
+        fact_id: str,
+        actor: str | None,
+        reason: str | None,
+        expected_version: int | None = None,
+    ) -> str:
+        check_key("fact id", fact_id, required=True)
+        check_key("session_id", session_id, required=False)
+        check_key("actor", actor, required=False)
+        expected = check_version(expected_version)
+        existing = repo.get(fact_id, lock=True)
+        if existing is None:
+            raise FactNotFound("Fact not found")
+        if expected is not None and existing.version != expected:
+            raise version_conflict(fact_id, existing.version, expected)
+        if not repo.delete(fact_id, expected_version=existing.version):
+            raise RetryUnitOfWork()
+        log(repo, Operation.DELETE, session_id, fact_id, existing, None, actor, reason)
+        self.hooks.deliver([(Operation.DELETE, fact_id, existing)])
+        return fact_id
+
+    def promote_session(
+        self,
+        repo: Repository,
+        session_id: str,
+        selector: Callable[[dict[str, Any]], bool] | None,
+        actor: str | None,
+        reason: str | None,
+    ) -> list[str]:
+        check_key("session_id", session_id, required=True)
+        check_key("actor", actor, required=False)
+        calls: list[Notification] = []
+        for existing in repo.session_facts(session_id, lock=True):
+            if selector is not None and not selector(existing.doc()):
+                continue
+            written = write(repo, existing, existing.evolve(session_id=None), allow_immutable=True)
+            log(repo, Operation.PROMOTE, session_id, existing.id, existing, written, actor, reason)
+            calls.append((Operation.PROMOTE, existing.id, written))
+        self.hooks.deliver(calls)
+        return [fact_id for _, fact_id, _ in calls]
+
+    def discard_session(self, repo: Repository, session_id: str, actor: str | None, reason: str | None) -> int:
+        check_key("session_id", session_id, required=True)
+        check_key("actor", actor, required=False)
+        facts = repo.session_facts(session_id, lock=True)
+        if not facts:
+            return 0
+        repo.delete_many(f.id for f in facts)
+        log(
+            repo,
+            Operation.DISCARD_SESSION,
+            session_id,
+            facts[0].id if len(facts) == 1 else None,
+            None,
+            None,
+            actor,
+            reason or f"Session {session_id} cleared ({len(facts)} facts)",
+            documents=[f.doc() for f in facts],
+        )
+        self.hooks.deliver([(Operation.DISCARD_SESSION, f.id, f) for f in facts])
+        return len(facts)
+
+    # ------------------------------------------------------------------ rollback
+
+    @staticmethod
+    def _rollback_entries(repo: Repository, session_id: str | None, steps: int, lock: bool) -> list[TxRecord]:
+        if isinstance(steps, bool) or not isinstance(steps, int):
+            raise ValidationFailed(f"steps must be an integer, got {type(steps).__name__}")
+        check_key("session_id", session_id, required=False)
+        if steps <= 0:
+            return []
+        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock)
+
+    def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> RollbackPlan:
+        """What `rollback(session_id, steps)` would undo and which later changes it would override."""
+        entries = self._rollback_entries(repo, session_id, steps, lock=False)
+        return rb.plan(repo, session_id, steps, entries, lock=False)
+
+    def rollback(
+        self,
+        repo: Repository,
+        session_id: str | None,
+        steps: int,
+        force: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+    ) -> list[TxRecord]:
+        """Undo the session's newest `steps` active log entries, newest first, in one transaction.
+
+        Refuses (`RollbackConflictError`, nothing changed) when a fact it would
+        restore or delete changed afterwards outside the undone entries, unless
+        `force`. Undone entries stay in the table, marked with the rollback's id,
+        and leave the session's active log (`get_tx_log`), as memstate's
+        rollback removes them. The rollback itself is recorded by one ROLLBACK
+        entry whose uuid is that id (`memstate_sql.logentry`): who, why, when and
+        what it restored. Returns the undone entries.
+        """
+        check_key("actor", actor, required=False)
+        entries = self._rollback_entries(repo, session_id, steps, lock=True)
+        if not entries:
+            return []
+        plan = rb.plan(repo, session_id, steps, entries, lock=True)
+        rollback_id = str(uuid.uuid4())
+        overridden: set[str] = set()
+        if plan.conflicts:
+            discards = [c for c in plan.conflicts if c.later_op == Operation.DISCARD_SESSION.value]
+            if not force or discards:
+                detail = rb.describe(discards if force else plan.conflicts)
+                hint = (
+                    "a later session discard cannot be overridden; roll that session back first"
+                    if force
+                    else "pass force=True to override them"
+                )
+                raise RollbackConflictError(
+                    f"rollback of {session_id!r} would override later changes ({hint}): {detail}", plan
+                )
+            overridden = {c.later_uuid for c in plan.conflicts if c.later_uuid is not None}
+        calls: list[Notification] = []
+        changes: dict[str, logentry.Effect] = {}
+        for action in plan.actions:
+            now = repo.get(action.fact_id, lock=True)
+            if (None if now is None else now.doc()) != action.current:
+                # A fact the plan found absent was written since (it could not be locked): re-plan.
+                raise RetryUnitOfWork()
+            after: FactState | None = now
+            if action.action == "restore":
+                assert action.restore_to is not None
+                after = self._restore(repo, now, action.restore_to)
+                calls.append((Operation.UPDATE if now is not None else Operation.COMMIT, after.id, after))
+            elif action.action == "delete" and repo.delete(action.fact_id):
+                after = None
+                calls.append((Operation.DELETE, action.fact_id, None))
+            first = changes.get(action.fact_id)
+            before = first.before if first is not None else (None if now is None else now.doc())
+            changes[action.fact_id] = logentry.Effect(action.fact_id, before, None if after is None else after.doc())
+        planned = {c.later_uuid for c in plan.conflicts}
+        if any(other.uuid not in planned for _, _, other in rb.later_entries(repo, entries)):
+            # A writer logged a change to one of the facts between the plan and the writes: re-plan.
+            raise RetryUnitOfWork()
+        repo.mark_reverted([e.uuid for e in entries] + sorted(overridden), by=rollback_id)
+        only = next(iter(changes)) if len(changes) == 1 else None
+        single = changes[only] if only is not None else None
+        repo.append(
+            uuid=rollback_id,
+            op=Operation.ROLLBACK.value,
+            session_id=session_id,
+            fact_id=only,
+            ts=utcnow(),
+            fact_before=None if single is None else single.before,
+            fact_after=None if single is None else single.after,
+            actor=actor,
+            reason=reason or _rollback_reason(session_id, len(entries), force and bool(overridden)),
+            discarded=logentry.rollback_record(changes.values()),
+            reverted_by=rollback_id,  # outside the active log: it cannot itself be rolled back
+        )
+        self.hooks.deliver(calls)
+        return entries
+
+    def _restore(self, repo: Repository, current: FactState | None, doc: Mapping[str, Any]) -> FactState:
+        target = state_from_doc(doc, self.constraints, max_bytes=max(self.max_bytes, len(jsondoc.dumps(doc)) * 4))
+        if current is not None:
+            target = target.evolve(immutable=current.immutable)
+        return write(repo, current, target, allow_immutable=True)
+
+    # ------------------------------------------------------------------ constraints over existing rows
+
+    def apply_constraints(self, repo: Repository, types: Sequence[str]) -> None:
+        """Make the facts of `types` that were stored before their constraint was registered obey it
+        (facts imported from memstate, written by another application): give them their singleton key
+        and their immutable flag. Two existing facts with the same key are refused with `ConflictError`."""
+        for typename in types:
+            constraint = self.constraints.get(typename)
+            if constraint is None:
+                continue
+            if constraint.immutable:
+                repo.mark_immutable(typename)
+            key = constraint.singleton_key
+            if key is None:
+                continue
+            tokens: dict[str, str] = {}
+            for fact in repo.facts_without_singleton(typename):
+                value = fact.payload.get(key)
+                if value is not None:
+                    tokens[fact.id] = singleton_token(value)
+            if not tokens:
+                continue
+            owners: dict[str, str] = {}
+            for fid, token in sorted(tokens.items()):
+                holder = owners.get(token) or (found.id if (found := repo.find_singleton(typename, token)) else None)
+                if holder is not None and holder != fid:
+                    raise ConflictError(
+                        f"facts {holder} and {fid} of type {typename!r} have the same singleton key "
+                        f"{key}={fact_key(token)}; delete or change one of them (memstate-sql get/history, "
+                        "MemoryStore.delete) before registering Constraint(singleton_key=...)"
+                    )
+                owners[token] = fid
+            repo.set_singletons(tokens)
+
+    # ------------------------------------------------------------------ reads
+
+    @staticmethod
+    def hydrate(repo: Repository, hits: Sequence[tuple[str, float]]) -> list[tuple[FactState, float]]:
+        best: dict[str, float] = {}
+        for fact_id, score in hits:
+            if fact_id not in best or score > best[fact_id]:
+                best[fact_id] = score
+        found = repo.get_many(list(best))
+        ranked = [(found[fid], score) for fid, score in best.items() if fid in found]
+        ranked.sort(key=lambda pair: -pair[1])
+        return ranked
+
+
+def fact_key(token: str) -> str:
+    return token if len(token) <= 60 else token[:57] + "..."
+
+
+def _rollback_reason(session_id: str | None, count: int, forced: bool) -> str:
+    what = "operation" if count == 1 else "operations"
+    return f"Rollback of {count} {what} of session {session_id}" + (" (forced)" if forced else "")
