@@ -27,8 +27,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from sqlalchemy import Connection, Table
-
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.filters import split_field
 
@@ -91,12 +89,3 @@ def declare(paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None) -> tupl
 
 def lookup(paths: Sequence[IndexedPath]) -> dict[tuple[str, ...], IndexedPath]:
     return {spec.keys: spec for spec in paths}
-
-
-def ensure_indexes(conn: Connection, facts: Table, paths: Sequence[IndexedPath]) -> None:
-    """Create the declared paths' indexes (and generated columns) that do not exist yet."""
-    from memstate_sql.dialects import support_for
-
-    dialect = support_for(conn.dialect)
-    for spec in paths:
-        dialect.create_path_index(conn, facts, spec)

@@ -33,11 +33,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
 )
-from sqlalchemy.dialects import mysql, postgresql
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 from memstate_sql import jsondoc
+from memstate_sql.dialects import support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.records import KEY_LENGTH
 from memstate_sql.timeutil import as_utc
@@ -62,9 +62,7 @@ class JSONDocument(TypeDecorator[Any]):
         super().__init__(none_as_null=True)
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.JSONB(none_as_null=True))
-        return dialect.type_descriptor(JSON(none_as_null=True))
+        return dialect.type_descriptor(support_for(dialect).json_type(dialect))
 
     def bind_processor(self, dialect: Dialect) -> Any:
         def process(value: Any) -> str | None:
@@ -85,17 +83,13 @@ class UTCDateTime(TypeDecorator[datetime]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name in ("mysql", "mariadb"):
-            return dialect.type_descriptor(mysql.DATETIME(fsp=6))
-        if dialect.name == "postgresql":
-            return dialect.type_descriptor(postgresql.TIMESTAMP(timezone=True))
-        return dialect.type_descriptor(DateTime())
+        return dialect.type_descriptor(support_for(dialect).timestamp_type(dialect))
 
     def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
         value = as_utc(value)
-        return value if dialect.name == "postgresql" else value.replace(tzinfo=None)
+        return value if support_for(dialect).aware_timestamps else value.replace(tzinfo=None)
 
     def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -117,10 +111,7 @@ class KeyString(TypeDecorator[str]):
     cache_ok = True
 
     def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
-        if dialect.name in ("mysql", "mariadb"):
-            collation = "utf8mb4_nopad_bin" if getattr(dialect, "is_mariadb", False) else "utf8mb4_0900_bin"
-            return dialect.type_descriptor(mysql.VARCHAR(KEY_LENGTH, charset="utf8mb4", collation=collation))
-        return dialect.type_descriptor(String(KEY_LENGTH))
+        return dialect.type_descriptor(support_for(dialect).key_type(dialect, KEY_LENGTH))
 
 
 #: 64-bit identity on PostgreSQL and MySQL/MariaDB; SQLite only auto-assigns an INTEGER PRIMARY KEY

@@ -26,7 +26,7 @@ from sqlalchemy import Connection, Engine, inspect
 
 from memstate_sql import migrations
 from memstate_sql.dialects import support_for
-from memstate_sql.indexes import IndexedPath, ensure_indexes
+from memstate_sql.indexes import IndexedPath
 from memstate_sql.migrations import State
 from memstate_sql.models import Models
 from memstate_sql.uow import default_sleep, holding
@@ -70,7 +70,8 @@ def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[Indexed
     lock = f"{models.prefix}_path_indexes"
     with migrations.connection_for(engine) as conn, support.migration_lock(conn, lock, 60.0, default_sleep):
         open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
-        ensure_indexes(conn, facts, paths)
+        for spec in paths:  # each creates its index (and generated column) only if it does not exist yet
+            support.create_path_index(conn, facts, spec)
         if not open_before and conn.in_transaction():
             conn.commit()
 

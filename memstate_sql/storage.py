@@ -37,6 +37,7 @@ from memstate_sql.validation import (
     query_spec,
     state_from_doc,
 )
+from memstate_sql.verify import VerifyReport, verify
 
 T = TypeVar("T")
 Bindable = Connection | Session
@@ -374,6 +375,10 @@ class SQLStorage:
     def close(self) -> None:
         if self.owns_engine:
             self.engine.dispose()
+
+    def verify(self) -> VerifyReport:
+        """`memstate_sql.verify` over this storage's tables, through its own engine."""
+        return verify(self.engine, table_prefix=self.table_prefix, schema=self.models.schema)
 
     def __repr__(self) -> str:
         return (

@@ -27,11 +27,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy import Engine, inspect, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
 from memstate_sql import logentry
+from memstate_sql.dialects import engine_for
 from memstate_sql.facts import Operation
 from memstate_sql.models import DEFAULT_PREFIX, models_for
 from memstate_sql.records import FactState, TxRecord
@@ -120,11 +121,19 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
 
 
 def verify(
-    url_or_engine: str | URL | Engine, *, table_prefix: str = DEFAULT_PREFIX, schema: str | None = None
+    url_or_engine: str | URL | Engine,
+    *,
+    table_prefix: str = DEFAULT_PREFIX,
+    schema: str | None = None,
+    engine_options: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
-    """Check a store's tables (see the module docstring); never writes."""
+    """Check a store's tables (see the module docstring); never writes.
+
+    A URL is opened the way `SQLStorage` opens it (with `engine_options`); `SQLStorage.verify()`
+    checks through the storage's own engine.
+    """
     owns = not isinstance(url_or_engine, Engine)
-    engine = create_engine(url_or_engine) if not isinstance(url_or_engine, Engine) else url_or_engine
+    engine = url_or_engine if isinstance(url_or_engine, Engine) else engine_for(url_or_engine, engine_options)
     try:
         models = models_for(table_prefix, schema)
         with engine.connect() as conn:

@@ -9,10 +9,10 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, Engine, Table
+from sqlalchemy import JSON, Connection, DateTime, Dialect, Engine, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.sql.compiler import SQLCompiler
-from sqlalchemy.types import String
+from sqlalchemy.types import String, TypeEngine
 
 if TYPE_CHECKING:
     from memstate_sql.indexes import IndexedPath
@@ -58,6 +58,21 @@ class DialectSupport:
     transactional_ddl = True
     #: Whether Alembic must rebuild tables to alter them ("batch mode", SQLite).
     batch_alter = False
+
+    #: Whether the column type of timestamps takes and returns aware datetimes (else naive UTC wall time).
+    aware_timestamps = False
+
+    def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        """The column type of JSON documents."""
+        return JSON(none_as_null=True)
+
+    def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        """The column type of UTC timestamps with microseconds."""
+        return DateTime()
+
+    def key_type(self, dialect: Dialect, length: int) -> TypeEngine[Any]:
+        """The column type of key strings (ids, types, sessions): compared exactly, code point by code point."""
+        return String(length)
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         """Keyword arguments for `create_engine` when memstate_sql creates the engine."""

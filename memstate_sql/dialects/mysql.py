@@ -12,9 +12,11 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, column, exc, text
 from sqlalchemy import inspect as sa_inspect
+from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeEngine
 
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import (
@@ -47,6 +49,13 @@ class MySQLSupport(DialectSupport):
     name = "mysql"
     #: DDL commits implicitly (and would commit a caller's open transaction).
     transactional_ddl = False
+
+    def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        return mysql_types.DATETIME(fsp=6)  # the default DATETIME drops microseconds
+
+    def key_type(self, dialect: Dialect, length: int) -> TypeEngine[Any]:
+        # Tables default to case-insensitive PAD SPACE collations ('Abc' = 'abc '): a binary NO PAD one.
+        return mysql_types.VARCHAR(length, charset="utf8mb4", collation=_binary_collation(dialect))
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         # READ COMMITTED: a locking read of an absent key takes no gap lock, so racing
@@ -141,7 +150,7 @@ def _scalar_eq(
         # JSON_VALUE decodes escapes; the binary NO PAD collation compares code points exactly
         # (the column's utf8mb4_bin pads trailing spaces, the connection's collation folds case).
         bound = render_bind(compiler, element.raw, kw)
-        return f"({gate} AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin = {bound})"
+        return f"({gate} AND JSON_VALUE({doc}, {lit}) COLLATE {_binary_collation(compiler.dialect)} = {bound})"
     # JSON_EQUALS is type-faithful (true != 1, 1 = 1.0, objects order-free). In a WHERE clause
     # MariaDB 10.11 treats JSON_EQUALS(NULL, x) as true: always test IS TRUE.
     return f"({gate} AND JSON_EQUALS({extract}, {render_bind(compiler, element.json, kw)}) IS TRUE)"
@@ -182,8 +191,9 @@ def _mariadb(compiler: SQLCompiler, doc: str, element: JsonPredicate, kw: dict[s
             f"{element.sql_op} {render_bind(compiler, element.raw, kw)})"
         )
     else:
+        collation = _binary_collation(compiler.dialect)
         exact = (
-            f"(JSON_TYPE({extract}) = 'STRING' AND JSON_VALUE({doc}, {lit}) COLLATE utf8mb4_nopad_bin "
+            f"(JSON_TYPE({extract}) = 'STRING' AND JSON_VALUE({doc}, {lit}) COLLATE {collation} "
             f"{element.sql_op} {render_bind(compiler, element.raw, kw)})"
         )
     return exact if prefilter is None else f"({prefilter} AND {exact})"

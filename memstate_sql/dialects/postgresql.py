@@ -7,9 +7,11 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Table, exc, text
+from sqlalchemy import Connection, Dialect, Table, exc, text
+from sqlalchemy.dialects import postgresql as pg_types
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.types import TypeEngine
 
 from memstate_sql.dialects.base import (
     DialectSupport,
@@ -30,6 +32,13 @@ _DISCONNECT_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / c
 
 class PostgreSQLSupport(DialectSupport):
     name = "postgresql"
+    aware_timestamps = True
+
+    def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        return pg_types.JSONB(none_as_null=True)
+
+    def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
+        return pg_types.TIMESTAMP(timezone=True)
 
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
