@@ -19,6 +19,9 @@ Kinds of entries (`Operation`):
 
 A log entry appended through `SQLStorage.append_tx` may carry no images (memstate
 writes such records); its effects are then unknown (`Effect.known` is false).
+memstate's own DISCARD_SESSION entries list nothing: they deleted every fact of
+their session that existed at that point, which only a replay of the log can
+tell (pass the replayed `state` to `effects`).
 """
 
 from __future__ import annotations
@@ -51,16 +54,24 @@ class Effect:
     """False when the entry did not record the state it left (an ``append_tx`` record without images)."""
 
 
-def effects(entry: TxRecord) -> list[Effect]:
-    """The facts `entry` changed, in the order it changed them."""
+def effects(entry: TxRecord, state: Mapping[str, Mapping[str, Any] | None] | None = None) -> list[Effect]:
+    """The facts `entry` changed, in the order it changed them.
+
+    `state`: the facts as the log left them just before `entry` (id → document, None: absent), when the
+    caller replays the log; needed only for a session discard that does not list its facts (memstate's).
+    """
     if entry.op in SINGLE_FACT_OPS:
         if not entry.fact_id:
             return []
         if entry.op == Operation.DELETE.value:
             return [Effect(entry.fact_id, entry.fact_before, None)]
         return [Effect(entry.fact_id, entry.fact_before, entry.fact_after, entry.fact_after is not None)]
-    docs = [doc for doc in entry.discarded or [] if isinstance(doc, Mapping) and doc.get("id") is not None]
+    docs: list[Mapping[str, Any]] = [
+        doc for doc in entry.discarded or [] if isinstance(doc, Mapping) and doc.get("id") is not None
+    ]
     if entry.op == Operation.DISCARD_SESSION.value:
+        if entry.discarded is None and state is not None:
+            docs = [doc for doc in state.values() if doc is not None and doc.get("session_id") == entry.session_id]
         return [Effect(str(doc["id"]), dict(doc), None) for doc in docs]
     if entry.op == Operation.ROLLBACK.value:
         return [Effect(str(doc["id"]), _doc(doc.get("before")), _doc(doc.get("after"))) for doc in docs]

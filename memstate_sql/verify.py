@@ -91,7 +91,7 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     last_seq: dict[str, int] = {}
     chains: dict[str, int] = defaultdict(int)
     for entry in active:
-        for effect in logentry.effects(entry):
+        for effect in logentry.effects(entry, state):
             fid, before, after = effect.fact_id, effect.before, effect.after
             previous = state.get(fid)
             if chains[fid] and logentry.comparable(before) != logentry.comparable(previous):

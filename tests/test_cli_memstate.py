@@ -204,3 +204,24 @@ def test_import_memstate_refuses_tables_it_would_share(
         with engine.begin() as conn:
             conn.execute(sa.text(f"DROP TABLE IF EXISTS {name}_facts, {name}_log, {name}_tx, {name}_alembic_version"))
         engine.dispose()
+
+
+def test_imported_memstate_database_verifies_and_obeys_registered_constraints(
+    capsys: pytest.CaptureFixture[str], source: Source, db_url: str, prefix: str
+) -> None:
+    write_history(source.store)
+    target = ["--url", db_url, "--prefix", prefix]
+    assert cli(capsys, "import-memstate", *source.args, *target, "--json").code == 0
+    # memstate's timestamps (``+00:00`` and ``Z``) and its discards without a list of facts verify clean.
+    report = ms.verify(db_url, table_prefix=prefix)
+    assert report.ok, report.problems
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    try:
+        ours = ms.MemoryStore(storage)
+        ours.register_schema("user", MUser, ms.Constraint(singleton_key="email"))
+        fid = ours.commit(ms.Fact(type="user", payload={"email": "ada@x", "name": "Ada K", "role": "admin", "age": 40}))
+        assert ours.count("user", {"payload.email": "ada@x"}) == 1
+        assert ours.get(fid)["payload"]["name"] == "Ada K"  # type: ignore[index]
+        assert storage.verify().ok
+    finally:
+        storage.close()
