@@ -18,6 +18,7 @@ from memstate_sql import filters as flt
 from memstate_sql.dialects import DialectSupport
 from memstate_sql.models import Models
 from memstate_sql.records import FactState, TxRecord
+from memstate_sql.validation import QuerySpec
 
 
 class Repository:
@@ -71,44 +72,25 @@ class Repository:
             lock,
         )
 
-    def _filter_where(
-        self, type_filter: str | None, node: flt.Node, indexed: flt.IndexLookup | None
-    ) -> ColumnElement[bool]:
-        where = flt.compile_filter(node, self.facts.c.payload, dict(self.facts.c.items()), indexed)
-        if type_filter is not None:
-            where = (self.facts.c.type == type_filter) & where
+    def _filter_where(self, spec: QuerySpec, indexed: flt.IndexLookup | None) -> ColumnElement[bool]:
+        where = flt.compile_filter(spec.node, self.facts.c.payload, dict(self.facts.c.items()), indexed)
+        if spec.type_filter is not None:
+            where = (self.facts.c.type == spec.type_filter) & where
         return where
 
     def query(
         self,
-        type_filter: str | None,
-        node: flt.Node,
+        spec: QuerySpec,
         *,
         indexed: flt.IndexLookup | None = None,
-        order: Sequence[flt.OrderSpec] = (),
-        limit: int | None = None,
-        offset: int = 0,
-    ) -> list[FactState]:
-        """Matching facts in `order` (default: ts, then id)."""
-        return [
-            fact
-            for fact, _ in self.query_page(type_filter, node, indexed=indexed, order=order, limit=limit, offset=offset)
-        ]
-
-    def query_page(
-        self,
-        type_filter: str | None,
-        node: flt.Node,
-        *,
-        indexed: flt.IndexLookup | None = None,
-        order: Sequence[flt.OrderSpec] = (),
         limit: int | None = None,
         offset: int = 0,
         after: Sequence[Any] | None = None,
     ) -> list[tuple[FactState, tuple[Any, ...]]]:
-        """Matching facts with their sort-key values; `after` (a previous row's key values) pages by keyset."""
-        keys = flt.sort_keys(order, self.facts.c.payload, dict(self.facts.c.items()))
-        where = self._filter_where(type_filter, node, indexed)
+        """The facts `spec` selects, in its order (default: ts, then id), with their sort-key values;
+        `after` (a previous row's key values) pages by keyset."""
+        keys = flt.sort_keys(spec.order, self.facts.c.payload, dict(self.facts.c.items()))
+        where = self._filter_where(spec, indexed)
         if after is not None:
             where = where & flt.after_keys(keys, after)
         labels = [expr.label(f"sk{i}") for i, (expr, _) in enumerate(keys)]
@@ -122,8 +104,8 @@ class Repository:
         n = len(self.facts.c)
         return [(self._fact(row), tuple(row[n:])) for row in self.conn.execute(stmt)]
 
-    def count(self, type_filter: str | None, node: flt.Node, *, indexed: flt.IndexLookup | None = None) -> int:
-        stmt = select(func.count()).select_from(self.facts).where(self._filter_where(type_filter, node, indexed))
+    def count(self, spec: QuerySpec, *, indexed: flt.IndexLookup | None = None) -> int:
+        stmt = select(func.count()).select_from(self.facts).where(self._filter_where(spec, indexed))
         return int(self.conn.execute(stmt).scalar_one())
 
     def insert(self, fact: FactState) -> None:

@@ -287,24 +287,16 @@ class SQLStorage:
     def select(self, spec: QuerySpec, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
         """The documents of the facts `spec` selects, in its order, within the window."""
         check_window(limit, offset)
-        found = self._read(
-            lambda repo: repo.query(
-                spec.type_filter, spec.node, indexed=self.indexed, order=spec.order, limit=limit, offset=offset
-            )
-        )
-        return [f.doc() for f in found]
+        found = self._read(lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset))
+        return [fact.doc() for fact, _ in found]
 
     def tally(self, spec: QuerySpec) -> int:
         """How many facts `spec` selects."""
-        return self._read(lambda repo: repo.count(spec.type_filter, spec.node, indexed=self.indexed))
+        return self._read(lambda repo: repo.count(spec, indexed=self.indexed))
 
     def page(self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None) -> Page:
         """One batch of a stream: the documents after the row keyed `after`, and the last row's key."""
-        rows = self._read(
-            lambda repo: repo.query_page(
-                spec.type_filter, spec.node, indexed=self.indexed, order=spec.order, limit=batch_size, after=after
-            )
-        )
+        rows = self._read(lambda repo: repo.query(spec, indexed=self.indexed, limit=batch_size, after=after))
         return [fact.doc() for fact, _ in rows], (rows[-1][1] if rows else None)
 
     def stream(self, spec: QuerySpec, batch_size: int = 500) -> Iterator[dict[str, Any]]:

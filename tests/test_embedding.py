@@ -15,18 +15,12 @@ from sqlalchemy.orm import Session
 import memstate_sql as ms
 from memstate_sql import migrations
 from memstate_sql.aio import async_url
+from tests.dbutil import table_rows
 
 
 def rows(url: str, table: str) -> int:
     """Rows of a table as another process sees them (0 when the table does not exist)."""
-    engine = sa.create_engine(url)
-    try:
-        if not sa.inspect(engine).has_table(table):
-            return 0
-        with engine.connect() as conn:
-            return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {table}")).scalar_one())
-    finally:
-        engine.dispose()
+    return table_rows(url, table)
 
 
 @pytest.fixture

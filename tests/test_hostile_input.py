@@ -15,12 +15,12 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
-import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import memstate_sql as ms
 from memstate_sql import ConflictError, Fact, MemoryStoreError, ValidationFailed
+from tests.dbutil import fetch
 from tests.invariants import check_tables
 
 CANARY = {"a": 1, "s": "x", "nested": {"k": [1, "two", None]}}
@@ -47,14 +47,9 @@ def deep(levels: int) -> dict[str, Any]:
 
 
 def snapshot(url: str, prefix: str) -> tuple[list[Any], list[Any]]:
-    engine = sa.create_engine(url.replace("+aiosqlite", "").replace("+aiomysql", "+pymysql"))
-    try:
-        with engine.connect() as conn:
-            facts = conn.execute(sa.text(f"SELECT * FROM {prefix}_facts ORDER BY id")).all()
-            log = conn.execute(sa.text(f"SELECT * FROM {prefix}_tx ORDER BY seq")).all()
-        return [tuple(r) for r in facts], [tuple(r) for r in log]
-    finally:
-        engine.dispose()
+    return fetch(url, f"SELECT * FROM {prefix}_facts ORDER BY id"), fetch(
+        url, f"SELECT * FROM {prefix}_tx ORDER BY seq"
+    )
 
 
 Case = Callable[[Any, str], Any]

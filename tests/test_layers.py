@@ -33,7 +33,9 @@ def test_an_upward_import_breaks_the_contract(monkeypatch: pytest.MonkeyPatch) -
 
     def with_violation(*args: object, **kwargs: object) -> ImportGraph:
         graph: ImportGraph = real(*args, **kwargs)
-        graph.add_import(importer="memstate_sql.records", imported="memstate_sql.store", line_number=1, line_contents="")
+        graph.add_import(
+            importer="memstate_sql.records", imported="memstate_sql.store", line_number=1, line_contents=""
+        )
         return graph
 
     monkeypatch.setattr(use_cases, "_build_graph", with_violation)
