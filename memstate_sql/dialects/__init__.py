@@ -8,10 +8,11 @@ SQL compilation of `memstate_sql.filters.JsonPredicate` for its database.
 from __future__ import annotations
 
 from sqlalchemy import Dialect
+from sqlalchemy.engine import URL, make_url
 
 from memstate_sql.dialects import mysql, postgresql, sqlite
 from memstate_sql.dialects.base import DialectSupport, ErrorKind
-from memstate_sql.errors import StorageError
+from memstate_sql.errors import StorageError, ValidationFailed
 
 _SUPPORT: dict[str, DialectSupport] = {
     "sqlite": sqlite.SQLiteSupport(),
@@ -30,4 +31,16 @@ def support_for(dialect: Dialect | str) -> DialectSupport:
         raise StorageError(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {name!r}") from None
 
 
-__all__ = ["DialectSupport", "ErrorKind", "support_for"]
+def async_url(url: str | URL) -> URL:
+    """Map a sync SQLAlchemy URL to its asyncio driver (``sqlite://`` → ``sqlite+aiosqlite://``...).
+
+    The drivers are each database's `DialectSupport.async_driver`; see `DialectSupport.async_url`.
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    backend = parsed.get_backend_name()
+    if backend not in _SUPPORT:
+        raise ValidationFailed(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {backend!r}")
+    return _SUPPORT[backend].async_url(parsed)
+
+
+__all__ = ["DialectSupport", "ErrorKind", "async_url", "support_for"]

@@ -47,6 +47,9 @@ class MySQLSupport(DialectSupport):
     name = "mysql"
     #: DDL commits implicitly (and would commit a caller's open transaction).
     transactional_ddl = False
+    sync_driver = "pymysql"
+    async_driver = "aiomysql"
+    async_drivers = frozenset({"aiomysql", "asyncmy"})
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         # READ COMMITTED: a locking read of an absent key takes no gap lock, so racing

@@ -30,6 +30,9 @@ _DISCONNECT_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / c
 
 class PostgreSQLSupport(DialectSupport):
     name = "postgresql"
+    sync_driver = "psycopg"
+    async_driver = "psycopg"
+    async_drivers = frozenset({"psycopg", "asyncpg"})
 
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
