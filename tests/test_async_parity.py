@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from memstate_sql import aio
+from memstate_sql.dialects import async_url, support_for
 from tools import generate_async as gen
 
 #: Public names of the async classes that are not twins of a sync method, and why.
@@ -160,3 +161,10 @@ def test_the_generator_check_detects_a_stale_file(tmp_path: Any, monkeypatch: py
     assert gen.main([]) == 0
     assert "hand_written" not in copy.read_text()
     assert gen.main(["--check"]) == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql", "mysql", "mariadb"])
+def test_every_dialect_names_its_asyncio_driver(backend: str) -> None:
+    support = support_for(backend)
+    assert support.async_driver in support.async_drivers
+    assert async_url(f"{backend}+{support.sync_driver}://u@h/db").get_driver_name() == support.async_driver
