@@ -31,11 +31,13 @@ def tests(session: nox.Session, db: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     session.install("ruff")
-    session.run("ruff", "check", "memstate_sql", "alembic", "tests", "benchmarks", "noxfile.py", "setup.py")
-    session.run("ruff", "format", "--check", "memstate_sql", "alembic", "tests", "benchmarks", "noxfile.py", "setup.py")
+    paths = ("memstate_sql", "alembic", "tests", "tools", "benchmarks", "noxfile.py", "setup.py")
+    session.run("ruff", "check", *paths)
+    session.run("ruff", "format", "--check", *paths)
 
 
 @nox.session
 def typing(session: nox.Session) -> None:
     session.install("-e", ".[test]")
     session.run("mypy")
+    session.run("python", "-m", "tools.generate_async", "--check")

@@ -7,81 +7,94 @@ inside SQLAlchemy's greenlet bridge (``greenlet_spawn``) on the async engine's
 awaited in place (inside the operation's transaction), and a retry backoff
 sleeps with ``asyncio.sleep``. This is how SQLAlchemy's ``AsyncSession`` runs
 the sync ``Session``; it means the sync and async stores cannot drift apart.
+
+The methods between the ``# START GENERATED`` / ``# END GENERATED`` markers are
+written by ``tools/generate_async.py`` from the sync classes (same parameters,
+annotations, defaults and docstrings): change the sync method, then run
+``python -m tools.generate_async``. ``tests/test_async_parity.py`` fails when a
+sync method has no twin, when they differ, or when this file is stale.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from itertools import islice
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from pydantic import BaseModel
 from sqlalchemy import Connection
-from sqlalchemy.engine import URL, make_url
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, create_async_engine
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from memstate_sql import jsondoc
 from memstate_sql._compat import await_only, greenlet_spawn
-from memstate_sql.dialects import support_for
+from memstate_sql.dialects import async_engine_for, async_url
 from memstate_sql.errors import ValidationFailed
-from memstate_sql.facts import Fact, ScoredFact
 from memstate_sql.hooks import AsyncMemoryHook
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX
-from memstate_sql.records import RollbackPlan
 from memstate_sql.registry import Constraint
-from memstate_sql.storage import Page, SQLStorage
+from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
-from memstate_sql.validation import check_batch, query_spec
+
+# START GENERATED IMPORTS
+# code within this block is **programmatically, statically generated** by tools/generate_async.py
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from pydantic import BaseModel
+
+    from memstate_sql.facts import Fact, ScoredFact
+    from memstate_sql.records import RollbackPlan
+    from memstate_sql.verify import VerifyReport
+
+# END GENERATED IMPORTS
+
+__all__ = ["AsyncMemoryStore", "AsyncSQLStorage", "async_url"]
 
 T = TypeVar("T")
 
-#: Async drivers for the sync URLs people write.
-_ASYNC_DRIVERS = {
-    "sqlite": ("pysqlite", "aiosqlite"),
-    "postgresql": ("psycopg", "psycopg"),
-    "mysql": ("pymysql", "aiomysql"),
-    "mariadb": ("pymysql", "aiomysql"),
-}
-_KNOWN_ASYNC = {"aiosqlite", "psycopg", "asyncpg", "aiomysql", "asyncmy"}
 
-
-def async_url(url: str | URL) -> URL:
-    """Map a sync SQLAlchemy URL to its async driver (``sqlite://`` → ``sqlite+aiosqlite://``...)."""
-    parsed = make_url(url) if isinstance(url, str) else url
-    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
-    if backend not in _ASYNC_DRIVERS:
-        raise ValidationFailed(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {backend!r}")
-    explicit = "+" in parsed.drivername
-    if explicit and driver in _KNOWN_ASYNC:
-        return parsed
-    sync_default, async_driver = _ASYNC_DRIVERS[backend]
-    if explicit and driver != sync_default:
-        raise ValidationFailed(
-            f"{parsed.drivername!r} is not an asyncio driver; write "
-            f"'{backend}+{async_driver}://...' (install memstate-sql[async])"
-        )
-    return parsed.set(drivername=f"{backend}+{async_driver}")
-
-
-async def _spawn(fn: Callable[..., T], *args: Any) -> T:
-    result: T = await greenlet_spawn(fn, *args)
+async def _spawn(fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+    """Run the sync `fn` in the greenlet bridge: its database I/O and awaited hooks suspend this coroutine."""
+    result: T = await greenlet_spawn(fn, *args, **kwargs)
     return result
 
 
-async def _apaginate(
-    get_core: Callable[[], Awaitable[SQLStorage]], fetch: Callable[[SQLStorage, tuple[Any, ...] | None], Page]
-) -> AsyncIterator[dict[str, Any]]:
-    core = await get_core()
-    after: tuple[Any, ...] | None = None
+def _take(items: Iterator[T], count: int) -> list[T]:
+    return list(islice(items, count))
+
+
+async def _aiterate(items: Iterator[T], chunk: int) -> AsyncIterator[T]:
+    """Drive a lazy sync iterator from the bridge, `chunk` items per bridge call.
+
+    With `chunk` the page size of a keyset-paginated read, each call reads one page.
+    """
     while True:
-        docs, last = await _spawn(fetch, core, after)
-        for doc in docs:
-            yield doc
-        if last is None:
+        batch = await _spawn(_take, items, chunk)
+        if not batch:
             return
-        after = last
+        for item in batch:
+            yield item
+
+
+def _connection_of(conn: AsyncConnection) -> Callable[[], Connection]:
+    def current() -> Connection:
+        sync_conn = conn.sync_connection
+        if sync_conn is None:
+            raise ValidationFailed("the AsyncConnection given to AsyncSQLStorage is not started")
+        return sync_conn
+
+    return current
+
+
+def _session_connection(session: AsyncSession) -> Callable[[], Connection]:
+    def current() -> Connection:
+        # The session's connection of the moment (it changes after each commit); called inside the bridge.
+        sync_conn = await_only(session.connection()).sync_connection
+        assert sync_conn is not None
+        return sync_conn  # type: ignore[no-any-return]
+
+    return current
 
 
 class AsyncSQLStorage:
@@ -103,81 +116,71 @@ class AsyncSQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
     ) -> None:
-        self._bound: AsyncConnection | AsyncSession | None = None
+        bound: Callable[[], Connection] | None = None
         if isinstance(url_or_async_engine, str | URL):
-            url = async_url(url_or_async_engine)
-            dialect = support_for(url.get_backend_name())
-            self.engine = create_async_engine(url, **{**dialect.engine_options(url), **(engine_options or {})})
-            dialect.configure_engine(self.engine.sync_engine)
-            self._owns = True
+            self.engine, self._owns = async_engine_for(url_or_async_engine, engine_options), True
         elif isinstance(url_or_async_engine, AsyncEngine):
             self.engine, self._owns = url_or_async_engine, False
-        elif isinstance(url_or_async_engine, AsyncConnection | AsyncSession):
-            self._bound = url_or_async_engine
-            if isinstance(url_or_async_engine, AsyncConnection):
-                self.engine = url_or_async_engine.engine
-            elif isinstance(url_or_async_engine.bind, AsyncEngine):
-                self.engine = url_or_async_engine.bind
-            else:
+        elif isinstance(url_or_async_engine, AsyncConnection):
+            self.engine, self._owns = url_or_async_engine.engine, False
+            bound = _connection_of(url_or_async_engine)
+        elif isinstance(url_or_async_engine, AsyncSession):
+            if not isinstance(url_or_async_engine.bind, AsyncEngine):
                 raise ValidationFailed("the AsyncSession given to AsyncSQLStorage must be bound to an AsyncEngine")
-            self._owns = False
+            self.engine, self._owns = url_or_async_engine.bind, False
+            bound = _session_connection(url_or_async_engine)
         else:
             raise ValidationFailed(
                 "AsyncSQLStorage takes a database URL, an AsyncEngine, an AsyncConnection or an AsyncSession, "
                 f"not {type(url_or_async_engine).__name__}"
             )
-        self._options: dict[str, Any] = {
-            "table_prefix": table_prefix,
-            "schema": schema,
-            "auto_migrate": auto_migrate,
-            "max_attempts": max_attempts,
-            "max_payload_bytes": max_payload_bytes,
-            "indexed_paths": indexed_paths,
-        }
-        self._core: SQLStorage | None = None
-        # Schema preparation runs once, before any operation. Greenlets of one event loop share a
-        # thread, so the sync core's threading.Lock cannot serialise them: an asyncio.Lock does.
-        self._prepare_lock = asyncio.Lock()
-        if self._bound is None:
-            self._core = SQLStorage.bridged(self.engine.sync_engine, **self._options)
-
-    async def core(self) -> SQLStorage:
-        """The sync implementation this facade drives (bound to the host connection if any)."""
-        if self._core is None:
-            assert self._bound is not None
-            bound: Connection | Callable[[], Connection]
-            if isinstance(self._bound, AsyncSession):
-                session = self._bound
-
-                def bound() -> Connection:
-                    # The session's connection of the moment (it changes after each commit);
-                    # called inside the greenlet bridge.
-                    sync_conn = await_only(session.connection()).sync_connection
-                    assert sync_conn is not None
-                    return sync_conn  # type: ignore[no-any-return]
-
-            else:
-                sync_conn = self._bound.sync_connection
-                assert sync_conn is not None
-                bound = sync_conn
-            self._core = SQLStorage.bridged(self.engine.sync_engine, bound=bound, **self._options)
-        if not self._core.schema_gate.ready:
-            async with self._prepare_lock:
-                await _spawn(self._core.schema_gate.ensure)
-        return self._core
+        #: The sync storage this facade drives, on the async engine's ``sync_engine`` (as
+        #: `AsyncSession.sync_session` is the `Session` an `AsyncSession` drives).
+        self.sync_storage = SQLStorage.bridged(
+            self.engine.sync_engine,
+            bound=bound,
+            table_prefix=table_prefix,
+            schema=schema,
+            auto_migrate=auto_migrate,
+            max_attempts=max_attempts,
+            max_payload_bytes=max_payload_bytes,
+            indexed_paths=indexed_paths,
+        )
 
     @property
     def constraints(self) -> dict[str, Constraint]:
-        return self._core.constraints if self._core is not None else {}
+        """Constraints registered by the stores on this storage (`AsyncMemoryStore.register_schema`)."""
+        return self.sync_storage.constraints
+
+    # START GENERATED METHODS AsyncSQLStorage
+    # code within this block is **programmatically, statically generated** by tools/generate_async.py
+
+    @property
+    def table_prefix(self) -> str:
+        return self.sync_storage.table_prefix
+
+    def register_constraint(self, typename: str, constraint: Constraint) -> None:
+        """Register `constraint` for `typename` on this storage (every store on it shares it). Facts of
+        the type stored before (imported, written by another application) are brought under it before
+        the next write (`Operations.apply_constraints`).
+        """
+        self.sync_storage.register_constraint(typename, constraint)
 
     async def load(self, id: str) -> dict[str, Any] | None:
-        return await _spawn((await self.core()).load, id)
+        return await _spawn(self.sync_storage.load, id)
+
+    async def load_with_version(self, id: str) -> tuple[dict[str, Any], int] | None:
+        """`load` plus the fact's version (incremented by every write)."""
+        return await _spawn(self.sync_storage.load_with_version, id)
 
     async def save(self, fact_data: dict[str, Any]) -> None:
-        await _spawn((await self.core()).save, fact_data)
+        """Upsert a fact document. Constraints registered on this storage apply; an
+        immutable fact cannot be overwritten (`ConflictError`).
+        """
+        await _spawn(self.sync_storage.save, fact_data)
 
     async def delete(self, id: str) -> None:
-        await _spawn((await self.core()).delete, id)
+        await _spawn(self.sync_storage.delete, id)
 
     async def query(
         self,
@@ -188,13 +191,18 @@ class AsyncSQLStorage:
         offset: int = 0,
         order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        core = await self.core()
+        """Facts of `type_filter` matching `json_filters` (see `memstate_sql.filters`).
+
+        `order_by`: a path or a list of paths (envelope fields or ``payload.`` paths), each
+        prefixed with ``-`` for descending; ties are broken by id. Default: ts, then id.
+        """
         return await _spawn(
-            functools.partial(core.query, limit=limit, offset=offset, order_by=order_by), type_filter, json_filters
+            self.sync_storage.query, type_filter, json_filters, limit=limit, offset=offset, order_by=order_by
         )
 
     async def count(self, type_filter: str | None = None, json_filters: dict[str, Any] | None = None) -> int:
-        return await _spawn((await self.core()).count, type_filter, json_filters)
+        """How many facts `query(type_filter, json_filters)` would return."""
+        return await _spawn(self.sync_storage.count, type_filter, json_filters)
 
     def iter_query(
         self,
@@ -204,41 +212,56 @@ class AsyncSQLStorage:
         order_by: str | Sequence[Any] | None = None,
         batch_size: int = 500,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream `query`'s result in batches (keyset pagination); each batch is one awaited read."""
-        spec = query_spec(type_filter, json_filters, order_by=order_by)
-        check_batch(batch_size)
-        return _apaginate(self.core, lambda core, after: core.page(spec, batch_size, after))
+        """Stream the result of `query` in batches of `batch_size` rows (keyset pagination).
+
+        Each batch is its own short read transaction: facts committed while the
+        iteration runs may or may not be seen, but no fact is returned twice
+        unless its sort key changed in between.
+        """
+        return _aiterate(
+            self.sync_storage.iter_query(type_filter, json_filters, order_by=order_by, batch_size=batch_size),
+            batch_size,
+        )
 
     async def append_tx(self, tx_data: dict[str, Any]) -> None:
-        await _spawn((await self.core()).append_tx, tx_data)
+        """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""
+        await _spawn(self.sync_storage.append_tx, tx_data)
 
     async def get_tx_log(self, session_id: str | None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
-        return await _spawn((await self.core()).get_tx_log, session_id, limit, offset)
+        """The session's log, newest first (``session_id=None``: entries without a session)."""
+        return await _spawn(self.sync_storage.get_tx_log, session_id, limit, offset)
 
     async def delete_session(self, session_id: str) -> list[str]:
-        return await _spawn((await self.core()).delete_session, session_id)
+        return await _spawn(self.sync_storage.delete_session, session_id)
 
     async def get_session_facts(self, session_id: str) -> list[dict[str, Any]]:
-        return await _spawn((await self.core()).get_session_facts, session_id)
+        return await _spawn(self.sync_storage.get_session_facts, session_id)
 
     async def delete_txs(self, tx_uuids: list[str]) -> None:
-        await _spawn((await self.core()).delete_txs, tx_uuids)
-
-    async def load_with_version(self, id: str) -> tuple[dict[str, Any], int] | None:
-        return await _spawn((await self.core()).load_with_version, id)
-
-    async def history(self, fact_id: str) -> list[dict[str, Any]]:
-        return await _spawn((await self.core()).history, fact_id)
+        await _spawn(self.sync_storage.delete_txs, tx_uuids)
 
     async def close(self) -> None:
         if self._owns:
             await self.engine.dispose()
+
+    async def verify(self) -> VerifyReport:
+        """`memstate_sql.verify` over this storage's tables, through its own engine."""
+        return await _spawn(self.sync_storage.verify)
 
     async def __aenter__(self) -> AsyncSQLStorage:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def history(self, fact_id: str) -> list[dict[str, Any]]:
+        """Every log entry that changed one fact, oldest first: its own entries, the session discard that
+        deleted it, the rollbacks that restored it, and the entries a rollback undid (``reverted_by``:
+        the uuid of that rollback's ROLLBACK entry).
+        """
+        return await _spawn(self.sync_storage.history, fact_id)
+
+    # END GENERATED METHODS AsyncSQLStorage
 
 
 class AsyncMemoryStore:
@@ -254,30 +277,25 @@ class AsyncMemoryStore:
                 f"AsyncMemoryStore needs a memstate_sql.AsyncSQLStorage, got {type(storage).__name__}"
             )
         self.storage = storage
-        self._hooks: list[Any] = list(hooks or [])
-        self._schemas: list[tuple[str, type[BaseModel], Constraint | None]] = []
-        self._impl: MemoryStore | None = None
+        sync_hooks: list[Any] = list(hooks or [])
+        #: The sync store this facade drives (its hooks are awaited inside the bridge).
+        self.sync_store = MemoryStore(storage.sync_storage, sync_hooks)
 
-    async def _store(self) -> MemoryStore:
-        if self._impl is None:
-            impl = MemoryStore(await self.storage.core(), self._hooks)
-            for typename, model, constraint in self._schemas:
-                impl.register_schema(typename, model, constraint)
-            self._impl = impl
-        return self._impl
+    # START GENERATED METHODS AsyncMemoryStore
+    # code within this block is **programmatically, statically generated** by tools/generate_async.py
 
     @property
     def hooks(self) -> list[Any]:
-        return self._hooks if self._impl is None else self._impl.hooks
+        return self.sync_store.hooks
 
     def add_hook(self, hook: AsyncMemoryHook) -> None:
-        self.hooks.append(hook)
+        self.sync_store.add_hook(hook)  # type: ignore[arg-type]
 
     def register_schema(self, typename: str, model: type[BaseModel], constraint: Constraint | None = None) -> None:
-        if self._impl is not None:
-            self._impl.register_schema(typename, model, constraint)
-        else:
-            self._schemas.append((typename, model, constraint))
+        """Validate the payloads of `typename` with `model`; `constraint` (singleton key, immutability) is
+        registered on the storage and applies to every fact of the type, including facts stored before.
+        """
+        self.sync_store.register_schema(typename, model, constraint)
 
     async def commit(
         self,
@@ -287,7 +305,8 @@ class AsyncMemoryStore:
         actor: str | None = None,
         reason: str | None = None,
     ) -> str:
-        return await _spawn((await self._store()).commit, fact, session_id, ephemeral, actor, reason)
+        """Validate and store `fact` (an update when its id or singleton key exists); returns its id."""
+        return await _spawn(self.sync_store.commit, fact, session_id, ephemeral, actor, reason)
 
     async def commit_model(
         self,
@@ -299,8 +318,8 @@ class AsyncMemoryStore:
         actor: str | None = None,
         reason: str | None = None,
     ) -> str:
-        store = await self._store()
-        return await _spawn(store.commit_model, model, fact_id, source, session_id, ephemeral, actor, reason)
+        """Commit a registered pydantic model instance as a fact of its type."""
+        return await _spawn(self.sync_store.commit_model, model, fact_id, source, session_id, ephemeral, actor, reason)
 
     async def update(
         self,
@@ -311,10 +330,12 @@ class AsyncMemoryStore:
         *,
         expected_version: int | None = None,
     ) -> str:
-        store = await self._store()
-        return await _spawn(
-            functools.partial(store.update, expected_version=expected_version), fact_id, patch, actor, reason
-        )
+        """Shallow-merge ``patch["payload"]`` into the fact's payload and validate the result.
+
+        With `expected_version`, raise `ConflictError` (changing nothing) unless the
+        fact is still at that version (`get_version`): optimistic concurrency.
+        """
+        return await _spawn(self.sync_store.update, fact_id, patch, actor, reason, expected_version=expected_version)
 
     async def delete(
         self,
@@ -325,9 +346,9 @@ class AsyncMemoryStore:
         *,
         expected_version: int | None = None,
     ) -> str:
-        store = await self._store()
+        """Delete the fact (logged under `session_id`); `expected_version` as in `update`."""
         return await _spawn(
-            functools.partial(store.delete, expected_version=expected_version), session_id, fact_id, actor, reason
+            self.sync_store.delete, session_id, fact_id, actor, reason, expected_version=expected_version
         )
 
     async def promote_session(
@@ -337,10 +358,12 @@ class AsyncMemoryStore:
         actor: str | None = None,
         reason: str | None = None,
     ) -> list[str]:
-        return await _spawn((await self._store()).promote_session, session_id, selector, actor, reason)
+        """Make the session's facts (those `selector` accepts) global; returns their ids."""
+        return await _spawn(self.sync_store.promote_session, session_id, selector, actor, reason)
 
     async def discard_session(self, session_id: str, actor: str | None = None, reason: str | None = None) -> int:
-        return await _spawn((await self._store()).discard_session, session_id, actor, reason)
+        """Delete the facts that belong to the session (logged, hooks notified); returns how many."""
+        return await _spawn(self.sync_store.discard_session, session_id, actor, reason)
 
     async def rollback(
         self,
@@ -351,20 +374,34 @@ class AsyncMemoryStore:
         actor: str | None = None,
         reason: str | None = None,
     ) -> int:
-        rollback = functools.partial((await self._store()).rollback, force=force, actor=actor, reason=reason)
-        return await _spawn(rollback, session_id, steps)
+        """Undo the session's last `steps` operations, newest first, in one transaction.
+
+        ``session_id=None`` undoes operations logged without a session. When a fact
+        it would restore or delete was changed afterwards by another operation, the
+        rollback raises `RollbackConflictError` (a `ConflictError`) and changes
+        nothing; ``force=True`` overrides those later changes (and marks their log
+        entries as undone by this rollback). `plan_rollback` is the dry run.
+
+        The rollback is logged as one ROLLBACK entry (who: `actor`, why: `reason`, when, and what
+        it restored), visible in `SQLStorage.history`; the undone entries point at it. Returns how
+        many operations were undone: 0 when the session has none (memstate returns None).
+        """
+        return await _spawn(self.sync_store.rollback, session_id, steps, force=force, actor=actor, reason=reason)
 
     async def plan_rollback(self, session_id: str | None, steps: int = 1) -> RollbackPlan:
-        return await _spawn((await self._store()).plan_rollback, session_id, steps)
+        """Dry run of `rollback`: the entries it would undo, the changes, the conflicts; changes nothing."""
+        return await _spawn(self.sync_store.plan_rollback, session_id, steps)
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
-        return await _spawn((await self._store()).get, fact_id)
+        return await _spawn(self.sync_store.get, fact_id)
 
     async def get_with_version(self, fact_id: str) -> tuple[dict[str, Any], int] | None:
-        return await _spawn((await self._store()).get_with_version, fact_id)
+        """The fact's document and its version (for `update`/`delete` ``expected_version``)."""
+        return await _spawn(self.sync_store.get_with_version, fact_id)
 
     async def get_version(self, fact_id: str) -> int | None:
-        return await _spawn((await self._store()).get_version, fact_id)
+        """The fact's version: 1 when created, incremented by every write; None if absent."""
+        return await _spawn(self.sync_store.get_version, fact_id)
 
     async def query(
         self,
@@ -376,15 +413,20 @@ class AsyncMemoryStore:
         offset: int = 0,
         order_by: str | Sequence[Any] | None = None,
     ) -> list[dict[str, Any]]:
-        store = await self._store()
+        """Facts of `typename` (all types if None) matching `filters` (and `session_id`).
+
+        `order_by`: ``"ts"``, ``"-payload.score"`` or a list of such paths (``-``: descending);
+        ties are broken by id. Default order: ts, then id. See docs/filters.md.
+        """
         return await _spawn(
-            functools.partial(store.query, limit=limit, offset=offset, order_by=order_by), typename, filters, session_id
+            self.sync_store.query, typename, filters, session_id, limit=limit, offset=offset, order_by=order_by
         )
 
     async def count(
         self, typename: str | None = None, filters: dict[str, Any] | None = None, session_id: str | None = None
     ) -> int:
-        return await _spawn((await self._store()).count, typename, filters, session_id)
+        """How many facts `query(typename, filters, session_id)` would return."""
+        return await _spawn(self.sync_store.count, typename, filters, session_id)
 
     def iter_query(
         self,
@@ -395,16 +437,19 @@ class AsyncMemoryStore:
         order_by: str | Sequence[Any] | None = None,
         batch_size: int = 500,
     ) -> AsyncIterator[dict[str, Any]]:
-        """Stream `query`'s result in batches (keyset pagination); each batch is one awaited read."""
-        spec = query_spec(typename, filters, session_id, order_by)
-        check_batch(batch_size)
-        return _apaginate(self.storage.core, lambda core, after: core.page(spec, batch_size, after))
+        """Stream `query`'s result in batches of `batch_size` (keyset pagination, one read per batch)."""
+        return _aiterate(
+            self.sync_store.iter_query(typename, filters, session_id, order_by=order_by, batch_size=batch_size),
+            batch_size,
+        )
 
     async def search(
-        self,
-        query: str,
-        limit: int = 5,
-        filters: dict[str, Any] | None = None,
-        score_threshold: float | None = None,
+        self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[ScoredFact]:
-        return await _spawn((await self._store()).search, query, limit, filters, score_threshold)
+        """Ask the hooks that can search, then read the hits' current state from the database.
+
+        Hits whose fact no longer exists are dropped; best score first.
+        """
+        return await _spawn(self.sync_store.search, query, limit, filters, score_threshold)
+
+    # END GENERATED METHODS AsyncMemoryStore

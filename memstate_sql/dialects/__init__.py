@@ -12,10 +12,11 @@ from typing import Any
 
 from sqlalchemy import Dialect, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from memstate_sql.dialects import mysql, postgresql, sqlite
 from memstate_sql.dialects.base import DialectSupport, ErrorKind
-from memstate_sql.errors import StorageError
+from memstate_sql.errors import StorageError, ValidationFailed
 
 _SUPPORT: dict[str, DialectSupport] = {
     "sqlite": sqlite.SQLiteSupport(),
@@ -45,4 +46,25 @@ def engine_for(url: str | URL, engine_options: Mapping[str, Any] | None = None) 
     return engine
 
 
-__all__ = ["DialectSupport", "ErrorKind", "engine_for", "support_for"]
+def async_engine_for(url: str | URL, engine_options: Mapping[str, Any] | None = None) -> AsyncEngine:
+    """`engine_for` for asyncio: the URL mapped to the database's asyncio driver (`async_url`)."""
+    parsed = async_url(url)
+    support = support_for(parsed.get_backend_name())
+    engine = create_async_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
+    support.configure_engine(engine.sync_engine)
+    return engine
+
+
+def async_url(url: str | URL) -> URL:
+    """Map a sync SQLAlchemy URL to its asyncio driver (``sqlite://`` → ``sqlite+aiosqlite://``...).
+
+    The drivers are each database's `DialectSupport.async_driver`; see `DialectSupport.async_url`.
+    """
+    parsed = make_url(url) if isinstance(url, str) else url
+    backend = parsed.get_backend_name()
+    if backend not in _SUPPORT:
+        raise ValidationFailed(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {backend!r}")
+    return _SUPPORT[backend].async_url(parsed)
+
+
+__all__ = ["DialectSupport", "ErrorKind", "async_engine_for", "async_url", "engine_for", "support_for"]

@@ -14,6 +14,8 @@ from sqlalchemy.engine import URL
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import String, TypeEngine
 
+from memstate_sql.errors import ValidationFailed
+
 if TYPE_CHECKING:
     from memstate_sql.indexes import IndexedPath
 
@@ -58,6 +60,29 @@ class DialectSupport:
     transactional_ddl = True
     #: Whether Alembic must rebuild tables to alter them ("batch mode", SQLite).
     batch_alter = False
+    #: The sync driver an asyncio storage swaps for `async_driver` (``mysql+pymysql://`` → ``aiomysql``).
+    sync_driver = ""
+    #: The asyncio driver `AsyncSQLStorage` uses for a sync URL (installed by ``memstate-sql[async]``).
+    async_driver = ""
+    #: Asyncio drivers SQLAlchemy has for this database: a URL that names one is used as is.
+    async_drivers: frozenset[str] = frozenset()
+
+    def async_url(self, url: URL) -> URL:
+        """`url` with this database's asyncio driver (``sqlite://`` → ``sqlite+aiosqlite://``).
+
+        A URL naming an asyncio driver is kept; one naming another sync driver than
+        `sync_driver` is refused (`ValidationFailed`), with the URL to write instead.
+        """
+        backend = url.get_backend_name()
+        explicit = "+" in url.drivername
+        if explicit and url.get_driver_name() in self.async_drivers:
+            return url
+        if explicit and url.get_driver_name() != self.sync_driver:
+            raise ValidationFailed(
+                f"{url.drivername!r} is not an asyncio driver; write "
+                f"'{backend}+{self.async_driver}://...' (install memstate-sql[async])"
+            )
+        return url.set(drivername=f"{backend}+{self.async_driver}")
 
     #: Whether the column type of timestamps takes and returns aware datetimes (else naive UTC wall time).
     aware_timestamps = False

@@ -49,6 +49,9 @@ class MySQLSupport(DialectSupport):
     name = "mysql"
     #: DDL commits implicitly (and would commit a caller's open transaction).
     transactional_ddl = False
+    sync_driver = "pymysql"
+    async_driver = "aiomysql"
+    async_drivers = frozenset({"aiomysql", "asyncmy"})
 
     def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return mysql_types.DATETIME(fsp=6)  # the default DATETIME drops microseconds

@@ -32,6 +32,9 @@ _DISCONNECT_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / c
 
 class PostgreSQLSupport(DialectSupport):
     name = "postgresql"
+    sync_driver = "psycopg"
+    async_driver = "psycopg"
+    async_drivers = frozenset({"psycopg", "asyncpg"})
     aware_timestamps = True
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:

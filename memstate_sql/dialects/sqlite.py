@@ -38,6 +38,9 @@ class SQLiteSupport(DialectSupport):
     name = "sqlite"
     row_locks = False
     batch_alter = True
+    sync_driver = "pysqlite"
+    async_driver = "aiosqlite"
+    async_drivers = frozenset({"aiosqlite"})
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
