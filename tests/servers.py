@@ -215,12 +215,36 @@ class PostgresServer(PrivateServer):
             self.user = _unprivileged_user()
             entry = pwd.getpwnam(self.user)
             os.chown(self.root, entry.pw_uid, entry.pw_gid)
+            if not self._can_run(self.bindir / "postgres"):
+                self.bindir = self._copy_installation()
         try:
             self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync", "-E", "UTF8")
         except BaseException:
             shutil.rmtree(self.root, ignore_errors=True)
             raise
         self.url = f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _can_run(self, binary: Path) -> bool:
+        """Whether the unprivileged user can execute `binary` (a venv under /root, say, it cannot)."""
+        check = ["runuser", "-u", str(self.user), "--", "test", "-x", str(binary)]
+        return subprocess.run(check, capture_output=True, check=False).returncode == 0
+
+    def _copy_installation(self) -> Path:
+        """Copy a relocatable installation (the pgserver wheel's) where the unprivileged user can run it."""
+        source = self.bindir.parent  # .../site-packages/pgserver/pginstall
+        package = source.parent
+        copy = self.root / "pgcopy"
+        target = copy / package.name / source.name
+        for part in ("bin", "lib", "share"):
+            if (source / part).is_dir():
+                shutil.copytree(source / part, target / part, symlinks=True)
+        libs = package.parent / f"{package.name}.libs"  # the wheel's own shared libraries (RPATH $ORIGIN/../../..)
+        if libs.is_dir():
+            shutil.copytree(libs, copy / libs.name, symlinks=True)
+        for path in (copy, *copy.rglob("*")):
+            path.chmod(path.stat().st_mode | 0o555 if path.is_dir() else path.stat().st_mode | 0o444)
+        self.source += f", copied for user {self.user}"
+        return target / "bin"
 
     def _run(self, tool: str, *args: str) -> None:
         command = [str(self.bindir / tool), *args]
