@@ -14,15 +14,13 @@ import nox
 nox.options.sessions = ["tests-sqlite", "tests-postgresql", "tests-mysql", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
 
-URL_VARIABLES = ("MEMSTATE_SQL_TEST_POSTGRES_URL", "MEMSTATE_SQL_TEST_MYSQL_URL")
-
 
 @nox.session
 @nox.parametrize("db", ["sqlite", "postgresql", "mysql"])
 def tests(session: nox.Session, db: str) -> None:
     session.install("-e", ".[test]")
-    env = {key: os.environ[key] for key in URL_VARIABLES if os.environ.get(key)}
-    env["MEMSTATE_SQL_REQUIRE_DATABASES"] = os.environ.get("MEMSTATE_SQL_REQUIRE_DATABASES", "1")
+    # the session inherits the environment, so URLs that are set reach pytest
+    env = {"MEMSTATE_SQL_REQUIRE_DATABASES": os.environ.get("MEMSTATE_SQL_REQUIRE_DATABASES", "1")}
     session.run("pytest", "--db", db, *session.posargs, env=env)
 
 
