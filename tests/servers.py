@@ -33,6 +33,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -400,6 +401,7 @@ class SessionServers:
     @classmethod
     def create(cls) -> SessionServers:
         directory = Path(tempfile.mkdtemp(prefix="memstate-sql-run-"))
+        (directory / "owner.pid").write_text(str(os.getpid()))
         os.environ[SESSION_DIR_ENV] = str(directory)
         return cls(directory, owner=True)
 
@@ -433,6 +435,7 @@ class SessionServers:
             existing = self.record(db)
             if existing is not None:
                 return existing
+            self._watchdog()
             server: PrivateServer | None = None
             started = time.monotonic()
             try:
@@ -453,6 +456,22 @@ class SessionServers:
             self._write(db, record)
             return record
 
+    def _watchdog(self) -> None:
+        """Once per run, before its first server: a process that stops the servers should the run die unclean
+        (SIGKILL, a CI timeout) instead of reaching :meth:`teardown`. It exits when the run directory is gone."""
+        marker = self.directory / "watchdog.pid"
+        if marker.exists():
+            return
+        owner = (self.directory / "owner.pid").read_text().strip()
+        watchdog = subprocess.Popen(
+            [sys.executable, __file__, "watch", owner, str(self.directory)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        marker.write_text(str(watchdog.pid))
+
     def note(self, db: str, record: dict[str, Any]) -> None:
         """Record how `db` was provided without a private server (an explicit URL, a container)."""
         with self._locked(db):
@@ -470,3 +489,16 @@ class SessionServers:
         shutil.rmtree(self.directory, ignore_errors=True)
         if os.environ.get(SESSION_DIR_ENV) == str(self.directory):
             del os.environ[SESSION_DIR_ENV]
+
+
+def watch(owner: int, directory: Path) -> None:
+    """The watchdog of :meth:`SessionServers._watchdog`: wait for the run's process to end, then tear down."""
+    while directory.is_dir() and _alive(owner):
+        time.sleep(1)
+    if directory.is_dir():
+        SessionServers(directory, owner=True).teardown()
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "watch":
+        watch(int(sys.argv[2]), Path(sys.argv[3]))
