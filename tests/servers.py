@@ -259,7 +259,7 @@ class PostgresServer(PrivateServer):
     def start(self) -> None:
         options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
         self._run("pg_ctl", "-D", str(self.data), "-o", options, "-l", str(self.root / "log"), "-w", "start")
-        version = wait_until_up(self.url)  # "PostgreSQL 15.14 (Debian ...) on x86_64 ..."
+        version = wait_until_up(self.url)  # "PostgreSQL 15.20 (Debian ...) on x86_64 ..."
         self.version = " ".join(version.split()[:2])
 
     def pid(self) -> int | None:
