@@ -71,10 +71,19 @@ def common_options(f: F) -> F:
             help=f"table prefix of the store (default: {DEFAULT_PREFIX})",
         ),
         click.option(
-            "--schema", metavar="SCHEMA", expose_value=False, callback=_keep("schema"), help="database schema (PostgreSQL)"
+            "--schema",
+            metavar="SCHEMA",
+            expose_value=False,
+            callback=_keep("schema"),
+            help="database schema (PostgreSQL)",
         ),
         click.option(
-            "--json", "as_json", is_flag=True, expose_value=False, callback=_keep("json"), help="machine-readable JSON output"
+            "--json",
+            "as_json",
+            is_flag=True,
+            expose_value=False,
+            callback=_keep("json"),
+            help="machine-readable JSON output",
         ),
     ]
     for option in reversed(options):
@@ -113,9 +122,9 @@ def sqlite_file(url: URL) -> Path | None:
 #: The fix for a missing driver, by SQLAlchemy driver name.
 INSTALL_HINTS = {
     "psycopg": "pip install 'memstate-sql[postgres]'",
-    "psycopg2": "pip install psycopg2-binary, or use a postgresql+psycopg:// URL (pip install 'memstate-sql[postgres]')",
+    "psycopg2": "pip install psycopg2-binary, or use a postgresql+psycopg:// URL (memstate-sql[postgres])",
     "pymysql": "pip install 'memstate-sql[mysql]'",
-    "mysqldb": "pip install mysqlclient, or use a mysql+pymysql:// URL (pip install 'memstate-sql[mysql]')",
+    "mysqldb": "pip install mysqlclient, or use a mysql+pymysql:// URL (memstate-sql[mysql])",
     "aiosqlite": "pip install 'memstate-sql[async]'",
     "aiomysql": "pip install 'memstate-sql[async]'",
     "asyncpg": "pip install asyncpg, or use a postgresql+psycopg:// URL",

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import tempfile
 import time
-
-import click
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import BaseModel
 from sqlalchemy import Engine, Table, create_engine, func, inspect, select
 

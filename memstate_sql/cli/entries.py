@@ -62,7 +62,9 @@ def describe(entry: Mapping[str, Any]) -> str:
         return str(entry.get("reason") or "session discarded")
     if not effects:
         return str(entry.get("reason") or "")
-    texts = [_change(before, left) if known else "changed (no after-image logged)" for _, left, before, known in effects]
+    texts = [
+        _change(before, left) if known else "changed (no after-image logged)" for _, left, before, known in effects
+    ]
     return "; ".join(texts)
 
 

@@ -50,7 +50,10 @@ def import_memstate_cmd(source_arg: str, from_prefix: str, batch_size: int, no_p
                     "pass another --prefix",
                     USAGE,
                 )
-        with target.open(create=True, max_attempts=3) as storage, progress_bar("importing", disabled=no_progress) as bar:
+        with (
+            target.open(create=True, max_attempts=3) as storage,
+            progress_bar("importing", disabled=no_progress) as bar,
+        ):
             counts = memstate_import.import_memstate(storage, source, layout, batch_size=batch_size, progress=bar)
     finally:
         source.dispose()

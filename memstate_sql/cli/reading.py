@@ -7,7 +7,8 @@ They call the library's reads (`MemoryStore.query`/`count`, `SQLStorage.history`
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
@@ -17,6 +18,8 @@ from memstate_sql.cli.entries import describe
 from memstate_sql.cli.errors import FAILED, USAGE, CliError
 from memstate_sql.cli.output import compact, emit_json, table
 from memstate_sql.errors import ValidationFailed
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 ORDER_FIELDS = ("ts", "id", "type", "session_id", "source")
 #: Log entries read per query when ``log --limit 0`` asks for all of them.
@@ -50,13 +53,13 @@ def session_choice(session: str | None, no_session: bool) -> tuple[bool, str | N
     return session is not None, session
 
 
-def session_options(f: Any) -> Any:
+def session_options(f: F) -> F:
     f = click.option("--no-session", is_flag=True, help="only what belongs to no session (global)")(f)
     return click.option("--session", metavar="ID", help="only what belongs to this session")(f)
 
 
-def window_options(default_limit: int, noun: str) -> Any:
-    def apply(f: Any) -> Any:
+def window_options(default_limit: int, noun: str) -> Callable[[F], F]:
+    def apply(f: F) -> F:
         f = click.option("--offset", type=int, default=0, show_default=True, help=f"skip this many {noun} first")(f)
         return click.option(
             "--limit", type=int, default=default_limit, show_default=True, help=f"at most this many {noun}; 0 = all"
@@ -121,7 +124,12 @@ def facts_cmd(
         store = MemoryStore(storage)
         try:
             docs = store.query(
-                type_, filters, session_id, limit=limit or None, offset=offset, order_by=("-" if desc else "") + order_by
+                type_,
+                filters,
+                session_id,
+                limit=limit or None,
+                offset=offset,
+                order_by=("-" if desc else "") + order_by,
             )
         except ValidationFailed as error:
             if "order" in str(error):
@@ -130,7 +138,7 @@ def facts_cmd(
         if settings().json:
             emit_json(docs)
             return 0
-        total = store.count(type_, filters, session_id) if limit and len(docs) == limit or offset else len(docs)
+        total = store.count(type_, filters, session_id) if (limit and len(docs) == limit) or offset else len(docs)
         flags = admin.row_flags(storage, [d["id"] for d in docs])
     rows = []
     for d in docs:

@@ -38,10 +38,9 @@ def upgrade_cmd(revision: str) -> int:
         before = migrations.current_revision(storage.engine, table_prefix=target.prefix, schema=target.schema)
         after = migrations.migrate(storage.engine, revision, table_prefix=target.prefix, schema=target.schema)
     head = migrations.head_revision()
+    verb = "upgraded"
     if before == after:
         verb = "already at head:" if after == head else "already at that revision:"
-    else:
-        verb = "upgraded"
     _report(target, after, head, verb)
     return 0
 

@@ -19,7 +19,6 @@ from memstate_sql.cli.errors import USAGE, CliError
 from memstate_sql.cli.output import emit_json, progress_bar
 
 
-
 def check_batch_size(value: int) -> None:
     if value < 1:
         raise CliError("--batch-size must be >= 1", USAGE)
@@ -105,9 +104,11 @@ def import_cmd(file: str, batch_size: int, no_progress: bool) -> int:
     with seekable_input(file) as stream:
         try:
             transfer.check_export(stream)
-            with Target.current().open(create=True, max_attempts=3) as storage:
-                with progress_bar("importing", disabled=no_progress) as bar:
-                    summary = transfer.load_export(storage, stream, batch_size, bar)
+            with (
+                Target.current().open(create=True, max_attempts=3) as storage,
+                progress_bar("importing", disabled=no_progress) as bar,
+            ):
+                summary = transfer.load_export(storage, stream, batch_size, bar)
         except UnicodeDecodeError as error:
             raise CliError(f"{file} is not UTF-8 text: {error.reason}", USAGE) from None
     if settings().json:
