@@ -35,7 +35,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
     capsys.readouterr()
     try:
         code = main(list(args))
-    except SystemExit as stop:  # argparse: --help, --version, usage errors
+    except SystemExit as stop:  # main() returns the code; kept for a command that exits
         code = int(stop.code or 0)
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)

@@ -108,7 +108,8 @@ def _code_for(error: BaseException) -> int:
 
 
 def _fail(message: str) -> None:
-    sys.stderr.write(f"{PROG}: error: {message}\n")
+    """One line on stderr (``error:`` in red on a terminal; click.echo drops colour elsewhere)."""
+    click.echo(f"{PROG}: {click.style('error:', fg='red', bold=True)} {message}", err=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

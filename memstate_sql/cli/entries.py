@@ -14,11 +14,12 @@ from typing import Any
 from memstate_sql import rollback
 from memstate_sql.cli.output import compact
 from memstate_sql.repository import TxRecord
-from memstate_sql.transfer import parse_ts
 
 
 def _record(entry: Mapping[str, Any]) -> TxRecord:
     """A log entry document (memstate's form, as `get_tx_log` and `history` return) as a log row."""
+    from memstate_sql.transfer import parse_ts
+
     return TxRecord(
         seq=int(entry.get("seq") or 0),
         uuid=str(entry.get("uuid")),

@@ -64,8 +64,11 @@ def _grid(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, boxed: bool)
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]], *, stream: TextIO | None = None) -> None:
     """Print a table: upper-case headers, one line per row; on a terminal it fits the width (the
     last column folds), off a terminal lines are never cut."""
-    out = console(stream)
-    out.print(_grid(headers, rows, boxed=out.is_terminal))
+    target = stream if stream is not None else sys.stdout
+    if target.isatty():
+        console(target).print(_grid(headers, rows, boxed=True))
+    else:
+        target.write(table_text(headers, rows) + "\n")
 
 
 def table_text(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
