@@ -316,3 +316,40 @@ def test_install_hints_name_the_right_fix(url: str, code: int, hint: str, tmp_pa
     result = script("facts", "--url", url, cwd=tmp_path)
     assert result.code == code and hint in result.err, result.err
     assert result.err.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------- layering and start-up
+
+
+def test_the_library_never_imports_the_command_line() -> None:
+    """cli/ imports the library; no module outside cli/ (but ``__main__``) imports cli/."""
+    import ast
+
+    root = Path(ms.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "cli" or relative.name == "__main__.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n == "memstate_sql.cli" or n.startswith("memstate_sql.cli.") for n in names):
+                offenders.append(str(relative))
+    assert offenders == []
+
+
+def test_version_and_json_commands_do_not_load_rich(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    program = (
+        "import sys; from memstate_sql.cli import main; code = main(sys.argv[1:]); "
+        "print('loaded:', sorted(m for m in ('rich', 'memstate_sql.memstate_import') if m in sys.modules))"
+    )
+    for args in (["--version"], ["facts", "--url", str(tmp_path / "none.db"), "--json"]):
+        proc = subprocess.run(
+            [sys.executable, "-c", program, *args], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+        assert "loaded: []" in proc.stdout, (args, proc.stdout, proc.stderr)
