@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import click
 from sqlalchemy import exc
 
-from memstate_sql import __version__
+from memstate_sql import FactNotFound, __version__
 from memstate_sql.cli import errors as codes
 from memstate_sql.cli.base import CONTEXT, EPILOG, PROG
 from memstate_sql.cli.completion import completion_cmd
@@ -27,7 +27,6 @@ from memstate_sql.cli.reading import facts_cmd, get_cmd, history_cmd, log_cmd, s
 from memstate_sql.cli.rollback import rollback_cmd
 from memstate_sql.cli.schema_cmds import check_cmd, current_cmd, downgrade_cmd, upgrade_cmd
 from memstate_sql.cli.transfer import export_cmd, import_cmd
-from memstate_sql.core import FactNotFound
 from memstate_sql.errors import (
     ConflictError,
     HookError,

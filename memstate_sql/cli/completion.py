@@ -11,12 +11,14 @@ from __future__ import annotations
 import click
 
 from memstate_sql.cli.base import CONTEXT, EPILOG, PROG
+from memstate_sql.cli.context import common_options
 
 COMPLETE_VAR = "_MEMSTATE_SQL_COMPLETE"
 
 
 @click.command("completion", short_help="print a shell-completion script", epilog=EPILOG, context_settings=CONTEXT)
 @click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@common_options
 @click.pass_context
 def completion_cmd(ctx: click.Context, shell: str) -> int:
     """Print the shell-completion script for SHELL (bash, zsh or fish)."""

@@ -18,6 +18,7 @@ from memstate_sql.cli.entries import describe
 from memstate_sql.cli.errors import FAILED, USAGE, CliError
 from memstate_sql.cli.output import compact, emit_json, table
 from memstate_sql.errors import ValidationFailed
+from memstate_sql.filters import parse_order
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -120,21 +121,14 @@ def facts_cmd(
     non_negative("--offset", offset)
     if order_by not in ORDER_FIELDS and not order_by.startswith("payload."):
         raise CliError(f"--order-by takes one of {', '.join(ORDER_FIELDS)} or payload.<key>, not {order_by!r}", USAGE)
+    order = ("-" if desc else "") + order_by
+    try:
+        parse_order(order)  # the library's reading of it, checked before any database work
+    except ValidationFailed as error:
+        raise CliError(f"--order-by: {error}", USAGE) from None
     with Target.current().open(create=False) as storage:
         store = MemoryStore(storage)
-        try:
-            docs = store.query(
-                type_,
-                filters,
-                session_id,
-                limit=limit or None,
-                offset=offset,
-                order_by=("-" if desc else "") + order_by,
-            )
-        except ValidationFailed as error:
-            if "order" in str(error):
-                raise CliError(f"--order-by: {error}", USAGE) from None
-            raise
+        docs = store.query(type_, filters, session_id, limit=limit or None, offset=offset, order_by=order)
         if settings().json:
             emit_json(docs)
             return 0
