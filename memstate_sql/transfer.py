@@ -160,7 +160,7 @@ def iter_export(
 ) -> Iterator[dict[str, Any]]:
     """Every line of an export of `storage`, read in batches of `batch_size` rows from one snapshot
     (a repeatable-read transaction; on SQLite one read transaction)."""
-    from memstate_sql import __version__
+    from memstate_sql._version import __version__
 
     check_batch(batch_size)
     report = progress or _quiet

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import click
 from sqlalchemy import exc
 
-from memstate_sql import FactNotFound, __version__
+from memstate_sql._version import __version__
 from memstate_sql.cli import errors as codes
 from memstate_sql.cli.base import CONTEXT, EPILOG, PROG
 from memstate_sql.cli.completion import completion_cmd
@@ -30,6 +30,7 @@ from memstate_sql.cli.transfer import export_cmd, import_cmd
 from memstate_sql.errors import (
     ConflictError,
     ConnectionLost,
+    FactNotFound,
     HookError,
     MemoryStoreError,
     SchemaVersionError,
