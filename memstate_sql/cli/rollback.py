@@ -37,14 +37,9 @@ def confirm(question: str, assume_yes: bool) -> None:
 def store_for(storage: SQLStorage, constraints: dict[str, Constraint]) -> MemoryStore:
     """A store on `storage` that knows `constraints` (recovered from the rows: the command line has no
     application to register them), so that restored facts keep their singleton key and immutable flag."""
-    from pydantic import ConfigDict, create_model
-
-    store = MemoryStore(storage)
     for typename, constraint in constraints.items():
-        # Any payload: the command never validates, it only restores logged images.
-        model = create_model("RecoveredPayload", __config__=ConfigDict(extra="allow"))
-        store.register_schema(typename, model, constraint)
-    return store
+        storage.register_constraint(typename, constraint)
+    return MemoryStore(storage)
 
 
 def plan_doc(plan: RollbackPlan) -> list[dict[str, object]]:
