@@ -833,6 +833,10 @@ def _item_id(namespace: Sequence[str], key: str) -> str:
     return _digest("i", list(namespace), key)
 
 
+#: The store's clock (epoch seconds), one name for the tests to move.
+_now: Callable[[], float] = time.time
+
+
 def _iso(seconds: float) -> str:
     return datetime.fromtimestamp(seconds, timezone.utc).isoformat()
 
@@ -958,7 +962,7 @@ class _Items:
                 puts[(tuple(op.namespace), op.key)] = op  # the last put of a key wins, as in InMemoryStore
             elif isinstance(op, GetOp | SearchOp) and op.refresh_ttl:
                 refresh = True
-        now = time.time()
+        now = _now()
 
         def work(repo: Repository) -> builtins.list[Result]:
             results: builtins.list[Result] = []
@@ -1068,7 +1072,7 @@ class _Items:
         self.storage.save({"id": fact_id, "type": ITEM, "payload": payload})
 
     def sweep(self, now: float | None = None) -> int:
-        moment = time.time() if now is None else now
+        moment = _now() if now is None else now
         total = 0
         while True:
             count = _Expiry.sweep_batch(self.storage, moment, SWEEP_BATCH)
