@@ -426,3 +426,33 @@ def test_store_used_from_a_graph_node(db_url: str, prefix: str) -> None:
         out = app.invoke({"items": ["hi"]}, {"configurable": {"thread_id": "n"}})
         assert out["items"] == ["hi", "memories:1"]
         assert store.get(("users", "u1", "memories"), "last").value == {"items": ["hi"]}  # type: ignore[union-attr]
+
+
+def test_reads_use_the_declared_indexes(db_url: str, prefix: str, db: str) -> None:
+    """get_tuple/list find a thread's checkpoints by the thread index, search finds items by the namespace index:
+    never a scan of all checkpoints or items. (The plan text is collected by EXPLAINing the statements.)"""
+    import contextlib
+
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    from tests.test_query_indexes import explained
+
+    with ms.SQLStorage(db_url, table_prefix=prefix) as storage:
+        saver = MemStateCheckpointer(ms.MemoryStore(storage))
+        store = MemStateStore(storage)
+        for t in range(30):
+            cfg: Any = {"configurable": {"thread_id": f"t{t}", "checkpoint_ns": ""}}
+            for step in range(4):
+                cfg = saver.put(cfg, empty_checkpoint(), {"source": "loop", "step": step}, {})
+            store.put(("users", f"u{t}"), "k", {"n": t})
+        analyze = {"postgresql": "ANALYZE {t}", "sqlite": "ANALYZE"}.get(db, "ANALYZE TABLE {t}")
+        storage.transaction(lambda repo: repo.conn.exec_driver_sql(analyze.format(t=repo.facts.name)))
+        facts = f"{prefix}_facts"
+        for read, spec in [
+            (lambda: saver.get_tuple({"configurable": {"thread_id": "t7"}}), lg.CHECKPOINT_PATHS[0]),
+            (lambda: list(saver.list({"configurable": {"thread_id": "t7"}}, limit=2)), lg.CHECKPOINT_PATHS[0]),
+            (lambda: store.search(("users", "u7")), lg.STORE_PATHS[0]),
+        ]:
+            with explained(storage) as plans, contextlib.suppress(Exception):
+                read()  # the EXPLAIN rows are not results: the reader fails after the first statement
+            assert plans and spec.index_name(facts) in plans[0], plans[:1]
