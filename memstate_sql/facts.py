@@ -27,6 +27,8 @@ class Operation(str, Enum):
     DELETE = "DELETE"
     PROMOTE = "PROMOTE"
     DISCARD_SESSION = "DISCARD_SESSION"
+    EXPIRE = "EXPIRE"
+    """A sweep deleted expired facts (`SQLStorage.sweep`); hooks are told once per fact."""
     ROLLBACK = "ROLLBACK"
     """The audit record of a rollback (`SQLStorage.history`); never part of `get_tx_log`."""
 

@@ -34,6 +34,7 @@ from memstate_sql.repository import Repository
 from memstate_sql.timeutil import utcnow
 from memstate_sql.validation import (
     MAX_ROWS,
+    check_expiry,
     check_key,
     check_version,
     immutable_error,
@@ -127,34 +128,46 @@ class Operations:
         ephemeral: bool,
         actor: str | None,
         reason: str | None,
+        ttl: Any = None,
+        expires_at: Any = None,
     ) -> str:
         if not isinstance(fact, Fact):
             raise ValidationFailed(f"commit() takes a Fact, got {type(fact).__name__}")
         check_key("actor", actor, required=False)
         payload = self.registry.validate(fact.type, fact.payload)
         requested = session_id or fact.session_id
-        new = new_state(fact, payload, requested, self.constraints, self.max_bytes)
         constraint = self.constraints.get(fact.type)
+        expiry = check_expiry(ttl, expires_at, repo.now)
+        if expiry is None and ttl is None and expires_at is None and constraint is not None and constraint.ttl:
+            expiry = repo.now + constraint.ttl
+        new = new_state(fact, payload, requested, self.constraints, self.max_bytes, expires_at=expiry)
 
+        # Expired rows not swept yet are found too: a commit replaces them (an expired fact no longer
+        # exists for any reader, but its id and singleton key are still taken until the sweep).
         existing: FactState | None = None
         if new.singleton is not None:
-            existing = repo.find_singleton(new.type, new.singleton, lock=True)
-            if existing is not None and constraint is not None and constraint.immutable:
+            existing = repo.find_singleton(new.type, new.singleton, lock=True, expired=True)
+            live = existing is not None and not _expired(repo, existing)
+            if live and constraint is not None and constraint.immutable:
                 assert constraint.singleton_key is not None
                 raise immutable_error(fact.type, new.payload.get(constraint.singleton_key))
         if existing is None:
-            existing = repo.get(new.id, lock=True)
-        if existing is not None and existing.immutable:
+            existing = repo.get(new.id, lock=True, expired=True)
+        replacing = existing is not None and _expired(repo, existing)
+        if existing is not None and existing.immutable and not replacing:
             raise immutable_error(existing.type, existing.id)
 
         if existing is None:
             op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
+        elif replacing:
+            op = Operation.UPDATE  # over an expired, unswept row: the fact starts anew, in the caller's session
+            new = new.evolve(id=existing.id)
         else:
             op = Operation.UPDATE
             # A commit never pulls a fact that lives elsewhere into the caller's session (so
             # discard_session cannot delete it); a commit without a session makes it global.
             new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
-        written = write(repo, existing, new)
+        written = write(repo, existing, new, allow_immutable=replacing)
         log(repo, op, requested, written.id, existing, written, actor, reason)
         self.hooks.deliver([(op, written.id, written)])
         return written.id
@@ -197,7 +210,7 @@ class Operations:
                 raise ConflictError(
                     f"update of {fact_id} would give it the singleton key of fact {other.id} ({existing.type})"
                 )
-        new = new.evolve(immutable=existing.immutable)
+        new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at)
         written = write(repo, existing, new)
         log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
         self.hooks.deliver([(Operation.UPDATE, fact_id, written)])
@@ -277,7 +290,7 @@ class Operations:
         check_key("session_id", session_id, required=False)
         if steps <= 0:
             return []
-        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock)
+        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock, exclude_ops=logentry.NOT_UNDOABLE_OPS)
 
     def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> RollbackPlan:
         """What `rollback(session_id, steps)` would undo and which later changes it would override."""
@@ -370,6 +383,36 @@ class Operations:
             target = target.evolve(immutable=current.immutable)
         return write(repo, current, target, allow_immutable=True)
 
+    # ------------------------------------------------------------------ expiry
+
+    def sweep(self, repo: Repository, batch_size: int) -> list[str]:
+        """Delete up to `batch_size` expired facts of the namespace, each with its EXPIRE log entry;
+        hooks are told DELETE (memstate's hooks drop a fact's vectors on DELETE). Returns their ids."""
+        facts = repo.expired(batch_size)
+        if not facts:
+            return []
+        repo.delete_many(f.id for f in facts)
+        entries = [
+            TxRecord(
+                seq=0,
+                uuid=str(uuid.uuid4()),
+                op=Operation.EXPIRE.value,
+                session_id=None,
+                fact_id=f.id,
+                actor=None,
+                reason=f"expired at {f.doc().get('expires_at')}",
+                ts=repo.now,
+                fact_before=f.doc(),
+                fact_after=None,
+                discarded=None,
+                reverted_by=None,
+            )
+            for f in facts
+        ]
+        repo.insert_log(entries)
+        self.hooks.deliver([(Operation.DELETE, f.id, f) for f in facts])
+        return [f.id for f in facts]
+
     # ------------------------------------------------------------------ constraints over existing rows
 
     def apply_constraints(self, repo: Repository, types: Sequence[str]) -> None:
@@ -416,6 +459,10 @@ class Operations:
         ranked = [(found[fid], score) for fid, score in best.items() if fid in found]
         ranked.sort(key=lambda pair: -pair[1])
         return ranked
+
+
+def _expired(repo: Repository, fact: FactState) -> bool:
+    return fact.expires_at is not None and fact.expires_at <= repo.now
 
 
 def fact_key(token: str) -> str:

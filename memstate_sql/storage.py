@@ -32,6 +32,7 @@ from memstate_sql.validation import (
     QuerySpec,
     check_batch,
     check_key,
+    check_namespace,
     check_window,
     immutable_error,
     query_spec,
@@ -62,6 +63,7 @@ class SQLStorage:
         self,
         url_or_engine: str | URL | Engine | Connection | Session,
         *,
+        namespace: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         auto_migrate: bool = True,
@@ -92,6 +94,7 @@ class SQLStorage:
             engine,
             owns_engine=owns,
             bound=bound,
+            namespace=namespace,
             table_prefix=table_prefix,
             schema=schema,
             auto_migrate=auto_migrate,
@@ -107,6 +110,7 @@ class SQLStorage:
         *,
         bound: Connection | Callable[[], Connection] | None = None,
         sleep: Callable[[float], Any] | None = None,
+        namespace: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         auto_migrate: bool = True,
@@ -123,6 +127,7 @@ class SQLStorage:
             owns_engine=False,
             bound=bound,
             sleep=sleep,
+            namespace=namespace,
             table_prefix=table_prefix,
             schema=schema,
             auto_migrate=auto_migrate,
@@ -138,6 +143,7 @@ class SQLStorage:
         *,
         owns_engine: bool,
         bound: Connection | Callable[[], Connection] | None,
+        namespace: str | None,
         table_prefix: str,
         schema: str | None,
         auto_migrate: bool,
@@ -147,6 +153,19 @@ class SQLStorage:
         sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.engine = engine
+        #: The tenant this storage reads and writes: no operation through it sees another namespace's rows.
+        self.namespace = check_namespace(namespace)
+        #: What `for_namespace` needs to open a sibling handle on the same engine.
+        self._options: dict[str, Any] = {
+            "bound": bound,
+            "sleep": sleep,
+            "table_prefix": table_prefix,
+            "schema": schema,
+            "auto_migrate": auto_migrate,
+            "max_attempts": max_attempts,
+            "max_payload_bytes": max_payload_bytes,
+            "indexed_paths": indexed_paths,
+        }
         #: Declared payload paths with a real index on every database (`memstate_sql.indexes`).
         self.indexed_paths = indexes.declare(indexed_paths)
         self.indexed = indexes.lookup(self.indexed_paths)
@@ -159,7 +178,7 @@ class SQLStorage:
         self.constraints: dict[str, Constraint] = {}
         #: Types whose constraint was registered but not yet applied to the rows already stored.
         self._unapplied: set[str] = set()
-        options: dict[str, Any] = {"max_attempts": max_attempts, "bound": bound}
+        options: dict[str, Any] = {"max_attempts": max_attempts, "bound": bound, "namespace": self.namespace}
         if sleep is not None:
             options["sleep"] = sleep
         self.runner = TransactionRunner(engine, self.models, self.dialect, owner=self, **options)
@@ -175,6 +194,17 @@ class SQLStorage:
     @property
     def table_prefix(self) -> str:
         return self.models.prefix
+
+    def for_namespace(self, namespace: str | None) -> SQLStorage:
+        """A storage for another namespace on the same engine and tables (nothing is opened or
+        disposed of twice: closing it leaves the engine to this storage). It shares this storage's
+        registered constraints and its schema check."""
+        sibling = SQLStorage.bridged(self.engine, **{**self._options, "namespace": namespace})
+        sibling.constraints = self.constraints
+        sibling._unapplied = set(self.constraints)
+        sibling.schema_gate = self.schema_gate
+        sibling.runner.prepare = self.schema_gate.ensure
+        return sibling
 
     def transaction(
         self,
@@ -369,8 +399,14 @@ class SQLStorage:
             self.engine.dispose()
 
     def verify(self) -> VerifyReport:
-        """`memstate_sql.verify` over this storage's tables, through its own engine."""
-        return verify(self.engine, table_prefix=self.table_prefix, schema=self.models.schema)
+        """`memstate_sql.verify` over this storage's namespace, through its own engine."""
+        return verify(
+            self.engine,
+            table_prefix=self.table_prefix,
+            schema=self.models.schema,
+            namespace=self.namespace,
+            all_namespaces=False,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -384,6 +420,27 @@ class SQLStorage:
         self.close()
 
     # ------------------------------------------------------------------ extensions
+
+    def sweep(self, limit: int | None = None, *, batch_size: int = 1000) -> int:
+        """Delete this namespace's expired facts, at most `limit` (None: all there are now), in batches
+        of `batch_size`, each batch one transaction with its EXPIRE log entries; returns how many.
+
+        Expired facts are invisible to every reader whether swept or not; sweeping reclaims their rows.
+        Sweepers in several processes may run at once: each fact is deleted once (rows another sweeper
+        holds are skipped).
+        """
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValidationFailed("limit must be None or a non-negative integer")
+        check_batch(batch_size)
+        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        done = 0
+        while limit is None or done < limit:
+            size = batch_size if limit is None else min(batch_size, limit - done)
+            swept = self.transaction(lambda repo, n=size: ops.sweep(repo, n), name="sweep")  # type: ignore[misc]
+            done += len(swept)
+            if len(swept) < size:
+                break
+        return done
 
     def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every log entry that changed one fact, oldest first: its own entries, the session discard that

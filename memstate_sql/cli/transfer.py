@@ -194,7 +194,7 @@ def cmd_export(args: Any) -> int:
                 stack.callback(lambda: tmp.unlink(missing_ok=True))  # removed unless renamed into place
             with storage.engine.connect() as conn, conn.begin():
                 storage.dialect.begin_snapshot(conn)
-                repo = Repository(conn, storage.models, storage.dialect)
+                repo = Repository(conn, storage.models, storage.dialect, storage.namespace)
                 end: dict[str, Any] = {}
                 for line in export_lines(repo, args.batch_size, progress):
                     out.write(to_json(line) + "\n")
