@@ -1,7 +1,8 @@
 """The test matrix: `nox -s tests-sqlite tests-postgresql tests-mysql lint typing`.
 
-Database URLs come from MEMSTATE_SQL_TEST_POSTGRES_URL / MEMSTATE_SQL_TEST_MYSQL_URL
-(defaults: the local servers of the development machine).
+Without MEMSTATE_SQL_TEST_POSTGRES_URL / MEMSTATE_SQL_TEST_MYSQL_URL the suite starts private servers of its
+own (tests/servers.py); a URL that is set is passed through and takes precedence. Every selected database is
+required (MEMSTATE_SQL_REQUIRE_DATABASES defaults to 1 here): one that cannot be provided fails the session.
 """
 
 from __future__ import annotations
@@ -13,18 +14,13 @@ import nox
 nox.options.sessions = ["tests-sqlite", "tests-postgresql", "tests-mysql", "lint", "typing"]
 nox.options.reuse_existing_virtualenvs = True
 
-DEFAULT_URLS = {
-    "MEMSTATE_SQL_TEST_POSTGRES_URL": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
-    "MEMSTATE_SQL_TEST_MYSQL_URL": "mysql+pymysql://root@127.0.0.1:3306/test",
-}
-
 
 @nox.session
 @nox.parametrize("db", ["sqlite", "postgresql", "mysql"])
 def tests(session: nox.Session, db: str) -> None:
     session.install("-e", ".[test]")
-    env = {key: os.environ.get(key, url) for key, url in DEFAULT_URLS.items()}
-    env["MEMSTATE_SQL_REQUIRE_DATABASES"] = os.environ.get("MEMSTATE_SQL_REQUIRE_DATABASES", "1")
+    # the session inherits the environment, so URLs that are set reach pytest
+    env = {"MEMSTATE_SQL_REQUIRE_DATABASES": os.environ.get("MEMSTATE_SQL_REQUIRE_DATABASES", "1")}
     session.run("pytest", "--db", db, *session.posargs, env=env)
 
 

@@ -6,6 +6,7 @@ the hooks' outcome commit together or not at all.
 
 from __future__ import annotations
 
+from memstate_sql._version import __version__
 from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
 from memstate_sql.errors import (
     ConflictError,
@@ -30,8 +31,6 @@ from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
 from memstate_sql.verify import VerifyReport, verify
-
-__version__ = "0.1.0"
 
 __all__ = [
     "DEFAULT_PREFIX",
@@ -65,6 +64,7 @@ __all__ = [
     "TxEntry",
     "ValidationFailed",
     "VerifyReport",
+    "__version__",
     "metadata",
     "migrate",
     "models_for",

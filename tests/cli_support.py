@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import memstate_sql as ms
 from memstate_sql.cli import main
@@ -35,7 +36,7 @@ def cli(capsys: pytest.CaptureFixture[str], *args: str) -> Result:
     capsys.readouterr()
     try:
         code = main(list(args))
-    except SystemExit as stop:  # argparse: --help, --version, usage errors
+    except SystemExit as stop:  # main() returns the code; kept for a command that exits
         code = int(stop.code or 0)
     captured = capsys.readouterr()
     return Result(code, captured.out, captured.err)
@@ -69,3 +70,13 @@ def dump(url: str, prefix: str) -> tuple[list[FactState], list[TxRecord]]:
         return storage.transaction(read, write=False)
     finally:
         storage.close()
+
+
+def store_tables(url: str, prefix: str, schema: str | None = None) -> list[str]:
+    """The tables of a store's prefix that exist (its facts, log and version tables)."""
+    engine = sa.create_engine(url)
+    try:
+        names = set(sa.inspect(engine).get_table_names(schema=schema))
+    finally:
+        engine.dispose()
+    return sorted(n for n in names if n in {f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_alembic_version"})

@@ -1,14 +1,21 @@
 """Database fixtures: every SQL-touching test runs on SQLite, PostgreSQL and MySQL/MariaDB.
 
-URLs come from the environment:
+Where the server databases come from, first match wins:
 
-* ``MEMSTATE_SQL_TEST_POSTGRES_URL`` (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/test``)
-* ``MEMSTATE_SQL_TEST_MYSQL_URL`` (e.g. ``mysql+pymysql://root@127.0.0.1:3306/test``)
+1. an explicit URL in the environment:
 
-Without a URL, a container is started with testcontainers when Docker is
-available; otherwise those cases are skipped with the reason. With
-``MEMSTATE_SQL_REQUIRE_DATABASES=1`` (CI) a database that is not reachable
-fails the run instead.
+   * ``MEMSTATE_SQL_TEST_POSTGRES_URL`` (e.g. ``postgresql+psycopg://postgres@127.0.0.1:5432/test``)
+   * ``MEMSTATE_SQL_TEST_MYSQL_URL`` (e.g. ``mysql+pymysql://root@127.0.0.1:3306/test``)
+
+2. a private server of this test run (tests/servers.py): PostgreSQL from the local binaries or the
+   ``pgserver`` wheel, MariaDB from the local binaries, in a temporary directory on a free loopback
+   port, started when the first test needs it, shared with pytest-xdist workers, and stopped by PID
+   at the end of the run;
+3. a container (testcontainers), when Docker is available.
+
+A database that none of these provides is skipped with the reason, unless
+``MEMSTATE_SQL_REQUIRE_DATABASES=1`` (CI): then its tests fail. The terminal summary says which
+databases the run covered, and how.
 
 Isolation: every test gets its own table prefix, and its tables are dropped
 afterwards, so test runs (and parallel workers) never see each other's rows.
@@ -28,15 +35,30 @@ import pytest
 import sqlalchemy as sa
 
 import memstate_sql as ms
+from tests.servers import MARIADB_HINT, SessionServers, find_mariadb, find_pg_bin
 
 DATABASES = ("sqlite", "postgresql", "mysql")
 ENV = {"postgresql": "MEMSTATE_SQL_TEST_POSTGRES_URL", "mysql": "MEMSTATE_SQL_TEST_MYSQL_URL"}
 REQUIRE = os.environ.get("MEMSTATE_SQL_REQUIRE_DATABASES") == "1"
+NO_PRIVATE = "MEMSTATE_SQL_TEST_NO_PRIVATE_SERVERS"  # =1: never start private servers (URLs or containers only)
+
+_SERVERS: SessionServers | None = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--run-slow", action="store_true", help="run the long variants of stress tests")
     parser.addoption("--db", action="append", choices=DATABASES, help="only these databases (repeatable; default: all)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    global _SERVERS
+    # an xdist worker uses the servers of its controller, which alone starts the run directory
+    _SERVERS = SessionServers.join() if hasattr(config, "workerinput") else SessionServers.create()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if _SERVERS is not None:
+        _SERVERS.teardown()  # only the controlling process stops the servers (by PID)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -46,6 +68,51 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "slow" in item.keywords:
             item.add_marker(skip)
+
+
+def _plan(name: str) -> str:
+    """Where `name`'s database will come from (said before any server is started)."""
+    if os.environ.get(ENV[name]):
+        return f"{ENV[name]}"
+    if os.environ.get(NO_PRIVATE) != "1":
+        if name == "postgresql" and (pg := find_pg_bin()) is not None:
+            return f"private server on first use ({pg[1]} in {pg[0]})"
+        if name == "mysql" and (mariadb := find_mariadb()) is not None:
+            return f"private server on first use ({mariadb[0]})"
+        if name == "mysql":
+            return f"no MariaDB server binaries ({MARIADB_HINT}): " + ("FAIL (required)" if REQUIRE else "skipped")
+    return "testcontainers if Docker is available, else " + ("FAIL (required)" if REQUIRE else "skipped")
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    lines = [f"{name}: " + ("embedded" if name == "sqlite" else _plan(name)) for name in _selected(config)]
+    required = " (all required: MEMSTATE_SQL_REQUIRE_DATABASES=1)" if REQUIRE else ""
+    return [f"memstate_sql databases{required}: " + "; ".join(lines)]
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if hasattr(config, "workerinput") or _SERVERS is None:
+        return
+    covered, missing, unused = [], [], []
+    for name in _selected(config):
+        if name == "sqlite":
+            covered.append("sqlite (embedded)")
+            continue
+        record = _SERVERS.record(name)
+        if record is None:
+            unused.append(name)
+        elif "error" in record:
+            missing.append(f"{name} ({record['error']})")
+        else:
+            covered.append(f"{name} ({record['describe']})")
+    line = "memstate_sql databases: " + ", ".join(covered)
+    if unused:
+        line += "; not needed by the selected tests: " + ", ".join(unused)
+    terminalreporter.write_sep("-", "memstate_sql databases")
+    terminalreporter.write_line(line)
+    for entry in missing:
+        verdict = "FAILED" if REQUIRE else "skipped"
+        terminalreporter.write_line(f"memstate_sql databases NOT covered ({verdict}): {entry}", red=True)
 
 
 def _reachable(url: str) -> str | None:
@@ -60,21 +127,53 @@ def _reachable(url: str) -> str | None:
         engine.dispose()
 
 
+def _hidden(url: str) -> str:
+    return sa.make_url(url).render_as_string(hide_password=True)
+
+
 @functools.cache
 def _server_url(name: str) -> tuple[str | None, str]:
     """(url, reason-if-unavailable) for a server database."""
     url = os.environ.get(ENV[name])
     if url:
         problem = _reachable(url)
-        return (url, "") if problem is None else (None, f"{ENV[name]}={url} is unreachable: {problem}")
-    if REQUIRE:
-        return None, f"{ENV[name]} is not set and MEMSTATE_SQL_REQUIRE_DATABASES=1"
+        if problem is not None:
+            reason = f"{ENV[name]}={_hidden(url)} is unreachable: {problem}"
+            if _SERVERS is not None:
+                _SERVERS.note(name, {"error": reason})
+            return None, reason
+        if _SERVERS is not None:
+            _SERVERS.note(name, {"url": url, "describe": f"{ENV[name]}={_hidden(url)}"})
+        return url, ""
+    reasons = []
+    if os.environ.get(NO_PRIVATE) == "1":
+        reasons.append(f"{NO_PRIVATE}=1")
+    elif _SERVERS is None:
+        reasons.append(f"this worker has no run directory ({SessionServers.__name__})")
+    else:
+        record = _SERVERS.provide(name)
+        if "url" in record:
+            return record["url"], ""
+        reasons.append(record["error"])
+    url, reason = _container_url(name)
+    if url is not None:
+        if _SERVERS is not None:
+            _SERVERS.note(name, {"url": url, "describe": "testcontainers"})
+        return url, ""
+    reasons.append(reason)
+    reason = f"{ENV[name]} is not set, and " + "; ".join(reasons)
+    if _SERVERS is not None:
+        _SERVERS.note(name, {"error": reason})
+    return None, reason
+
+
+def _container_url(name: str) -> tuple[str | None, str]:
     try:  # pragma: no cover - needs Docker
         import docker  # type: ignore[import-untyped]
 
         docker.from_env().ping()
     except Exception:
-        return None, f"{ENV[name]} is not set and no Docker engine is available for testcontainers"
+        return None, "no Docker engine is available for testcontainers"
     try:  # pragma: no cover - needs Docker
         if name == "postgresql":
             from testcontainers.postgres import PostgresContainer

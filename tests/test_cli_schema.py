@@ -28,7 +28,7 @@ def test_upgrade_current_check_downgrade(capsys: pytest.CaptureFixture[str], db_
     assert cli(capsys, "facts", *base, "--json").json() == []
 
     refused = cli(capsys, "downgrade", *base, "base")
-    assert refused.code == 2 and "--yes" in refused.err
+    assert refused.code == 1 and "--yes" in refused.err  # docs/cli.md: confirmation declined = 1
     assert cli(capsys, "check", *base).code == 0
 
     down = cli(capsys, "downgrade", *base, "base", "--yes", "--json")

@@ -8,6 +8,7 @@ behaviour is covered by the SIGKILL tests).
 from __future__ import annotations
 
 import asyncio
+import subprocess
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ import pytest
 
 import memstate_sql as ms
 from memstate_sql import ConnectionLost, Fact
+from tests.conftest import REQUIRE
 from tests.invariants import check_tables
 from tests.servers import PrivateServer, private_server
 
@@ -28,8 +30,11 @@ def server(db: str) -> Iterator[PrivateServer]:
         pytest.skip("SQLite is embedded: there is no database server to restart")
     try:
         instance = private_server(db)
-    except (FileNotFoundError, OSError) as exc:
-        pytest.skip(f"cannot start a private {db} server: {exc}")
+    except (FileNotFoundError, OSError, subprocess.CalledProcessError) as exc:
+        reason = f"cannot start a private {db} server: {getattr(exc, 'stderr', None) or exc}"
+        if REQUIRE:
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     try:
         instance.start()
         yield instance

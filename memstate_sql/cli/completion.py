@@ -1,76 +1,31 @@
-"""`completion bash|zsh`: a shell-completion script generated from the argument parser."""
+"""`completion bash|zsh|fish`: click's shell-completion script for the command.
+
+The script asks the command itself for completions at each <TAB> (click's
+``_MEMSTATE_SQL_COMPLETE`` protocol), so it always matches the installed
+version's commands and options. ``_MEMSTATE_SQL_COMPLETE=bash_source memstate-sql``
+prints the same script.
+"""
 
 from __future__ import annotations
 
-import argparse
-from typing import Any
+import click
 
-_BASH = """# bash completion for memstate-sql; install with:
-#   memstate-sql completion bash > ~/.local/share/bash-completion/completions/memstate-sql
-_memstate_sql() {
-    local cur prev cmd i
-    cur="${COMP_WORDS[COMP_CWORD]}"
-    prev="${COMP_WORDS[COMP_CWORD-1]}"
-    cmd=""
-    for ((i = 1; i < COMP_CWORD; i++)); do
-        case "${COMP_WORDS[i]}" in
-            -*) ;;
-            *) if [[ " %(commands)s " == *" ${COMP_WORDS[i]} "* ]]; then cmd="${COMP_WORDS[i]}"; break; fi ;;
-        esac
-    done
-    case "$prev" in
-        --output|-o|--path) COMPREPLY=( $(compgen -f -- "$cur") ); return ;;
-    esac
-    local opts
-    case "$cmd" in
-%(cases)s
-        *) opts="%(global)s %(commands)s" ;;
-    esac
-    COMPREPLY=( $(compgen -W "$opts" -- "$cur") )
-    if [[ "$cmd" == "import" && "$cur" != -* ]]; then COMPREPLY+=( $(compgen -f -- "$cur") ); fi
-}
-complete -F _memstate_sql memstate-sql
-"""
+from memstate_sql.cli.base import CONTEXT, EPILOG, PROG
+from memstate_sql.cli.context import common_options
 
-_ZSH_PREAMBLE = """#compdef memstate-sql
-# zsh completion for memstate-sql; install with:
-#   memstate-sql completion zsh > "${fpath[1]}/_memstate-sql"
-autoload -U +X bashcompinit && bashcompinit
-"""
+COMPLETE_VAR = "_MEMSTATE_SQL_COMPLETE"
 
 
-def _options(parser: argparse.ArgumentParser) -> list[str]:
-    found: list[str] = []
-    for action in parser._actions:
-        found.extend(s for s in action.option_strings if s.startswith("--"))
-    return found
+@click.command("completion", short_help="print a shell-completion script", epilog=EPILOG, context_settings=CONTEXT)
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+@common_options
+@click.pass_context
+def completion_cmd(ctx: click.Context, shell: str) -> int:
+    """Print the shell-completion script for SHELL (bash, zsh or fish)."""
+    from click.shell_completion import get_completion_class
 
-
-def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
-    return {}
-
-
-def script(parser: argparse.ArgumentParser, shell: str) -> str:
-    commands = _subcommands(parser)
-    cases = []
-    for name, sub in commands.items():
-        words = _options(sub)
-        if name == "completion":
-            words += ["bash", "zsh"]
-        cases.append(f'        {name}) opts="{" ".join(words)}" ;;')
-    bash = _BASH % {
-        "commands": " ".join(commands),
-        "cases": "\n".join(cases),
-        "global": " ".join(_options(parser)),
-    }
-    if shell == "zsh":
-        return _ZSH_PREAMBLE + bash
-    return bash
-
-
-def cmd_completion(args: Any) -> int:
-    print(script(args.root_parser, args.shell), end="")
+    cls = get_completion_class(shell)
+    assert cls is not None
+    root = ctx.find_root().command
+    click.echo(cls(root, {}, PROG, COMPLETE_VAR).source())
     return 0

@@ -3,19 +3,22 @@
 The database comes from ``--url``, else the ``MEMSTATE_SQL_URL`` environment
 variable, else the embedded SQLite file ``memstate.db`` in the working
 directory. A ``--url`` without ``://`` is taken as the path of a SQLite file.
+``--url``, ``--prefix``, ``--schema`` and ``--json`` are accepted before and
+after the command name (`common_options`); the value given last wins.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+import click
 from sqlalchemy import Engine, exc, inspect, make_url
 from sqlalchemy.engine import URL
 
-from memstate_sql import migrations
 from memstate_sql.cli.errors import UNREACHABLE, USAGE, CliError
 from memstate_sql.errors import StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX
@@ -24,11 +27,81 @@ from memstate_sql.storage import SQLStorage
 ENV_URL = "MEMSTATE_SQL_URL"
 DEFAULT_FILE = "memstate.db"
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass
+class Settings:
+    """The options shared by every command."""
+
+    url: str | None = None
+    prefix: str = DEFAULT_PREFIX
+    schema: str | None = None
+    json: bool = False
+
+
+def settings() -> Settings:
+    """The shared options of the running command."""
+    return click.get_current_context().ensure_object(Settings)
+
+
+def _keep(name: str) -> Callable[[click.Context, click.Parameter, Any], None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        if value is not None and value is not False:
+            setattr(ctx.ensure_object(Settings), name, value)
+
+    return callback
+
+
+def common_options(f: F) -> F:
+    """``--url``, ``--prefix``, ``--schema`` and ``--json``, stored in the context's `Settings`."""
+    options = [
+        click.option(
+            "--url",
+            metavar="URL",
+            expose_value=False,
+            callback=_keep("url"),
+            help=f"SQLAlchemy URL or SQLite file path (default: ${ENV_URL}, else ./{DEFAULT_FILE})",
+        ),
+        click.option(
+            "--prefix",
+            metavar="PREFIX",
+            expose_value=False,
+            callback=_keep("prefix"),
+            help=f"table prefix of the store (default: {DEFAULT_PREFIX})",
+        ),
+        click.option(
+            "--schema",
+            metavar="SCHEMA",
+            expose_value=False,
+            callback=_keep("schema"),
+            help="database schema (PostgreSQL)",
+        ),
+        click.option(
+            "--json",
+            "as_json",
+            is_flag=True,
+            expose_value=False,
+            callback=_keep("json"),
+            help="machine-readable JSON output",
+        ),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
 
 def parse_url(raw: str) -> URL:
     """A SQLAlchemy URL from a URL or a SQLite file path."""
     if "://" not in raw:
         return make_url(f"sqlite:///{Path(raw).expanduser().resolve()}")
+    scheme = raw.split("://", 1)[0]
+    if scheme.split("+", 1)[0] == "postgres":
+        raise CliError(
+            f"invalid database URL scheme {scheme!r}: SQLAlchemy spells PostgreSQL URLs postgresql:// "
+            "(use postgresql+psycopg://...)",
+            USAGE,
+        )
     try:
         return make_url(raw)
     except exc.ArgumentError as error:
@@ -46,11 +119,24 @@ def sqlite_file(url: URL) -> Path | None:
     return Path(str(url.database))
 
 
+#: The fix for a missing driver, by SQLAlchemy driver name.
+INSTALL_HINTS = {
+    "psycopg": "pip install 'memstate-sql[postgres]'",
+    "psycopg2": "pip install psycopg2-binary, or use a postgresql+psycopg:// URL (memstate-sql[postgres])",
+    "pymysql": "pip install 'memstate-sql[mysql]'",
+    "mysqldb": "pip install mysqlclient, or use a mysql+pymysql:// URL (memstate-sql[mysql])",
+    "aiosqlite": "pip install 'memstate-sql[async]'",
+    "aiomysql": "pip install 'memstate-sql[async]'",
+    "asyncpg": "pip install asyncpg, or use a postgresql+psycopg:// URL",
+}
+
+
 def driver_problem(error: ImportError, url: URL) -> CliError:
+    driver = url.get_driver_name()
     extra = {"postgresql": "postgres", "mysql": "mysql", "mariadb": "mysql"}.get(url.get_backend_name(), "all")
+    hint = INSTALL_HINTS.get(driver, f"pip install 'memstate-sql[{extra}]'")
     return CliError(
-        f"the database driver for {url.drivername!r} is not installed ({error}); "
-        f"install it with: pip install 'memstate-sql[{extra}]'",
+        f"the database driver for {url.drivername!r} is not installed ({error}); install it with: {hint}",
         UNREACHABLE,
     )
 
@@ -75,18 +161,25 @@ class Target:
     schema: str | None
 
     @classmethod
-    def from_args(cls, args: Any) -> Target:
-        if args.url:
-            raw, origin = args.url, "--url"
+    def current(cls) -> Target:
+        """The target named by the running command's options (`Settings`)."""
+        opts = settings()
+        if opts.url:
+            raw, origin = opts.url, "--url"
         elif os.environ.get(ENV_URL):
             raw, origin = os.environ[ENV_URL], ENV_URL
         else:
             raw, origin = str(Path.cwd() / DEFAULT_FILE), "default"
-        return cls(url=parse_url(raw), origin=origin, prefix=args.prefix, schema=args.schema)
+        return cls(url=parse_url(raw), origin=origin, prefix=opts.prefix, schema=opts.schema)
 
     @property
     def shown(self) -> str:
         return display(self.url)
+
+    def describe(self) -> str:
+        """The database, prefix and (PostgreSQL) schema, for messages."""
+        where = f"prefix {self.prefix}" + (f", schema {self.schema}" if self.schema else "")
+        return f"{self.shown} ({where})"
 
     def open(self, *, create: bool, ensure: str = "", max_attempts: int = 10) -> SQLStorage:
         """A storage on the target.
@@ -146,12 +239,16 @@ class Target:
 
 def bring_to_head(storage: SQLStorage) -> None:
     """Create or upgrade the store's tables."""
+    from memstate_sql import migrations
+
     migrations.migrate(storage.engine, table_prefix=storage.table_prefix, schema=storage.models.schema)
 
 
 def verify_schema(storage: SQLStorage) -> None:
     """Raise `SchemaVersionError` unless the store's schema is the one this version expects."""
+    from memstate_sql import migrations
+
     migrations.check(storage.engine, table_prefix=storage.table_prefix, schema=storage.models.schema)
 
 
-__all__ = ["DEFAULT_PREFIX", "Target"]
+__all__ = ["DEFAULT_PREFIX", "Settings", "Target", "common_options", "settings"]

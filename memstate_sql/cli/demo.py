@@ -11,13 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+import click
 from pydantic import BaseModel
 from sqlalchemy import Engine, Table, create_engine, func, inspect, select
 
 from memstate_sql import jsondoc
+from memstate_sql.cli.base import command
 from memstate_sql.cli.context import bring_to_head
 from memstate_sql.cli.errors import USAGE, CliError
-from memstate_sql.cli.render import compact, table
+from memstate_sql.cli.output import compact, table_text
 from memstate_sql.errors import HookError, ValidationFailed
 from memstate_sql.facts import Fact, Operation, SearchResult
 from memstate_sql.registry import Constraint
@@ -77,9 +79,9 @@ class Show:
             stmt = stmt.where(c.type.in_(types))
         with self.engine.connect() as conn:
             rows = conn.execute(stmt).all()
-        text = table(
+        text = table_text(
             ["id", "type", "session", "version", "payload"],
-            [[r.id[:8], r.type, r.session_id or "(global)", r.version, compact(r.payload)] for r in rows],
+            [[r.id, r.type, r.session_id or "(global)", r.version, compact(r.payload)] for r in rows],
         )
         facts, log = self.counts()
         print("\n".join("   | " + line for line in text.splitlines()))
@@ -102,10 +104,10 @@ def run_demo(path: Path) -> None:
         store.register_schema("user", User, Constraint(singleton_key="email"))
         show.say('register_schema("user", User, Constraint(singleton_key="email"))')
         first = store.commit_model(User(email="ada@example.com", name="Ada", age=36))
-        show.say(f"commit User(ada@example.com, Ada, 36)            -> {first[:8]} (COMMIT)")
+        show.say(f"commit User(ada@example.com, Ada, 36)            -> {first} (COMMIT)")
         again = store.commit(Fact(type="user", payload={"email": "ada@example.com", "name": "Ada Lovelace", "age": 36}))
         same = "the same fact, updated" if again == first else "a new fact"
-        show.say(f"commit user(ada@example.com, Ada Lovelace, 36)  -> {again[:8]} ({same}: one row per email)")
+        show.say(f"commit user(ada@example.com, Ada Lovelace, 36)  -> {again} ({same}: one row per email)")
         try:
             store.commit(Fact(type="user", payload={"email": "bob@example.com", "name": "Bob", "age": "forty"}))
         except ValidationFailed as error:
@@ -173,14 +175,21 @@ def run_demo(path: Path) -> None:
     print(f"   memstate-sql --url {path} history {pref}")
 
 
-def cmd_demo(args: Any) -> int:
-    if args.path:
-        path = Path(args.path).expanduser().resolve()
-        if path.exists():
-            raise CliError(f"{path} already exists; the demo writes a fresh database (choose another --path)", USAGE)
-        if not path.parent.is_dir():
-            raise CliError(f"directory {path.parent} does not exist", USAGE)
+@command("demo", "tell the product's story on a fresh embedded SQLite file (no server needed)")
+@click.option("--path", metavar="FILE", help="where to create the demo database (default: a new temporary directory)")
+def demo_cmd(path: str | None) -> int:
+    """Run a short tour on a fresh SQLite file: typed commits, a failing hook that leaves nothing behind,
+    typed filters, sessions promoted and discarded, a rollback. Ignores --url.
+
+    Ids are shown in full: `get` and `history` take them as printed.
+    """
+    if path:
+        where = Path(path).expanduser().resolve()
+        if where.exists():
+            raise CliError(f"{where} already exists; the demo writes a fresh database (choose another --path)", USAGE)
+        if not where.parent.is_dir():
+            raise CliError(f"directory {where.parent} does not exist", USAGE)
     else:
-        path = Path(tempfile.mkdtemp(prefix="memstate-sql-demo-")) / "demo.db"
-    run_demo(path)
+        where = Path(tempfile.mkdtemp(prefix="memstate-sql-demo-")) / "demo.db"
+    run_demo(where)
     return 0

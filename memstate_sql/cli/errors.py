@@ -5,7 +5,7 @@ from __future__ import annotations
 OK = 0
 #: The operation failed (not found, conflict, a hook or the database refused, aborted).
 FAILED = 1
-#: Bad input: arguments, filters, files (argparse's own usage errors exit 2 as well).
+#: Bad input: arguments, filters, files (click's own usage errors exit 2 as well).
 USAGE = 2
 #: The database cannot be reached (server down, wrong credentials, missing file or driver).
 UNREACHABLE = 3

@@ -1,111 +1,115 @@
-"""`rollback`: undo a session's newest operations, with a plan shown first."""
+"""`rollback`: undo a session's newest operations through `MemoryStore`, with the plan shown first."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
 
-from memstate_sql.cli.context import Target
+import click
+
+from memstate_sql.cli.base import command
+from memstate_sql.cli.context import Target, settings
+from memstate_sql.cli.entries import conflict_lines, describe, undo_text
 from memstate_sql.cli.errors import FAILED, USAGE, CliError
-from memstate_sql.cli.reading import describe
-from memstate_sql.cli.render import compact, table, to_json
+from memstate_sql.cli.output import emit_json, table
+from memstate_sql.cli.reading import session_choice
 from memstate_sql.errors import ConflictError
-from memstate_sql.hooks import HookSet
-from memstate_sql.operations import Operations
-from memstate_sql.records import TxRecord, singleton_token
+from memstate_sql.records import RollbackPlan
 from memstate_sql.registry import Constraint
-from memstate_sql.repository import Repository
-
-
-def undo_effect(entry: TxRecord) -> str:
-    """What undoing one log entry does (mirrors `StoreCore._undo`)."""
-    if entry.op in ("COMMIT", "COMMIT_EPHEMERAL", "UPDATE", "PROMOTE"):
-        if entry.fact_before:
-            return f"restore {entry.fact_id} to " + compact(entry.fact_before.get("payload"))
-        return f"delete {entry.fact_id}"
-    if entry.op == "DELETE":
-        return f"re-create {entry.fact_id} as " + compact((entry.fact_before or {}).get("payload"))
-    if entry.op == "DISCARD_SESSION":
-        restored = entry.discarded or []
-        return f"restore {len(restored)} discarded fact(s)" if restored else "nothing to restore"
-    return "nothing"
-
-
-def recover_constraints(repo: Repository) -> dict[str, Constraint]:
-    """The `Constraint` of each type, recovered from its rows.
-
-    Constraints live in the application (`register_schema`), not in the database; a rollback
-    restores facts from their log images and must give them back their singleton token and
-    immutable flag. The singleton key of a type is the payload key whose value's token is the
-    token stored on a row of that type.
-    """
-    found: dict[str, Constraint] = {}
-    for fact in repo.constraint_samples():
-        key = None
-        if fact.singleton is not None:
-            matches = (k for k, v in fact.payload.items() if v is not None and singleton_token(v) == fact.singleton)
-            key = next(matches, None)
-        found[fact.type] = Constraint(singleton_key=key, immutable=fact.immutable)
-    return found
+from memstate_sql.storage import SQLStorage
+from memstate_sql.store import MemoryStore
 
 
 def confirm(question: str, assume_yes: bool) -> None:
+    """Ask on the terminal; without one (or on a declined or unanswered question) nothing changes and
+    the command fails (exit 1)."""
     if assume_yes:
         return
     if not sys.stdin.isatty():
-        raise CliError("refusing to change the database without confirmation: pass --yes", USAGE)
-    sys.stderr.write(f"{question} [y/N] ")
-    sys.stderr.flush()
-    answer = sys.stdin.readline().strip().lower()
-    if answer not in ("y", "yes"):
+        raise CliError("refusing to change the database without confirmation: pass --yes", FAILED)
+    try:
+        agreed = click.confirm(question, default=False, err=True)
+    except click.Abort:
+        agreed = False
+    if not agreed:
         raise CliError("aborted; nothing was changed", FAILED)
 
 
-def plan_doc(entry: TxRecord) -> dict[str, Any]:
-    return {**entry.doc(), "reverted_by": entry.reverted_by, "undo": undo_effect(entry)}
+def store_for(storage: SQLStorage, constraints: dict[str, Constraint]) -> MemoryStore:
+    """A store on `storage` that knows `constraints` (recovered from the rows: the command line has no
+    application to register them), so that restored facts keep their singleton key and immutable flag."""
+    for typename, constraint in constraints.items():
+        storage.register_constraint(typename, constraint)
+    return MemoryStore(storage)
 
 
-def cmd_rollback(args: Any) -> int:
-    if args.steps < 1:
+def plan_doc(plan: RollbackPlan) -> list[dict[str, object]]:
+    return [{**entry, "reverted_by": None, "undo": undo_text(plan, int(entry["seq"]))} for entry in plan.entries]
+
+
+def show_plan(plan: RollbackPlan, which: str, steps: int) -> None:
+    print(f"Rolling back {len(plan.entries)} operation(s) of {which}, newest first:")
+    table(
+        ["seq", "op", "fact", "was", "undo"],
+        [[e["seq"], e["op"], e["fact_id"] or "", describe(e), undo_text(plan, int(e["seq"]))] for e in plan.entries],
+    )
+    if len(plan.entries) < steps:
+        print(f"(only {len(plan.entries)} of the {steps} steps asked for exist)")
+    if plan.conflicts:
+        print("It would override later changes (refused unless --force):")
+        for line in conflict_lines(plan):
+            print(f"  {line}")
+
+
+@command("rollback", "undo a session's newest operations")
+@click.option("--session", metavar="ID", help="the session to roll back")
+@click.option("--no-session", is_flag=True, help="roll back operations logged without a session")
+@click.option("--steps", type=int, default=1, show_default=True, help="how many operations to undo")
+@click.option("--dry-run", is_flag=True, help="show what would change and stop")
+@click.option("--force", is_flag=True, help="override later changes to the same facts (MemoryStore.rollback force)")
+@click.option("-y", "--yes", is_flag=True, help="do not ask for confirmation")
+def rollback_cmd(session: str | None, no_session: bool, steps: int, dry_run: bool, force: bool, yes: bool) -> int:
+    """Undo a session's newest operations (one of --session or --no-session is required).
+
+    Shows the plan (MemoryStore.plan_rollback), asks, then runs MemoryStore.rollback in one
+    transaction that first checks the log still holds the planned entries.
+    """
+    from memstate_sql import admin
+
+    chosen, session_id = session_choice(session, no_session)
+    if not chosen:
+        raise CliError("pass --session ID or --no-session", USAGE)
+    if steps < 1:
         raise CliError("--steps must be >= 1", USAGE)
-    session = None if args.no_session else args.session
-    which = f"session {session!r}" if session is not None else "operations without a session"
-    with Target.from_args(args).open(create=False) as storage:
-        plan: list[TxRecord] = storage.transaction(
-            lambda repo: repo.tx_log(session, limit=args.steps), write=False, name="rollback plan"
-        )
-        if not plan:
+    as_json = settings().json
+    which = f"session {session_id!r}" if session_id is not None else "operations without a session"
+    target = Target.current()
+    with target.open(create=False) as storage:
+        constraints = admin.recover_constraints(storage)
+        plan = store_for(storage, constraints).plan_rollback(session_id, steps)
+        if not plan.entries:
             raise CliError(f"nothing to roll back: {which} has no active log entries", FAILED)
-        if not args.json or args.dry_run:
-            if args.json:
-                print(to_json({"dry_run": True, "entries": [plan_doc(e) for e in plan]}))
+        if dry_run:
+            if as_json:
+                emit_json({"dry_run": True, "entries": plan_doc(plan), "conflicts": conflict_lines(plan)})
             else:
-                print(f"Rolling back {len(plan)} operation(s) of {which}, newest first:")
-                print(
-                    table(
-                        ["seq", "op", "fact", "was", "undo"],
-                        [[e.seq, e.op, e.fact_id or "", describe(e.doc()), undo_effect(e)] for e in plan],
-                    )
-                )
-                if len(plan) < args.steps:
-                    print(f"(only {len(plan)} of the {args.steps} steps asked for exist)")
-        if args.dry_run:
-            if not args.json:
+                show_plan(plan, which, steps)
                 print("dry run: nothing was changed")
             return 0
-        confirm(f"Undo these {len(plan)} operation(s)?", args.yes)
-        expected = [e.uuid for e in plan]
-
-        def apply(repo: Repository) -> list[dict[str, Any]]:
-            current = [e.uuid for e in repo.tx_log(session, limit=args.steps, lock=True)]
-            if current != expected:
+        if not as_json:
+            show_plan(plan, which, steps)
+        confirm(f"Undo these {len(plan.entries)} operation(s)?", yes)
+        expected = [e["uuid"] for e in plan.entries]
+        # One transaction: the store's operations join it (SAVEPOINTs), so the check and the
+        # rollback commit together or not at all.
+        with storage.engine.connect() as conn, conn.begin():
+            bound = SQLStorage(conn, table_prefix=target.prefix, schema=target.schema, auto_migrate=False)
+            store = store_for(bound, constraints)
+            now = store.plan_rollback(session_id, steps)
+            if [e["uuid"] for e in now.entries] != expected:
                 raise ConflictError("the log changed since the plan was shown; nothing was rolled back, run it again")
-            ops = Operations(HookSet(), recover_constraints(repo), storage.max_payload_bytes)
-            return [e.doc() for e in ops.rollback(repo, session, args.steps)]
-
-        undone = storage.transaction(apply, name="rollback")
-    if args.json:
-        print(to_json({"dry_run": False, "undone": undone}))
+            store.rollback(session_id, steps, force=force)
+    if as_json:
+        emit_json({"dry_run": False, "undone": plan.entries})
     else:
-        print(f"rolled back {len(undone)} operation(s) of {which}")
+        print(f"rolled back {len(plan.entries)} operation(s) of {which}")
     return 0
