@@ -436,6 +436,12 @@ class AsyncMemoryStore:
         """Dry run of `rollback`: the entries it would undo, the changes, the conflicts; changes nothing."""
         return await _spawn(self.sync_store.plan_rollback, session_id, steps)
 
+    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000) -> int:
+        """`SQLStorage.sweep` with this store's hooks told DELETE for each swept fact (so an external
+        index drops it); returns how many facts were deleted.
+        """
+        return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size)
+
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         return await _spawn(self.sync_store.get, fact_id)
 

@@ -8,6 +8,7 @@ code written against memstate's backends works unchanged.
 
 from __future__ import annotations
 
+import functools
 import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
@@ -429,14 +430,19 @@ class SQLStorage:
         Sweepers in several processes may run at once: each fact is deleted once (rows another sweeper
         holds are skipped).
         """
+        return self.sweep_with(
+            operations.Operations(HookSet(), self.constraints, self.max_payload_bytes), limit, batch_size
+        )
+
+    def sweep_with(self, ops: operations.Operations, limit: int | None, batch_size: int) -> int:
+        """`sweep`, telling `ops`' hooks (`MemoryStore.sweep` passes its own)."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValidationFailed("limit must be None or a non-negative integer")
         check_batch(batch_size)
-        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
         done = 0
         while limit is None or done < limit:
             size = batch_size if limit is None else min(batch_size, limit - done)
-            swept = self.transaction(lambda repo, n=size: ops.sweep(repo, n), name="sweep")  # type: ignore[misc]
+            swept = self.transaction(functools.partial(ops.sweep, batch_size=size), name="sweep")
             done += len(swept)
             if len(swept) < size:
                 break

@@ -22,7 +22,7 @@ and in offline ``--sql`` scripts, the plain forms are used instead (no
 ``CONCURRENTLY`` is possible there). MySQL/MariaDB change the primary key with
 online DDL (in place, no table lock); each step checks what exists first, so a
 migration interrupted there (DDL is not transactional) completes when run again.
-SQLite rebuilds the table (batch mode).
+SQLite rebuilds the facts table (new table, rows copied, names swapped; one transaction).
 
 Downgrade to ``ms_0001`` works while only the default namespace is used and no
 fact carries an expiry; otherwise it refuses and says what to clear.
@@ -31,13 +31,14 @@ fact carries an expiry; otherwise it refuses and says what to clear.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import sqlalchemy as sa
 from alembic import op
 
 from memstate_sql.errors import SchemaVersionError
 from memstate_sql.migrations import target
-from memstate_sql.models import KeyString, UTCDateTime
+from memstate_sql.models import JSONDocument, KeyString, UTCDateTime
 
 revision: str = "ms_0002_namespaces_expiry"
 down_revision: str | Sequence[str] | None = "ms_0001_initial"
@@ -202,16 +203,12 @@ def _upgrade_mysql(facts: str, log: str, schema: str | None) -> None:
 
 
 def _upgrade_sqlite(facts: str, log: str, schema: str | None) -> None:
-    with op.batch_alter_table(facts, schema=schema, recreate="always", copy_from=_v1_facts(facts, schema)) as batch:
-        batch.add_column(sa.Column("namespace", KeyString(), nullable=False, server_default=""))
-        batch.add_column(sa.Column("expires_at", UTCDateTime(), nullable=True))
-        batch.drop_constraint(f"uq_{facts}_singleton", type_="unique")
-        batch.create_primary_key(f"{facts}_pkey", ["namespace", "id"])
-        batch.create_unique_constraint(f"uq_{facts}_singleton", ["namespace", "type", "singleton"])
-        for suffix in FACT_INDEXES_V1:
-            batch.drop_index(f"ix_{facts}_{suffix}")
-        for suffix, cols in FACT_INDEXES_V2.items():
-            batch.create_index(f"ix_{facts}_{suffix}", cols)
+    """SQLite cannot change a primary key in place: build the new table, copy the rows, swap the names
+    (one transaction: SQLite's DDL is transactional)."""
+    columns = "id, type, session_id, source, ts, payload, version, immutable, singleton"
+    _rebuild_sqlite(facts, schema, _v2_facts, f"INSERT INTO {{new}} ({columns}, namespace) SELECT {columns}, ''")
+    for suffix, cols in FACT_INDEXES_V2.items():
+        op.create_index(f"ix_{facts}_{suffix}", facts, cols, schema=schema)
     op.add_column(log, sa.Column("namespace", KeyString(), nullable=False, server_default=""), schema=schema)
     for suffix in LOG_INDEXES_V1:
         op.drop_index(f"ix_{log}_{suffix}", table_name=log, schema=schema)
@@ -219,25 +216,48 @@ def _upgrade_sqlite(facts: str, log: str, schema: str | None) -> None:
         op.create_index(f"ix_{log}_{suffix}", log, cols, schema=schema)
 
 
-def _v1_facts(facts: str, schema: str | None) -> sa.Table:
-    """The facts table exactly as ms_0001 created it (batch mode rebuilds from it, also offline)."""
-    return sa.Table(
-        facts,
-        sa.MetaData(),
-        sa.Column("id", KeyString(), primary_key=True),
+def _rebuild_sqlite(facts: str, schema: str | None, build: Any, copy: str) -> None:
+    new = f"_ms_rebuild_{facts}"
+    op.create_table(new, *build(facts), schema=schema)
+    op.execute(copy.format(new=_qualified(new, schema)) + f" FROM {_qualified(facts, schema)}")
+    op.drop_table(facts, schema=schema)
+    op.rename_table(new, facts, schema=schema)
+
+
+def _common_columns() -> list[sa.Column[Any]]:
+    return [
         sa.Column("type", KeyString(), nullable=False),
         sa.Column("session_id", KeyString(), nullable=True),
         sa.Column("source", KeyString(), nullable=True),
         sa.Column("ts", UTCDateTime(), nullable=False),
-        sa.Column("payload", sa.JSON(), nullable=False),
+        sa.Column("payload", JSONDocument(), nullable=False),
         sa.Column("version", sa.Integer(), nullable=False),
         sa.Column("immutable", sa.Boolean(create_constraint=False), nullable=False),
         sa.Column("singleton", KeyString(), nullable=True),
+    ]
+
+
+def _v2_facts(facts: str) -> list[Any]:
+    """The facts table of this revision (SQLite rebuild)."""
+    return [
+        sa.Column("namespace", KeyString(), nullable=False, server_default=""),
+        sa.Column("id", KeyString(), nullable=False),
+        *_common_columns(),
+        sa.Column("expires_at", UTCDateTime(), nullable=True),
+        sa.PrimaryKeyConstraint("namespace", "id", name=f"{facts}_pkey"),
+        sa.UniqueConstraint("namespace", "type", "singleton", name=f"uq_{facts}_singleton"),
+        sa.CheckConstraint("version >= 1", name=f"ck_{facts}_version"),
+    ]
+
+
+def _v1_facts_columns(facts: str) -> list[Any]:
+    """The facts table of ms_0001 (SQLite rebuild on downgrade)."""
+    return [
+        sa.Column("id", KeyString(), primary_key=True),
+        *_common_columns(),
         sa.UniqueConstraint("type", "singleton", name=f"uq_{facts}_singleton"),
         sa.CheckConstraint("version >= 1", name=f"ck_{facts}_version"),
-        *(sa.Index(f"ix_{facts}_{suffix}", *cols) for suffix, cols in FACT_INDEXES_V1.items()),
-        schema=schema,
-    )
+    ]
 
 
 def _refuse_unless_default_only(facts: str, log: str, schema: str | None) -> None:
@@ -268,16 +288,10 @@ def downgrade() -> None:
     facts, log, schema = f"{t.prefix}_facts", f"{t.prefix}_tx", t.schema
     _refuse_unless_default_only(facts, log, schema)
     if _dialect() == "sqlite":
-        with op.batch_alter_table(facts, schema=schema, recreate="always") as batch:
-            for suffix in FACT_INDEXES_V2:
-                batch.drop_index(f"ix_{facts}_{suffix}")
-            batch.drop_constraint(f"uq_{facts}_singleton", type_="unique")
-            batch.drop_column("expires_at")
-            batch.drop_column("namespace")
-            batch.create_primary_key(f"{facts}_pkey", ["id"])
-            batch.create_unique_constraint(f"uq_{facts}_singleton", ["type", "singleton"])
-            for suffix, cols in FACT_INDEXES_V1.items():
-                batch.create_index(f"ix_{facts}_{suffix}", cols)
+        columns = "id, type, session_id, source, ts, payload, version, immutable, singleton"
+        _rebuild_sqlite(facts, schema, _v1_facts_columns, f"INSERT INTO {{new}} ({columns}) SELECT {columns}")
+        for suffix, cols in FACT_INDEXES_V1.items():
+            op.create_index(f"ix_{facts}_{suffix}", facts, cols, schema=schema)
     elif _dialect() == "postgresql":
         op.drop_constraint(f"{facts}_pkey", facts, type_="primary", schema=schema)
         op.create_primary_key(f"{facts}_pkey", facts, ["id"], schema=schema)
