@@ -274,6 +274,16 @@ class AsyncSQLStorage:
         """
         return await _spawn(self.sync_storage.sweep, limit, batch_size=batch_size)
 
+    async def compact_log(self, before: datetime | str, *, batch_size: int = 1000) -> int:
+        """Remove this namespace's log entries logged before `before`, in batches of `batch_size` (each one
+        transaction), keeping what the facts and `verify` need: each existing fact's newest active entry.
+        Each batch leaves a COMPACT record (the horizon, and how many entries of each session went); a
+        rollback that would need a removed entry is refused with `RollbackHorizonError`. Returns how many
+        entries were removed. The space goes back to the database's free lists: SQLite reuses it (run
+        ``VACUUM`` to shrink the file), PostgreSQL's autovacuum reclaims the dead rows.
+        """
+        return await _spawn(self.sync_storage.compact_log, before, batch_size=batch_size)
+
     async def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every log entry that changed one fact, oldest first: its own entries, the session discard that
         deleted it, the rollbacks that restored it, and the entries a rollback undid (``reverted_by``:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from memstate_sql import jsondoc, logentry
@@ -24,6 +25,7 @@ from memstate_sql.errors import (
     FactNotFound,
     RetryUnitOfWork,
     RollbackConflictError,
+    RollbackHorizonError,
     ValidationFailed,
 )
 from memstate_sql.facts import Fact, Operation
@@ -31,7 +33,7 @@ from memstate_sql.hooks import HookSet, Notification
 from memstate_sql.records import FactState, RollbackPlan, TxRecord, singleton_token
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.repository import Repository
-from memstate_sql.timeutil import utcnow
+from memstate_sql.timeutil import format_iso, utcnow
 from memstate_sql.validation import (
     MAX_ROWS,
     check_expiry,
@@ -290,7 +292,17 @@ class Operations:
         check_key("session_id", session_id, required=False)
         if steps <= 0:
             return []
-        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock, exclude_ops=logentry.NOT_UNDOABLE_OPS)
+        entries = repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock, exclude_ops=logentry.NOT_UNDOABLE_OPS)
+        if len(entries) < steps:
+            for record in repo.compaction_records():
+                removed = [d for d in record.discarded or [] if d.get("session_id") == session_id and d.get("removed")]
+                if removed:
+                    raise RollbackHorizonError(
+                        f"rollback of {session_id!r} by {steps} steps needs log entries that compact_log removed "
+                        f"(logged before {removed[0].get('horizon')}); {len(entries)} remain: roll back at most "
+                        f"{len(entries)} steps"
+                    )
+        return entries
 
     def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> RollbackPlan:
         """What `rollback(session_id, steps)` would undo and which later changes it would override."""
@@ -412,6 +424,39 @@ class Operations:
         repo.insert_log(entries)
         self.hooks.deliver([(Operation.DELETE, f.id, f) for f in facts])
         return [f.id for f in facts]
+
+    # ------------------------------------------------------------------ log retention
+
+    def compact(self, repo: Repository, before: datetime, after_seq: int, batch_size: int) -> tuple[int, int | None]:
+        """Remove up to `batch_size` entries logged before `before` (after seq `after_seq`), keeping each
+        existing fact's newest active entry (so the log still accounts for every row and its last change
+        can be rolled back). Writes one COMPACT record naming the horizon and, per session, how many of its
+        active entries went. Returns (entries removed, the last seq examined; None when done)."""
+        entries = repo.compactable(before, after_seq, batch_size)
+        if not entries:
+            return 0, None
+        keep = repo.latest_active_seqs(sorted({e.fact_id for e in entries if e.fact_id}))
+        doomed = [e for e in entries if not (e.fact_id is not None and keep.get(e.fact_id) == e.seq)]
+        removed = repo.delete_entries([e.seq for e in doomed])
+        if removed:
+            horizon = format_iso(before)
+            sessions: dict[str | None, int] = {}
+            for e in doomed:
+                if logentry.is_active(e):
+                    sessions[e.session_id] = sessions.get(e.session_id, 0) + 1
+            record_id = str(uuid.uuid4())
+            repo.append(
+                uuid=record_id,
+                op=Operation.COMPACT.value,
+                session_id=None,
+                fact_id=None,
+                ts=repo.now,
+                reason=f"{removed} log entries logged before {horizon} removed",
+                discarded=[{"horizon": horizon, "session_id": s, "removed": n} for s, n in sessions.items()]
+                or [{"horizon": horizon, "session_id": None, "removed": 0}],
+                reverted_by=record_id,  # outside the active log
+            )
+        return removed, (entries[-1].seq if len(entries) == batch_size else None)
 
     # ------------------------------------------------------------------ constraints over existing rows
 

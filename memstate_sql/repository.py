@@ -312,6 +312,34 @@ class Repository:
             return 0
         return self.conn.execute(delete(self.log).where(self._log_in_ns & self.log.c.uuid.in_(list(uuids)))).rowcount
 
+    def compactable(self, before: datetime, after_seq: int, limit: int) -> list[TxRecord]:
+        """Up to `limit` entries of the namespace logged before `before`, after `after_seq`, in seq order
+        (COMPACT records excluded: they say what compaction removed)."""
+        where = self._log_in_ns & (self.log.c.ts < before) & (self.log.c.op != "COMPACT") & (self.log.c.seq > after_seq)
+        stmt = select(self.log).where(where).order_by(self.log.c.seq).limit(limit)
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def latest_active_seqs(self, fact_ids: Sequence[str]) -> dict[str, int]:
+        """For each of `fact_ids` that exists (expired or not), the seq of its newest active entry."""
+        if not fact_ids:
+            return {}
+        present = select(self.facts.c.id).where(self._in_ns & self.facts.c.id.in_(list(fact_ids)))
+        stmt = (
+            select(self.log.c.fact_id, func.max(self.log.c.seq))
+            .where(self._log_in_ns & self.log.c.reverted_by.is_(None) & self.log.c.fact_id.in_(present))
+            .group_by(self.log.c.fact_id)
+        )
+        return {row[0]: int(row[1]) for row in self.conn.execute(stmt)}
+
+    def delete_entries(self, seqs: Sequence[int]) -> int:
+        if not seqs:
+            return 0
+        return self.conn.execute(delete(self.log).where(self._log_in_ns & self.log.c.seq.in_(list(seqs)))).rowcount
+
+    def compaction_records(self) -> list[TxRecord]:
+        stmt = select(self.log).where(self._log_in_ns & (self.log.c.op == "COMPACT")).order_by(self.log.c.seq)
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
     def count_facts(self) -> int:
         return int(self.conn.execute(select(func.count()).select_from(self.facts).where(self._live())).scalar_one())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -32,6 +33,7 @@ from memstate_sql.validation import (
     MAX_ROWS,
     QuerySpec,
     check_batch,
+    check_expiry,
     check_key,
     check_namespace,
     check_window,
@@ -433,6 +435,29 @@ class SQLStorage:
         return self.sweep_with(
             operations.Operations(HookSet(), self.constraints, self.max_payload_bytes), limit, batch_size
         )
+
+    def compact_log(self, before: datetime | str, *, batch_size: int = 1000) -> int:
+        """Remove this namespace's log entries logged before `before`, in batches of `batch_size` (each one
+        transaction), keeping what the facts and `verify` need: each existing fact's newest active entry.
+        Each batch leaves a COMPACT record (the horizon, and how many entries of each session went); a
+        rollback that would need a removed entry is refused with `RollbackHorizonError`. Returns how many
+        entries were removed. The space goes back to the database's free lists: SQLite reuses it (run
+        ``VACUUM`` to shrink the file), PostgreSQL's autovacuum reclaims the dead rows."""
+        horizon = check_expiry(None, before)
+        if horizon is None:
+            raise ValidationFailed("compact_log needs a horizon (a datetime or an ISO 8601 string)")
+        check_batch(batch_size)
+        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        done, after = 0, 0
+        while True:
+            removed, last = self.transaction(
+                functools.partial(ops.compact, before=horizon, after_seq=after, batch_size=batch_size),
+                name="compact_log",
+            )
+            done += removed
+            if last is None:
+                return done
+            after = last
 
     def sweep_with(self, ops: operations.Operations, limit: int | None, batch_size: int) -> int:
         """`sweep`, telling `ops`' hooks (`MemoryStore.sweep` passes its own)."""

@@ -6,6 +6,7 @@ Every test runs on SQLite, PostgreSQL and MySQL/MariaDB (sync and asyncio where 
 from __future__ import annotations
 
 import multiprocessing
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -247,3 +248,50 @@ def test_offline_sql_of_the_upgrade(db: str, db_url: str, prefix: str, capsys: p
         assert "CONCURRENTLY" not in sql  # a script runs in one transaction
     if db == "mysql":
         assert "ALGORITHM=INPLACE" in sql
+
+
+# ---------------------------------------------------------------------------- log retention
+
+
+def test_compaction_shrinks_the_log_keeps_the_facts_and_refuses_rollbacks_past_it(
+    make_store: Any, db_url: str, prefix: str
+) -> None:
+    store = make_store()
+    old = [store.commit(Fact(type="note", payload={"n": i}), session_id="s") for i in range(6)]
+    for fid in old[:3]:
+        store.update(fid, {"payload": {"n": -1}})
+    store.delete("s", old[5])
+    store.commit(Fact(type="note", payload={"n": 7}), session_id="d")
+    store.discard_session("d")
+    horizon = datetime.now(timezone.utc)
+    time.sleep(0.01)
+    recent = store.commit(Fact(type="note", payload={"n": 8}), session_id="s")
+    facts_before = sorted(store.query(), key=lambda f: f["id"])
+    log_before = len(fetch(db_url, f"SELECT seq FROM {prefix}_tx"))
+    removed = store.storage.compact_log(horizon, batch_size=4)
+    # Removed: the first entries of the 3 updated facts, the deleted fact's 2, the discarded session's 2.
+    assert removed == 7
+    assert len(fetch(db_url, f"SELECT seq FROM {prefix}_tx WHERE op <> 'COMPACT'")) == log_before - removed
+    assert sorted(store.query(), key=lambda f: f["id"]) == facts_before
+    report = ms.verify(db_url, table_prefix=prefix)
+    assert report.ok, report.problems
+    assert store.storage.compact_log(horizon) == 0  # idempotent
+    # The newest operations can still be rolled back; going past the horizon is refused, naming it.
+    assert store.rollback("s", 1) == 1 and store.get(recent) is None
+    with pytest.raises(ms.RollbackHorizonError, match="compact_log removed"):
+        store.rollback("s", 20)
+    assert store.get(old[0])["payload"] == {"n": -1}
+    assert store.rollback("s", 5) == 5  # exactly what remains: three updates, two commits
+    assert [store.get(f)["payload"] for f in old[:3]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    assert store.get(old[3]) is None
+    assert ms.verify(db_url, table_prefix=prefix).ok
+
+
+def test_compaction_stays_in_its_namespace(make_store: Any) -> None:
+    a, b = tenant(make_store, "a"), tenant(make_store, "b")
+    fa, fb = (s.commit(Fact(type="note", payload={"n": 1}), session_id="s") for s in (a, b))
+    a.update(fa, {"payload": {"n": 2}})
+    b.update(fb, {"payload": {"n": 2}})
+    later = datetime.now(timezone.utc) + timedelta(seconds=1)
+    assert a.storage.compact_log(later) == 1
+    assert len(b.storage.history(fb)) == 2 and len(a.storage.history(fa)) == 1
