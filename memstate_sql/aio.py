@@ -162,6 +162,12 @@ class AsyncSQLStorage:
         """Constraints registered by the stores on this storage (`AsyncMemoryStore.register_schema`)."""
         return self.sync_storage.constraints
 
+    async def run_sync(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """Run the sync callable `fn` (which uses `sync_storage`, or a `MemoryStore` on it) inside the greenlet
+        bridge, as `AsyncConnection.run_sync` does: its database I/O goes through the async driver. Work composed
+        of several calls runs in one transaction when `fn` wraps them in ``sync_storage.transaction(...)``."""
+        return await _spawn(fn, *args, **kwargs)
+
     # START GENERATED METHODS AsyncSQLStorage
     # code within this block is **programmatically, statically generated** by tools/generate_async.py
 
@@ -175,6 +181,13 @@ class AsyncSQLStorage:
         the next write (`Operations.apply_constraints`).
         """
         self.sync_storage.register_constraint(typename, constraint)
+
+    def declare_indexed_paths(self, paths: Iterable[IndexedPath | tuple[str, IndexKind]]) -> None:
+        """Declare more payload paths to index, as ``indexed_paths=`` does, on a storage already built (an
+        integration that owns some fact types declares its paths this way). Their indexes are created,
+        idempotently, before the storage's next operation.
+        """
+        self.sync_storage.declare_indexed_paths(paths)
 
     async def load(self, id: str) -> dict[str, Any] | None:
         return await _spawn(self.sync_storage.load, id)

@@ -23,6 +23,7 @@ from memstate_sql.dialects import DialectSupport, engine_for, support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Operation, TxEntry
 from memstate_sql.hooks import HookSet
+from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
@@ -234,6 +235,18 @@ class SQLStorage:
         if self.constraints.get(typename) != constraint:
             self.constraints[typename] = constraint
             self._unapplied.add(typename)
+
+    def declare_indexed_paths(self, paths: Iterable[IndexedPath | tuple[str, IndexKind]]) -> None:
+        """Declare more payload paths to index, as ``indexed_paths=`` does, on a storage already built (an
+        integration that owns some fact types declares its paths this way). Their indexes are created,
+        idempotently, before the storage's next operation."""
+        merged = indexes.declare([*self.indexed_paths, *indexes.declare(paths)])
+        if merged == self.indexed_paths:
+            return
+        self.indexed_paths = merged
+        self.indexed = indexes.lookup(merged)
+        self.schema_gate.indexed_paths = merged
+        self.schema_gate.ready = False  # the next operation prepares the schema again: creates the new indexes
 
     def _apply_constraints(self) -> None:
         types = sorted(self._unapplied)

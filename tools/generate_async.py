@@ -109,6 +109,7 @@ FACADES: tuple[Facade, ...] = (
             "register_constraint": sync(),
             "sweep_with": skip("takes the store's operations: reached through the sync store"),
             "for_namespace": skip("returns a facade, not a coroutine: written by hand in aio.py"),
+            "declare_indexed_paths": sync(),
             "iter_query": aiter("batch_size"),
             "close": custom("if self._owns:\n    await self.engine.dispose()"),
             "__enter__": custom("return self", name="__aenter__"),
