@@ -231,7 +231,7 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
     class TxRow(TxColumns, Base):
         __tablename__ = log
         __table_args__ = (
-            UniqueConstraint("uuid", name=f"uq_{log}_uuid"),
+            UniqueConstraint("namespace", "uuid", name=f"uq_{log}_uuid"),
             Index(f"ix_{log}_ns_session_seq", "namespace", "session_id", "seq"),
             Index(f"ix_{log}_ns_fact_id", "namespace", "fact_id"),
         )

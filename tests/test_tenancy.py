@@ -295,3 +295,40 @@ def test_compaction_stays_in_its_namespace(make_store: Any) -> None:
     later = datetime.now(timezone.utc) + timedelta(seconds=1)
     assert a.storage.compact_log(later) == 1
     assert len(b.storage.history(fb)) == 2 and len(a.storage.history(fa)) == 1
+
+
+# ---------------------------------------------------------------------------- the command line
+
+
+def test_cli_namespace_sweep_prune_log_and_export(
+    capsys: pytest.CaptureFixture[str], db_url: str, prefix: str, tmp_path: Any
+) -> None:
+    from tests.cli_support import cli
+
+    target = ["--url", db_url, "--prefix", prefix]
+    with ms.SQLStorage(db_url, table_prefix=prefix, namespace="t1") as storage:
+        store = ms.MemoryStore(storage)
+        keep = store.commit(Fact(type="note", payload={"n": 1}), session_id="s")
+        store.update(keep, {"payload": {"n": 2}})
+        store.commit(Fact(type="note", payload={"n": 3}), expires_at=PAST)
+        ms.MemoryStore(storage.for_namespace(None)).commit(Fact(id="d", type="note", payload={}))
+    listed = cli(capsys, "facts", *target, "--namespace", "t1", "--json")
+    assert listed.code == 0, listed.err and [f["id"] for f in listed.json()] == [keep]
+    assert [f["id"] for f in cli(capsys, "facts", *target, "--json").json()] == ["d"]
+    swept = cli(capsys, "sweep", *target, "--namespace", "t1", "--json")
+    assert swept.code == 0 and swept.json()["swept"] == 1
+    assert cli(capsys, "sweep", *target, "--json").json()["swept"] == 0
+    later = (datetime.now(timezone.utc) + timedelta(seconds=5)).isoformat()
+    pruned = cli(capsys, "prune-log", *target, "--namespace", "t1", "--before", later, "--yes", "--json")
+    assert pruned.code == 0, pruned.err
+    assert pruned.json()["removed"] == 3  # the commit before the update; the swept fact's commit and EXPIRE
+    bad = cli(capsys, "prune-log", *target, "--before", "yesterday", "--yes")
+    assert bad.code == 2 and "ISO 8601" in bad.err
+    out = tmp_path / "t1.jsonl"
+    assert cli(capsys, "export", *target, "--namespace", "t1", "-o", str(out)).code == 0
+    assert '"d"' not in out.read_text() and keep in out.read_text()
+    moved = cli(capsys, "import", *target, "--namespace", "t2", str(out), "--json")
+    assert moved.code == 0, moved.err
+    with ms.SQLStorage(db_url, table_prefix=prefix, namespace="t2") as storage:
+        assert storage.load(keep)["payload"] == {"n": 2}
+    assert ms.verify(db_url, table_prefix=prefix).ok

@@ -38,7 +38,7 @@ from alembic import op
 
 from memstate_sql.errors import SchemaVersionError
 from memstate_sql.migrations import target
-from memstate_sql.models import JSONDocument, KeyString, UTCDateTime
+from memstate_sql.models import JSONDocument, KeyString, SeqType, UTCDateTime
 
 revision: str = "ms_0002_namespaces_expiry"
 down_revision: str | Sequence[str] | None = "ms_0001_initial"
@@ -141,6 +141,7 @@ def upgrade() -> None:
                 _pg_index(f"ix_{facts}_{suffix}", facts, cols, schema, unique=False)
             for suffix, cols in LOG_INDEXES_V2.items():
                 _pg_index(f"ix_{log}_{suffix}", log, cols, schema, unique=False)
+            _pg_index(f"uq_{log}_ns_uuid", log, ["namespace", "uuid"], schema, unique=True)
         # One short transaction: the constraints move onto the indexes built above.
         quote = op.get_context().dialect.identifier_preparer.quote
         if _primary_key(facts, schema) != ["namespace", "id"]:
@@ -153,6 +154,11 @@ def upgrade() -> None:
                 f"ALTER TABLE {_qualified(facts, schema)} DROP CONSTRAINT {quote(f'uq_{facts}_singleton')}, "
                 f"ADD CONSTRAINT {quote(f'uq_{facts}_singleton')} UNIQUE USING INDEX "
                 f"{quote(f'uq_{facts}_ns_singleton')}"
+            )
+        if _unique_columns(log, f"uq_{log}_uuid", schema) == ["uuid"]:
+            op.execute(
+                f"ALTER TABLE {_qualified(log, schema)} DROP CONSTRAINT {quote(f'uq_{log}_uuid')}, "
+                f"ADD CONSTRAINT {quote(f'uq_{log}_uuid')} UNIQUE USING INDEX {quote(f'uq_{log}_ns_uuid')}"
             )
         with ctx.autocommit_block():
             for suffix in FACT_INDEXES_V1:
@@ -173,6 +179,8 @@ def _upgrade_postgresql_in_transaction(facts: str, log: str, schema: str | None)
     op.create_primary_key(f"{facts}_pkey", facts, ["namespace", "id"], schema=schema)
     op.drop_constraint(f"uq_{facts}_singleton", facts, type_="unique", schema=schema)
     op.create_unique_constraint(f"uq_{facts}_singleton", facts, ["namespace", "type", "singleton"], schema=schema)
+    op.drop_constraint(f"uq_{log}_uuid", log, type_="unique", schema=schema)
+    op.create_unique_constraint(f"uq_{log}_uuid", log, ["namespace", "uuid"], schema=schema)
     for table, old, new in ((facts, FACT_INDEXES_V1, FACT_INDEXES_V2), (log, LOG_INDEXES_V1, LOG_INDEXES_V2)):
         for suffix, cols in new.items():
             op.create_index(f"ix_{table}_{suffix}", table, cols, schema=schema)
@@ -198,6 +206,8 @@ def _upgrade_mysql(facts: str, log: str, schema: str | None) -> None:
         clauses = [
             *(f"ADD INDEX {quote(f'ix_{log}_{s}')} ({', '.join(c)})" for s, c in LOG_INDEXES_V2.items()),
             *(f"DROP INDEX {quote(f'ix_{log}_{s}')}" for s in LOG_INDEXES_V1),
+            f"DROP INDEX {quote(f'uq_{log}_uuid')}",
+            f"ADD UNIQUE INDEX {quote(f'uq_{log}_uuid')} (namespace, uuid)",
         ]
         op.execute(f"ALTER TABLE {_qualified(log, schema)} {', '.join(clauses)}, ALGORITHM=INPLACE, LOCK=NONE")
 
@@ -209,11 +219,51 @@ def _upgrade_sqlite(facts: str, log: str, schema: str | None) -> None:
     _rebuild_sqlite(facts, schema, _v2_facts, f"INSERT INTO {{new}} ({columns}, namespace) SELECT {columns}, ''")
     for suffix, cols in FACT_INDEXES_V2.items():
         op.create_index(f"ix_{facts}_{suffix}", facts, cols, schema=schema)
-    op.add_column(log, sa.Column("namespace", KeyString(), nullable=False, server_default=""), schema=schema)
-    for suffix in LOG_INDEXES_V1:
-        op.drop_index(f"ix_{log}_{suffix}", table_name=log, schema=schema)
+    _rebuild_sqlite(log, schema, _v2_log, f"INSERT INTO {{new}} ({LOG_COLUMNS}, namespace) SELECT {LOG_COLUMNS}, ''")
     for suffix, cols in LOG_INDEXES_V2.items():
         op.create_index(f"ix_{log}_{suffix}", log, cols, schema=schema)
+
+
+LOG_COLUMNS = "seq, uuid, op, session_id, fact_id, actor, reason, ts, fact_before, fact_after, discarded, reverted_by"
+
+
+def _log_columns() -> list[sa.Column[Any]]:
+    return [
+        sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+        sa.Column("uuid", sa.String(36), nullable=False),
+        sa.Column("op", sa.String(32), nullable=False),
+        sa.Column("session_id", KeyString(), nullable=True),
+        sa.Column("fact_id", KeyString(), nullable=True),
+        sa.Column("actor", KeyString(), nullable=True),
+        sa.Column("reason", sa.Text(), nullable=True),
+        sa.Column("ts", UTCDateTime(), nullable=False),
+        sa.Column("fact_before", JSONDocument(), nullable=True),
+        sa.Column("fact_after", JSONDocument(), nullable=True),
+        sa.Column("discarded", JSONDocument(), nullable=True),
+        sa.Column("reverted_by", sa.String(36), nullable=True),
+    ]
+
+
+def _v2_log(log: str) -> list[Any]:
+    return [
+        *_log_columns(),
+        sa.Column("namespace", KeyString(), nullable=False, server_default=""),
+        sa.UniqueConstraint("namespace", "uuid", name=f"uq_{log}_uuid"),
+    ]
+
+
+def _v1_log(log: str) -> list[Any]:
+    return [*_log_columns(), sa.UniqueConstraint("uuid", name=f"uq_{log}_uuid")]
+
+
+def _unique_columns(table: str, name: str, schema: str | None) -> list[str]:
+    insp = _inspector()
+    if insp is None:
+        return []
+    for unique in insp.get_unique_constraints(table, schema=schema):
+        if unique["name"] == name:
+            return list(unique["column_names"])
+    return []
 
 
 def _rebuild_sqlite(facts: str, schema: str | None, build: Any, copy: str) -> None:
@@ -316,6 +366,13 @@ def downgrade() -> None:
             "DROP COLUMN namespace",
         ]
         op.execute(f"ALTER TABLE {_qualified(facts, schema)} {', '.join(clauses)}")
+    if _dialect() == "sqlite":
+        _rebuild_sqlite(log, schema, _v1_log, f"INSERT INTO {{new}} ({LOG_COLUMNS}) SELECT {LOG_COLUMNS}")
+        for suffix, cols in LOG_INDEXES_V1.items():
+            op.create_index(f"ix_{log}_{suffix}", log, cols, schema=schema)
+        return
+    op.drop_constraint(f"uq_{log}_uuid", log, type_="unique", schema=schema)
+    op.create_unique_constraint(f"uq_{log}_uuid", log, ["uuid"], schema=schema)
     for suffix, cols in LOG_INDEXES_V1.items():
         op.create_index(f"ix_{log}_{suffix}", log, cols, schema=schema)
     for suffix in LOG_INDEXES_V2:
