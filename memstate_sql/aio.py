@@ -277,15 +277,16 @@ class AsyncSQLStorage:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000) -> int:
+    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
         """Delete this namespace's expired facts, at most `limit` (None: all there are now), in batches
         of `batch_size`, each batch one transaction with its EXPIRE log entries; returns how many.
 
         Expired facts are invisible to every reader whether swept or not; sweeping reclaims their rows.
         Sweepers in several processes may run at once: each fact is deleted once (rows another sweeper
-        holds are skipped).
+        holds are skipped). `exclusive`: do nothing (return 0) while another process's exclusive sweep of
+        this namespace runs (the background sweepers of `memstate_sql.sweeper` use it).
         """
-        return await _spawn(self.sync_storage.sweep, limit, batch_size=batch_size)
+        return await _spawn(self.sync_storage.sweep, limit, batch_size=batch_size, exclusive=exclusive)
 
     async def compact_log(self, before: datetime | str, *, batch_size: int = 1000) -> int:
         """Remove this namespace's log entries logged before `before`, in batches of `batch_size` (each one
@@ -459,11 +460,11 @@ class AsyncMemoryStore:
         """Dry run of `rollback`: the entries it would undo, the changes, the conflicts; changes nothing."""
         return await _spawn(self.sync_store.plan_rollback, session_id, steps)
 
-    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000) -> int:
+    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
         """`SQLStorage.sweep` with this store's hooks told DELETE for each swept fact (so an external
         index drops it); returns how many facts were deleted.
         """
-        return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size)
+        return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size, exclusive=exclusive)
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         return await _spawn(self.sync_store.get, fact_id)

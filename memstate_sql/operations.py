@@ -397,9 +397,15 @@ class Operations:
 
     # ------------------------------------------------------------------ expiry
 
-    def sweep(self, repo: Repository, batch_size: int) -> list[str]:
+    def sweep(self, repo: Repository, batch_size: int, exclusive: str | None = None) -> list[str] | None:
         """Delete up to `batch_size` expired facts of the namespace, each with its EXPIRE log entry;
-        hooks are told DELETE (memstate's hooks drop a fact's vectors on DELETE). Returns their ids."""
+        hooks are told DELETE (memstate's hooks drop a fact's vectors on DELETE). Returns their ids.
+
+        `exclusive`: the name of a lock only one sweeper in all processes may hold; when another holds
+        it, nothing is done and None is returned (the background sweeper's "one at a time")."""
+        if exclusive is not None:
+            with repo.dialect.try_exclusive(repo.conn, exclusive) as mine:
+                return self.sweep(repo, batch_size) if mine else None
         facts = repo.expired(batch_size)
         if not facts:
             return []

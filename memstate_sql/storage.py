@@ -437,16 +437,20 @@ class SQLStorage:
 
     # ------------------------------------------------------------------ extensions
 
-    def sweep(self, limit: int | None = None, *, batch_size: int = 1000) -> int:
+    def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
         """Delete this namespace's expired facts, at most `limit` (None: all there are now), in batches
         of `batch_size`, each batch one transaction with its EXPIRE log entries; returns how many.
 
         Expired facts are invisible to every reader whether swept or not; sweeping reclaims their rows.
         Sweepers in several processes may run at once: each fact is deleted once (rows another sweeper
-        holds are skipped).
+        holds are skipped). `exclusive`: do nothing (return 0) while another process's exclusive sweep of
+        this namespace runs (the background sweepers of `memstate_sql.sweeper` use it).
         """
         return self.sweep_with(
-            operations.Operations(HookSet(), self.constraints, self.max_payload_bytes), limit, batch_size
+            operations.Operations(HookSet(), self.constraints, self.max_payload_bytes),
+            limit,
+            batch_size,
+            exclusive=exclusive,
         )
 
     def compact_log(self, before: datetime | str, *, batch_size: int = 1000) -> int:
@@ -472,15 +476,21 @@ class SQLStorage:
                 return done
             after = last
 
-    def sweep_with(self, ops: operations.Operations, limit: int | None, batch_size: int) -> int:
-        """`sweep`, telling `ops`' hooks (`MemoryStore.sweep` passes its own)."""
+    def sweep_with(
+        self, ops: operations.Operations, limit: int | None, batch_size: int, *, exclusive: bool = False
+    ) -> int:
+        """`sweep`, telling `ops`' hooks (`MemoryStore.sweep` passes its own). `exclusive`: skip the batch
+        when another process's exclusive sweeper is at work on this namespace (`memstate_sql.sweeper`)."""
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
             raise ValidationFailed("limit must be None or a non-negative integer")
         check_batch(batch_size)
         done = 0
         while limit is None or done < limit:
             size = batch_size if limit is None else min(batch_size, limit - done)
-            swept = self.transaction(functools.partial(ops.sweep, batch_size=size), name="sweep")
+            lock = f"{self.table_prefix}_sweep_{self.namespace}" if exclusive else None
+            swept = self.transaction(functools.partial(ops.sweep, batch_size=size, exclusive=lock), name="sweep")
+            if swept is None:  # another process is sweeping
+                break
             done += len(swept)
             if len(swept) < size:
                 break

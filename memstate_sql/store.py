@@ -212,10 +212,10 @@ class MemoryStore:
             session_id=session_id,
         )
 
-    def sweep(self, limit: int | None = None, *, batch_size: int = 1000) -> int:
+    def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
         """`SQLStorage.sweep` with this store's hooks told DELETE for each swept fact (so an external
         index drops it); returns how many facts were deleted."""
-        return self.storage.sweep_with(self._ops, limit, batch_size)
+        return self.storage.sweep_with(self._ops, limit, batch_size, exclusive=exclusive)
 
     # ------------------------------------------------------------------ reads
 

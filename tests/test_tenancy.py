@@ -332,3 +332,46 @@ def test_cli_namespace_sweep_prune_log_and_export(
     with ms.SQLStorage(db_url, table_prefix=prefix, namespace="t2") as storage:
         assert storage.load(keep)["payload"] == {"n": 2}
     assert ms.verify(db_url, table_prefix=prefix).ok
+
+
+# ---------------------------------------------------------------------------- background sweepers
+
+
+def test_background_sweeper_sweeps_until_stopped(make_store: Any, mode: str) -> None:
+    hook = Recorder()
+    store = make_store([hook])
+    fid = store.commit(Fact(type="note", payload={}), expires_at=PAST)
+    if mode == "sync":
+        with ms.Sweeper(store, interval=0.05) as sweeper:
+            deadline = time.monotonic() + 20
+            while sweeper.swept < 1 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert not sweeper.running and sweeper.swept == 1
+    else:
+        import asyncio
+
+        target = store._target  # the AsyncMemoryStore behind the test's blocking wrapper
+
+        async def run() -> int:
+            async with ms.AsyncSweeper(target, interval=0.05) as sweeper:
+                deadline = time.monotonic() + 20
+                while sweeper.swept < 1 and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)
+            return sweeper.swept
+
+        assert store._loop.run_until_complete(run()) == 1
+    assert (Operation.DELETE, fid) in hook.calls
+    with pytest.raises(ValidationFailed):
+        ms.Sweeper(store, interval=0)
+
+
+def test_an_exclusive_sweep_skips_while_another_holds_the_lock(db: str, db_url: str, prefix: str) -> None:
+    if db == "sqlite":
+        pytest.skip("SQLite serialises writers: a second sweeper waits for the file lock instead")
+    with ms.SQLStorage(db_url, table_prefix=prefix) as storage:
+        ms.MemoryStore(storage).commit(Fact(type="note", payload={}), expires_at=PAST)
+        name = f"{prefix}_sweep_"
+        with storage.engine.connect() as conn, conn.begin(), storage.dialect.try_exclusive(conn, name) as mine:
+            assert mine
+            assert storage.sweep(exclusive=True) == 0  # another "process" holds it
+            assert storage.sweep() == 1  # a plain sweep does not wait for it
