@@ -195,6 +195,7 @@ def payload_gin_index(facts: str) -> Index:
         "payload",
         postgresql_using="gin",
         postgresql_ops={"payload": "jsonb_path_ops"},
+        postgresql_with={"fastupdate": "off"},
         info={"dialects": ("postgresql",)},
     )
     return index.ddl_if(dialect="postgresql")

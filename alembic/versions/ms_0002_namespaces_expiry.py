@@ -11,7 +11,9 @@ the default namespace (``''``) and keep their ids, order and history.
   (NULL: never); the primary key becomes ``(namespace, id)``, the singleton key is
   unique per ``(namespace, type)``, every index leads with the namespace, and
   ``(namespace, expires_at)`` serves sweeping.
-* ``<prefix>_tx``: ``namespace``; its indexes lead with it.
+* ``<prefix>_tx``: ``namespace``; its indexes lead with it, and log uuids are unique per namespace.
+* PostgreSQL: the payload GIN index loses its pending list (``fastupdate = off``), so the planner
+  prices it by the index itself.
 
 Large tables on PostgreSQL: the column additions are metadata-only (a constant
 default), the new unique and plain indexes are built ``CONCURRENTLY`` outside a
@@ -160,6 +162,7 @@ def upgrade() -> None:
                 f"ALTER TABLE {_qualified(log, schema)} DROP CONSTRAINT {quote(f'uq_{log}_uuid')}, "
                 f"ADD CONSTRAINT {quote(f'uq_{log}_uuid')} UNIQUE USING INDEX {quote(f'uq_{log}_ns_uuid')}"
             )
+        _gin_without_pending_list(facts, schema)
         with ctx.autocommit_block():
             for suffix in FACT_INDEXES_V1:
                 op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(f'ix_{facts}_{suffix}', schema)}")
@@ -173,8 +176,16 @@ def upgrade() -> None:
         _upgrade_mysql(facts, log, schema)
 
 
+def _gin_without_pending_list(facts: str, schema: str | None) -> None:
+    """PostgreSQL: the payload GIN index without a pending list (``fastupdate = off``). With one, the
+    planner prices the index by its unmerged list and prefers a scan of a namespace index after a bulk
+    load until autovacuum runs; without it, every write updates the index directly (a little dearer)."""
+    op.execute(f"ALTER INDEX {_qualified(f'ix_{facts}_payload_gin', schema)} SET (fastupdate = off)")
+
+
 def _upgrade_postgresql_in_transaction(facts: str, log: str, schema: str | None) -> None:
     """Offline scripts and host transactions: the plain forms, atomic in one transaction."""
+    _gin_without_pending_list(facts, schema)
     op.drop_constraint(f"{facts}_pkey", facts, type_="primary", schema=schema)
     op.create_primary_key(f"{facts}_pkey", facts, ["namespace", "id"], schema=schema)
     op.drop_constraint(f"uq_{facts}_singleton", facts, type_="unique", schema=schema)
@@ -343,6 +354,7 @@ def downgrade() -> None:
         for suffix, cols in FACT_INDEXES_V1.items():
             op.create_index(f"ix_{facts}_{suffix}", facts, cols, schema=schema)
     elif _dialect() == "postgresql":
+        op.execute(f"ALTER INDEX {_qualified(f'ix_{facts}_payload_gin', schema)} RESET (fastupdate)")
         op.drop_constraint(f"{facts}_pkey", facts, type_="primary", schema=schema)
         op.create_primary_key(f"{facts}_pkey", facts, ["id"], schema=schema)
         op.drop_constraint(f"uq_{facts}_singleton", facts, type_="unique", schema=schema)
