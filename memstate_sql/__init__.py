@@ -16,6 +16,7 @@ from memstate_sql.errors import (
     MemoryStoreError,
     MigrationLockTimeout,
     RollbackConflictError,
+    RollbackHorizonError,
     SchemaVersionError,
     StorageError,
     TransientStorageError,
@@ -30,6 +31,7 @@ from memstate_sql.records import RollbackAction, RollbackConflict, RollbackPlan
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
+from memstate_sql.sweeper import AsyncSweeper, Sweeper
 from memstate_sql.verify import VerifyReport, verify
 
 __all__ = [
@@ -38,6 +40,7 @@ __all__ = [
     "AsyncMemoryHook",
     "AsyncMemoryStore",
     "AsyncSQLStorage",
+    "AsyncSweeper",
     "ConflictError",
     "ConnectionLost",
     "Constraint",
@@ -53,6 +56,7 @@ __all__ = [
     "RollbackAction",
     "RollbackConflict",
     "RollbackConflictError",
+    "RollbackHorizonError",
     "RollbackPlan",
     "SQLStorage",
     "SchemaRegistry",
@@ -60,6 +64,7 @@ __all__ = [
     "ScoredFact",
     "SearchResult",
     "StorageError",
+    "Sweeper",
     "TransientStorageError",
     "TxEntry",
     "ValidationFailed",

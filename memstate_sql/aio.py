@@ -40,6 +40,7 @@ from memstate_sql.store import MemoryStore
 # code within this block is **programmatically, statically generated** by tools/generate_async.py
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from datetime import datetime, timedelta
 
     from pydantic import BaseModel
 
@@ -108,6 +109,7 @@ class AsyncSQLStorage:
         self,
         url_or_async_engine: str | URL | AsyncEngine | AsyncConnection | AsyncSession,
         *,
+        namespace: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         auto_migrate: bool = True,
@@ -139,6 +141,7 @@ class AsyncSQLStorage:
         self.sync_storage = SQLStorage.bridged(
             self.engine.sync_engine,
             bound=bound,
+            namespace=namespace,
             table_prefix=table_prefix,
             schema=schema,
             auto_migrate=auto_migrate,
@@ -146,6 +149,13 @@ class AsyncSQLStorage:
             max_payload_bytes=max_payload_bytes,
             indexed_paths=indexed_paths,
         )
+
+    def for_namespace(self, namespace: str | None) -> AsyncSQLStorage:
+        """A storage for another namespace on the same engine and tables (`SQLStorage.for_namespace`)."""
+        sibling = AsyncSQLStorage.__new__(AsyncSQLStorage)
+        sibling.engine, sibling._owns = self.engine, False
+        sibling.sync_storage = self.sync_storage.for_namespace(namespace)
+        return sibling
 
     @property
     def constraints(self) -> dict[str, Constraint]:
@@ -258,7 +268,7 @@ class AsyncSQLStorage:
             await self.engine.dispose()
 
     async def verify(self) -> VerifyReport:
-        """`memstate_sql.verify` over this storage's tables, through its own engine."""
+        """`memstate_sql.verify` over this storage's namespace, through its own engine."""
         return await _spawn(self.sync_storage.verify)
 
     async def __aenter__(self) -> AsyncSQLStorage:
@@ -266,6 +276,27 @@ class AsyncSQLStorage:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
+
+    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
+        """Delete this namespace's expired facts, at most `limit` (None: all there are now), in batches
+        of `batch_size`, each batch one transaction with its EXPIRE log entries; returns how many.
+
+        Expired facts are invisible to every reader whether swept or not; sweeping reclaims their rows.
+        Sweepers in several processes may run at once: each fact is deleted once (rows another sweeper
+        holds are skipped). `exclusive`: do nothing (return 0) while another process's exclusive sweep of
+        this namespace runs (the background sweepers of `memstate_sql.sweeper` use it).
+        """
+        return await _spawn(self.sync_storage.sweep, limit, batch_size=batch_size, exclusive=exclusive)
+
+    async def compact_log(self, before: datetime | str, *, batch_size: int = 1000) -> int:
+        """Remove this namespace's log entries logged before `before`, in batches of `batch_size` (each one
+        transaction), keeping what the facts and `verify` need: each existing fact's newest active entry.
+        Each batch leaves a COMPACT record (the horizon, and how many entries of each session went); a
+        rollback that would need a removed entry is refused with `RollbackHorizonError`. Returns how many
+        entries were removed. The space goes back to the database's free lists: SQLite reuses it (run
+        ``VACUUM`` to shrink the file), PostgreSQL's autovacuum reclaims the dead rows.
+        """
+        return await _spawn(self.sync_storage.compact_log, before, batch_size=batch_size)
 
     async def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every log entry that changed one fact, oldest first: its own entries, the session discard that
@@ -317,9 +348,19 @@ class AsyncMemoryStore:
         ephemeral: bool = False,
         actor: str | None = None,
         reason: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | str | None = None,
     ) -> str:
-        """Validate and store `fact` (an update when its id or singleton key exists); returns its id."""
-        return await _spawn(self.sync_store.commit, fact, session_id, ephemeral, actor, reason)
+        """Validate and store `fact` (an update when its id or singleton key exists); returns its id.
+
+        `ttl` (seconds or a timedelta) or `expires_at` (an instant) make the fact expire: from then on
+        no reader returns it, and `SQLStorage.sweep` deletes it. Without either, the type's
+        `Constraint(ttl=...)` applies, if any; an update keeps the fact's expiry.
+        """
+        return await _spawn(
+            self.sync_store.commit, fact, session_id, ephemeral, actor, reason, ttl=ttl, expires_at=expires_at
+        )
 
     async def commit_model(
         self,
@@ -330,9 +371,23 @@ class AsyncMemoryStore:
         ephemeral: bool = False,
         actor: str | None = None,
         reason: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | str | None = None,
     ) -> str:
-        """Commit a registered pydantic model instance as a fact of its type."""
-        return await _spawn(self.sync_store.commit_model, model, fact_id, source, session_id, ephemeral, actor, reason)
+        """Commit a registered pydantic model instance as a fact of its type (`ttl`/`expires_at` as in `commit`)."""
+        return await _spawn(
+            self.sync_store.commit_model,
+            model,
+            fact_id,
+            source,
+            session_id,
+            ephemeral,
+            actor,
+            reason,
+            ttl=ttl,
+            expires_at=expires_at,
+        )
 
     async def update(
         self,
@@ -404,6 +459,12 @@ class AsyncMemoryStore:
     async def plan_rollback(self, session_id: str | None, steps: int = 1) -> RollbackPlan:
         """Dry run of `rollback`: the entries it would undo, the changes, the conflicts; changes nothing."""
         return await _spawn(self.sync_store.plan_rollback, session_id, steps)
+
+    async def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
+        """`SQLStorage.sweep` with this store's hooks told DELETE for each swept fact (so an external
+        index drops it); returns how many facts were deleted.
+        """
+        return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size, exclusive=exclusive)
 
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         return await _spawn(self.sync_store.get, fact_id)

@@ -63,6 +63,10 @@ class RollbackConflictError(ConflictError):
         self.plan = plan
 
 
+class RollbackHorizonError(ConflictError):
+    """A rollback would need log entries that `compact_log` removed; nothing was changed."""
+
+
 class ConnectionLost(StorageError):
     """The database could not be reached, or the connection broke during the operation.
 

@@ -27,6 +27,10 @@ class Operation(str, Enum):
     DELETE = "DELETE"
     PROMOTE = "PROMOTE"
     DISCARD_SESSION = "DISCARD_SESSION"
+    EXPIRE = "EXPIRE"
+    """A sweep deleted expired facts (`SQLStorage.sweep`); hooks are told once per fact."""
+    COMPACT = "COMPACT"
+    """The record of a log compaction (`SQLStorage.compact_log`): its horizon and what it removed."""
     ROLLBACK = "ROLLBACK"
     """The audit record of a rollback (`SQLStorage.history`); never part of `get_tx_log`."""
 

@@ -6,8 +6,10 @@ the facts table), `history` (which entries touched a fact) and the CLI.
 
 Kinds of entries (`Operation`):
 
-* single-fact entries (COMMIT, COMMIT_EPHEMERAL, UPDATE, PROMOTE, DELETE) name
-  their fact in ``fact_id`` and carry its images before and after;
+* single-fact entries (COMMIT, COMMIT_EPHEMERAL, UPDATE, PROMOTE, DELETE, EXPIRE)
+  name their fact in ``fact_id`` and carry its images before and after; EXPIRE
+  (written by a sweep, without a session, for a fact whose expiry had passed)
+  removes it like DELETE, and no rollback undoes it (`NOT_UNDOABLE_OPS`);
 * DISCARD_SESSION deletes every fact listed (as documents) in ``discarded``;
 * ROLLBACK is the audit record of one rollback: its ``uuid`` is the id that the
   undone entries carry in ``reverted_by``, it names who and why, and lists each
@@ -37,10 +39,21 @@ from memstate_sql.timeutil import canonical_iso
 #: Entries that change exactly the fact named in ``fact_id``.
 SINGLE_FACT_OPS = frozenset(
     op.value
-    for op in (Operation.COMMIT, Operation.COMMIT_EPHEMERAL, Operation.UPDATE, Operation.PROMOTE, Operation.DELETE)
+    for op in (
+        Operation.COMMIT,
+        Operation.COMMIT_EPHEMERAL,
+        Operation.UPDATE,
+        Operation.PROMOTE,
+        Operation.DELETE,
+        Operation.EXPIRE,
+    )
 )
+#: Single-fact entries after which the fact is gone.
+REMOVING_OPS = frozenset({Operation.DELETE.value, Operation.EXPIRE.value})
 #: Entries that list the facts they changed in their document list.
 MULTI_FACT_OPS = frozenset({Operation.DISCARD_SESSION.value, Operation.ROLLBACK.value})
+#: Entries a session rollback never undoes: a sweep deleted facts that had expired anyway.
+NOT_UNDOABLE_OPS = frozenset({Operation.EXPIRE.value})
 
 
 @dataclass(frozen=True)
@@ -63,7 +76,7 @@ def effects(entry: TxRecord, state: Mapping[str, Mapping[str, Any] | None] | Non
     if entry.op in SINGLE_FACT_OPS:
         if not entry.fact_id:
             return []
-        if entry.op == Operation.DELETE.value:
+        if entry.op in REMOVING_OPS:
             return [Effect(entry.fact_id, entry.fact_before, None)]
         return [Effect(entry.fact_id, entry.fact_before, entry.fact_after, entry.fact_after is not None)]
     docs: list[Mapping[str, Any]] = [

@@ -479,6 +479,7 @@ def _run_online(conn: Connection, tgt: Target, timeout: float, guard: bool) -> N
             include_object=filters.include_object,
             render_as_batch=support.batch_alter,
             transaction_per_migration=True,
+            memstate_external_transaction=external,
             compare_type=True,
             compare_server_default=False,
         )

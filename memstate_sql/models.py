@@ -122,6 +122,8 @@ SeqType = BigInteger().with_variant(Integer(), "sqlite")
 class FactColumns:
     """Columns of the facts table. The envelope is real, indexed columns; the payload is JSON."""
 
+    #: The tenant the fact belongs to ('' is the default namespace); ids are unique per namespace.
+    namespace: Mapped[str] = mapped_column(KeyString(), primary_key=True, server_default="")
     id: Mapped[str] = mapped_column(KeyString(), primary_key=True)
     type: Mapped[str] = mapped_column(KeyString())
     session_id: Mapped[str | None] = mapped_column(KeyString())
@@ -135,12 +137,15 @@ class FactColumns:
     immutable: Mapped[bool] = mapped_column(Boolean(create_constraint=False), default=False)
     #: Canonical JSON of the singleton key's value (or its digest when long); unique per type.
     singleton: Mapped[str | None] = mapped_column(KeyString())
+    #: When the fact stops existing for every reader (NULL: never); `sweep` deletes it afterwards.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class TxColumns:
     """Columns of the transaction log."""
 
     seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(KeyString(), server_default="")
     uuid: Mapped[str] = mapped_column(String(36))
     op: Mapped[str] = mapped_column(String(32))
     session_id: Mapped[str | None] = mapped_column(KeyString())
@@ -190,6 +195,7 @@ def payload_gin_index(facts: str) -> Index:
         "payload",
         postgresql_using="gin",
         postgresql_ops={"payload": "jsonb_path_ops"},
+        postgresql_with={"fastupdate": "off"},
         info={"dialects": ("postgresql",)},
     )
     return index.ddl_if(dialect="postgresql")
@@ -213,11 +219,12 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
     class FactRow(FactColumns, Base):
         __tablename__ = facts
         __table_args__ = (
-            UniqueConstraint("type", "singleton", name=f"uq_{facts}_singleton"),
-            Index(f"ix_{facts}_type", "type"),
-            Index(f"ix_{facts}_session_id", "session_id"),
-            Index(f"ix_{facts}_source", "source"),
-            Index(f"ix_{facts}_ts", "ts"),
+            UniqueConstraint("namespace", "type", "singleton", name=f"uq_{facts}_singleton"),
+            Index(f"ix_{facts}_ns_type", "namespace", "type"),
+            Index(f"ix_{facts}_ns_session_id", "namespace", "session_id"),
+            Index(f"ix_{facts}_ns_source", "namespace", "source"),
+            Index(f"ix_{facts}_ns_ts", "namespace", "ts"),
+            Index(f"ix_{facts}_ns_expires_at", "namespace", "expires_at"),
             CheckConstraint("version >= 1", name=f"ck_{facts}_version"),
             payload_gin_index(facts),
         )
@@ -225,9 +232,9 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
     class TxRow(TxColumns, Base):
         __tablename__ = log
         __table_args__ = (
-            UniqueConstraint("uuid", name=f"uq_{log}_uuid"),
-            Index(f"ix_{log}_session_seq", "session_id", "seq"),
-            Index(f"ix_{log}_fact_id", "fact_id"),
+            UniqueConstraint("namespace", "uuid", name=f"uq_{log}_uuid"),
+            Index(f"ix_{log}_ns_session_seq", "namespace", "session_id", "seq"),
+            Index(f"ix_{log}_ns_fact_id", "namespace", "fact_id"),
         )
 
     return Models(prefix=prefix, schema=schema, metadata=Base.metadata, Fact=FactRow, Tx=TxRow)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from memstate_sql import jsondoc, logentry
@@ -24,6 +25,7 @@ from memstate_sql.errors import (
     FactNotFound,
     RetryUnitOfWork,
     RollbackConflictError,
+    RollbackHorizonError,
     ValidationFailed,
 )
 from memstate_sql.facts import Fact, Operation
@@ -31,9 +33,10 @@ from memstate_sql.hooks import HookSet, Notification
 from memstate_sql.records import FactState, RollbackPlan, TxRecord, singleton_token
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.repository import Repository
-from memstate_sql.timeutil import utcnow
+from memstate_sql.timeutil import format_iso, utcnow
 from memstate_sql.validation import (
     MAX_ROWS,
+    check_expiry,
     check_key,
     check_version,
     immutable_error,
@@ -127,34 +130,46 @@ class Operations:
         ephemeral: bool,
         actor: str | None,
         reason: str | None,
+        ttl: Any = None,
+        expires_at: Any = None,
     ) -> str:
         if not isinstance(fact, Fact):
             raise ValidationFailed(f"commit() takes a Fact, got {type(fact).__name__}")
         check_key("actor", actor, required=False)
         payload = self.registry.validate(fact.type, fact.payload)
         requested = session_id or fact.session_id
-        new = new_state(fact, payload, requested, self.constraints, self.max_bytes)
         constraint = self.constraints.get(fact.type)
+        expiry = check_expiry(ttl, expires_at, repo.now)
+        if expiry is None and ttl is None and expires_at is None and constraint is not None and constraint.ttl:
+            expiry = repo.now + constraint.ttl
+        new = new_state(fact, payload, requested, self.constraints, self.max_bytes, expires_at=expiry)
 
+        # Expired rows not swept yet are found too: a commit replaces them (an expired fact no longer
+        # exists for any reader, but its id and singleton key are still taken until the sweep).
         existing: FactState | None = None
         if new.singleton is not None:
-            existing = repo.find_singleton(new.type, new.singleton, lock=True)
-            if existing is not None and constraint is not None and constraint.immutable:
+            existing = repo.find_singleton(new.type, new.singleton, lock=True, expired=True)
+            live = existing is not None and not _expired(repo, existing)
+            if live and constraint is not None and constraint.immutable:
                 assert constraint.singleton_key is not None
                 raise immutable_error(fact.type, new.payload.get(constraint.singleton_key))
         if existing is None:
-            existing = repo.get(new.id, lock=True)
-        if existing is not None and existing.immutable:
+            existing = repo.get(new.id, lock=True, expired=True)
+        replacing = existing is not None and _expired(repo, existing)
+        if existing is not None and existing.immutable and not replacing:
             raise immutable_error(existing.type, existing.id)
 
         if existing is None:
             op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
+        elif replacing:
+            op = Operation.UPDATE  # over an expired, unswept row: the fact starts anew, in the caller's session
+            new = new.evolve(id=existing.id)
         else:
             op = Operation.UPDATE
             # A commit never pulls a fact that lives elsewhere into the caller's session (so
             # discard_session cannot delete it); a commit without a session makes it global.
             new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
-        written = write(repo, existing, new)
+        written = write(repo, existing, new, allow_immutable=replacing)
         log(repo, op, requested, written.id, existing, written, actor, reason)
         self.hooks.deliver([(op, written.id, written)])
         return written.id
@@ -197,7 +212,7 @@ class Operations:
                 raise ConflictError(
                     f"update of {fact_id} would give it the singleton key of fact {other.id} ({existing.type})"
                 )
-        new = new.evolve(immutable=existing.immutable)
+        new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at)
         written = write(repo, existing, new)
         log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
         self.hooks.deliver([(Operation.UPDATE, fact_id, written)])
@@ -277,7 +292,17 @@ class Operations:
         check_key("session_id", session_id, required=False)
         if steps <= 0:
             return []
-        return repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock)
+        entries = repo.tx_log(session_id, limit=min(steps, MAX_ROWS), lock=lock, exclude_ops=logentry.NOT_UNDOABLE_OPS)
+        if len(entries) < steps:
+            for record in repo.compaction_records():
+                removed = [d for d in record.discarded or [] if d.get("session_id") == session_id and d.get("removed")]
+                if removed:
+                    raise RollbackHorizonError(
+                        f"rollback of {session_id!r} by {steps} steps needs log entries that compact_log removed "
+                        f"(logged before {removed[0].get('horizon')}); {len(entries)} remain: roll back at most "
+                        f"{len(entries)} steps"
+                    )
+        return entries
 
     def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> RollbackPlan:
         """What `rollback(session_id, steps)` would undo and which later changes it would override."""
@@ -370,6 +395,75 @@ class Operations:
             target = target.evolve(immutable=current.immutable)
         return write(repo, current, target, allow_immutable=True)
 
+    # ------------------------------------------------------------------ expiry
+
+    def sweep(self, repo: Repository, batch_size: int, exclusive: str | None = None) -> list[str] | None:
+        """Delete up to `batch_size` expired facts of the namespace, each with its EXPIRE log entry;
+        hooks are told DELETE (memstate's hooks drop a fact's vectors on DELETE). Returns their ids.
+
+        `exclusive`: the name of a lock only one sweeper in all processes may hold; when another holds
+        it, nothing is done and None is returned (the background sweeper's "one at a time")."""
+        if exclusive is not None:
+            with repo.dialect.try_exclusive(repo.conn, exclusive) as mine:
+                return self.sweep(repo, batch_size) if mine else None
+        facts = repo.expired(batch_size)
+        if not facts:
+            return []
+        repo.delete_many(f.id for f in facts)
+        entries = [
+            TxRecord(
+                seq=0,
+                uuid=str(uuid.uuid4()),
+                op=Operation.EXPIRE.value,
+                session_id=None,
+                fact_id=f.id,
+                actor=None,
+                reason=f"expired at {f.doc().get('expires_at')}",
+                ts=repo.now,
+                fact_before=f.doc(),
+                fact_after=None,
+                discarded=None,
+                reverted_by=None,
+            )
+            for f in facts
+        ]
+        repo.insert_log(entries)
+        self.hooks.deliver([(Operation.DELETE, f.id, f) for f in facts])
+        return [f.id for f in facts]
+
+    # ------------------------------------------------------------------ log retention
+
+    def compact(self, repo: Repository, before: datetime, after_seq: int, batch_size: int) -> tuple[int, int | None]:
+        """Remove up to `batch_size` entries logged before `before` (after seq `after_seq`), keeping each
+        existing fact's newest active entry (so the log still accounts for every row and its last change
+        can be rolled back). Writes one COMPACT record naming the horizon and, per session, how many of its
+        active entries went. Returns (entries removed, the last seq examined; None when done)."""
+        entries = repo.compactable(before, after_seq, batch_size)
+        if not entries:
+            return 0, None
+        keep = repo.latest_active_seqs(sorted({e.fact_id for e in entries if e.fact_id}))
+        doomed = [e for e in entries if not (e.fact_id is not None and keep.get(e.fact_id) == e.seq)]
+        removed = repo.delete_entries([e.seq for e in doomed])
+        if removed:
+            horizon = format_iso(before)
+            sessions: dict[str | None, int] = {}
+            for e in doomed:
+                if logentry.is_active(e):
+                    sessions[e.session_id] = sessions.get(e.session_id, 0) + 1
+            record_id = str(uuid.uuid4())
+            repo.append(
+                uuid=record_id,
+                op=Operation.COMPACT.value,
+                session_id=None,
+                fact_id=None,
+                ts=repo.now,
+                reason=f"{removed} log entries logged before {horizon} removed",
+                discarded=[{"horizon": horizon, "session_id": s, "removed": n} for s, n in sessions.items()]
+                or [{"horizon": horizon, "session_id": None, "removed": 0}],
+                reverted_by=record_id,  # outside the active log
+            )
+        return removed, (entries[-1].seq if len(entries) == batch_size else None)
+
     # ------------------------------------------------------------------ constraints over existing rows
 
     def apply_constraints(self, repo: Repository, types: Sequence[str]) -> None:
@@ -416,6 +510,10 @@ class Operations:
         ranked = [(found[fid], score) for fid, score in best.items() if fid in found]
         ranked.sort(key=lambda pair: -pair[1])
         return ranked
+
+
+def _expired(repo: Repository, fact: FactState) -> bool:
+    return fact.expires_at is not None and fact.expires_at <= repo.now
 
 
 def fact_key(token: str) -> str:

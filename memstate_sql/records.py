@@ -21,6 +21,9 @@ from memstate_sql.timeutil import format_iso
 #: 191 characters of utf8mb4 fit MySQL's 767-byte index prefix limit.
 KEY_LENGTH = 191
 
+#: The namespace of a storage opened without one: the only namespace of an ``ms_0001`` database.
+DEFAULT_NAMESPACE = ""
+
 
 def singleton_token(value: Any) -> str:
     """The value of a singleton key as stored in the unique index.
@@ -58,10 +61,12 @@ class FactState:
     version: int = 1
     immutable: bool = False
     singleton: str | None = None
+    expires_at: datetime | None = None
+    """When the fact stops existing for every reader (None: never)."""
 
     def doc(self) -> dict[str, Any]:
         """The memstate document of the fact (what `load` and `query` return)."""
-        return {
+        doc = {
             "id": self.id,
             "type": self.type,
             "payload": self.payload,
@@ -69,6 +74,9 @@ class FactState:
             "session_id": self.session_id,
             "ts": format_iso(self.ts),
         }
+        if self.expires_at is not None:  # a memstate_sql extension, present only on expiring facts
+            doc["expires_at"] = format_iso(self.expires_at)
+        return doc
 
     def evolve(self, **changes: Any) -> FactState:
         return replace(self, **changes)

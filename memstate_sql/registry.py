@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from memstate_sql.errors import ValidationFailed
+from memstate_sql.timeutil import as_ttl
 
 
 class Constraint:
@@ -16,29 +18,38 @@ class Constraint:
     payload key (a unique index; a commit with an existing value updates that
     fact). `immutable`: a fact of the type can be created and deleted but its
     content never changes (`update`, a re-commit of its id or of its singleton
-    value raise `ConflictError`).
+    value raise `ConflictError`). `ttl` (memstate_sql): the default time to live of the type's facts
+    (seconds or a `timedelta`); a commit's own `ttl=` / `expires_at=` wins over it.
     """
 
-    __slots__ = ("immutable", "singleton_key")
+    __slots__ = ("immutable", "singleton_key", "ttl")
 
-    def __init__(self, singleton_key: str | None = None, immutable: bool = False) -> None:
+    def __init__(
+        self, singleton_key: str | None = None, immutable: bool = False, *, ttl: float | timedelta | None = None
+    ) -> None:
         if singleton_key is not None and (not isinstance(singleton_key, str) or not singleton_key):
             raise ValidationFailed("Constraint.singleton_key must be a non-empty string or None")
+        try:
+            self.ttl: timedelta | None = None if ttl is None else as_ttl(ttl)
+        except (TypeError, ValueError) as exc:
+            raise ValidationFailed(f"Constraint.ttl: {exc}") from None
         self.singleton_key = singleton_key
         self.immutable = bool(immutable)
 
     def __repr__(self) -> str:
-        return f"Constraint(singleton_key={self.singleton_key!r}, immutable={self.immutable!r})"
+        ttl = "" if self.ttl is None else f", ttl={self.ttl!r}"
+        return f"Constraint(singleton_key={self.singleton_key!r}, immutable={self.immutable!r}{ttl})"
 
     def __eq__(self, other: object) -> bool:
         return (
             isinstance(other, Constraint)
             and other.singleton_key == self.singleton_key
             and other.immutable == self.immutable
+            and other.ttl == self.ttl
         )
 
     def __hash__(self) -> int:
-        return hash((self.singleton_key, self.immutable))
+        return hash((self.singleton_key, self.immutable, self.ttl))
 
 
 class SchemaRegistry:

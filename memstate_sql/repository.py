@@ -17,19 +17,38 @@ from sqlalchemy.sql import ColumnElement
 from memstate_sql import filters as flt
 from memstate_sql.dialects import DialectSupport
 from memstate_sql.models import Models
-from memstate_sql.records import FactState, TxRecord
+from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord
+from memstate_sql.timeutil import utcnow
 from memstate_sql.validation import QuerySpec
 
 
 class Repository:
     """Reads and writes on one transactional connection."""
 
-    def __init__(self, conn: Connection, models: Models, dialect: DialectSupport) -> None:
+    def __init__(
+        self,
+        conn: Connection,
+        models: Models,
+        dialect: DialectSupport,
+        namespace: str = DEFAULT_NAMESPACE,
+        now: datetime | None = None,
+    ) -> None:
         self.conn = conn
         self.models = models
         self.dialect = dialect
+        #: Every statement of this repository reads and writes this namespace's rows only.
+        self.namespace = namespace
+        #: The instant expiry is judged at: one for the whole unit of work.
+        self.now = now or utcnow()
         self.facts: Table = inspect(models.Fact).local_table
         self.log: Table = inspect(models.Tx).local_table
+        self._in_ns: ColumnElement[bool] = self.facts.c.namespace == namespace
+        self._log_in_ns: ColumnElement[bool] = self.log.c.namespace == namespace
+
+    def _live(self) -> ColumnElement[bool]:
+        """Facts of the namespace that have not expired (the only ones any reader sees)."""
+        expires = self.facts.c.expires_at
+        return self._in_ns & (expires.is_(None) | (expires > self.now))
 
     # ------------------------------------------------------------------ facts
 
@@ -45,16 +64,19 @@ class Repository:
             version=row.version,
             immutable=bool(row.immutable),
             singleton=row.singleton,
+            expires_at=row.expires_at,
         )
 
-    def _select_facts(self, where: ColumnElement[bool], lock: bool) -> list[FactState]:
-        stmt = select(self.facts).where(where).order_by(self.facts.c.ts, self.facts.c.id)
+    def _select_facts(self, where: ColumnElement[bool], lock: bool, *, expired: bool = False) -> list[FactState]:
+        scope = self._in_ns if expired else self._live()
+        stmt = select(self.facts).where(scope & where).order_by(self.facts.c.ts, self.facts.c.id)
         if lock and self.dialect.row_locks:
             stmt = stmt.with_for_update()
         return [self._fact(row) for row in self.conn.execute(stmt)]
 
-    def get(self, fact_id: str, *, lock: bool = False) -> FactState | None:
-        found = self._select_facts(self.facts.c.id == fact_id, lock)
+    def get(self, fact_id: str, *, lock: bool = False, expired: bool = False) -> FactState | None:
+        """The fact, if it exists and has not expired (`expired`: also an expired, unswept one)."""
+        found = self._select_facts(self.facts.c.id == fact_id, lock, expired=expired)
         return found[0] if found else None
 
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactState]:
@@ -62,8 +84,9 @@ class Repository:
             return {}
         return {f.id: f for f in self._select_facts(self.facts.c.id.in_(list(fact_ids)), False)}
 
-    def find_singleton(self, type_: str, token: str, *, lock: bool = False) -> FactState | None:
-        found = self._select_facts((self.facts.c.type == type_) & (self.facts.c.singleton == token), lock)
+    def find_singleton(self, type_: str, token: str, *, lock: bool = False, expired: bool = False) -> FactState | None:
+        where = (self.facts.c.type == type_) & (self.facts.c.singleton == token)
+        found = self._select_facts(where, lock, expired=expired)
         return found[0] if found else None
 
     def session_facts(self, session_id: str | None, *, lock: bool = False) -> list[FactState]:
@@ -73,7 +96,7 @@ class Repository:
         )
 
     def _filter_where(self, spec: QuerySpec, indexed: flt.IndexLookup | None) -> ColumnElement[bool]:
-        where = flt.compile_filter(spec.node, self.facts.c.payload, dict(self.facts.c.items()), indexed)
+        where = self._live() & flt.compile_filter(spec.node, self.facts.c.payload, dict(self.facts.c.items()), indexed)
         if spec.type_filter is not None:
             where = (self.facts.c.type == spec.type_filter) & where
         return where
@@ -119,7 +142,7 @@ class Repository:
         Unless `allow_immutable`, an immutable row is never matched: the rule is
         part of the statement, so it holds whichever process writes.
         """
-        where = (self.facts.c.id == fact.id) & (self.facts.c.version == expected_version)
+        where = self._in_ns & (self.facts.c.id == fact.id) & (self.facts.c.version == expected_version)
         if not allow_immutable:
             where = where & (self.facts.c.immutable.is_(False))
         result = self.conn.execute(
@@ -134,12 +157,13 @@ class Repository:
                 version=fact.version,
                 singleton=fact.singleton,
                 immutable=fact.immutable,
+                expires_at=fact.expires_at,
             )
         )
         return result.rowcount == 1
 
     def delete(self, fact_id: str, *, expected_version: int | None = None) -> bool:
-        where = self.facts.c.id == fact_id
+        where = self._in_ns & (self.facts.c.id == fact_id)
         if expected_version is not None:
             where = where & (self.facts.c.version == expected_version)
         return self.conn.execute(delete(self.facts).where(where)).rowcount == 1
@@ -148,7 +172,21 @@ class Repository:
         ids = list(fact_ids)
         if not ids:
             return 0
-        return self.conn.execute(delete(self.facts).where(self.facts.c.id.in_(ids))).rowcount
+        return self.conn.execute(delete(self.facts).where(self._in_ns & self.facts.c.id.in_(ids))).rowcount
+
+    def expired(self, limit: int) -> list[FactState]:
+        """Up to `limit` expired facts of the namespace, soonest expired first, locked for deletion;
+        rows another sweeper holds are skipped where the database can (SKIP LOCKED)."""
+        expires = self.facts.c.expires_at
+        stmt = (
+            select(self.facts)
+            .where(self._in_ns & expires.is_not(None) & (expires <= self.now))
+            .order_by(expires, self.facts.c.id)
+            .limit(limit)
+        )
+        if self.dialect.row_locks:
+            stmt = stmt.with_for_update(skip_locked=True)
+        return [self._fact(row) for row in self.conn.execute(stmt)]
 
     # ------------------------------------------------------------------ log
 
@@ -187,6 +225,7 @@ class Repository:
         self.conn.execute(
             insert(self.log),
             {
+                "namespace": self.namespace,
                 "uuid": uuid,
                 "op": op,
                 "session_id": session_id,
@@ -205,22 +244,27 @@ class Repository:
         col = self.log.c.session_id
         return col.is_(None) if session_id is None else col == session_id
 
-    def tx_log(self, session_id: str | None, *, limit: int, offset: int = 0, lock: bool = False) -> list[TxRecord]:
+    def tx_log(
+        self,
+        session_id: str | None,
+        *,
+        limit: int,
+        offset: int = 0,
+        lock: bool = False,
+        exclude_ops: Iterable[str] = (),
+    ) -> list[TxRecord]:
         """The session's active entries (not undone by a rollback), newest first."""
-        stmt = (
-            select(self.log)
-            .where(self._session_where(session_id) & self.log.c.reverted_by.is_(None))
-            .order_by(self.log.c.seq.desc())
-            .limit(limit)
-            .offset(offset)
-        )
+        where = self._log_in_ns & self._session_where(session_id) & self.log.c.reverted_by.is_(None)
+        if exclude_ops:
+            where = where & self.log.c.op.not_in(list(exclude_ops))
+        stmt = select(self.log).where(where).order_by(self.log.c.seq.desc()).limit(limit).offset(offset)
         if lock and self.dialect.row_locks:
             stmt = stmt.with_for_update()
         return [self._tx(row) for row in self.conn.execute(stmt)]
 
     def fact_history(self, fact_id: str) -> list[TxRecord]:
         """The entries that name the fact in ``fact_id``, oldest first."""
-        stmt = select(self.log).where(self.log.c.fact_id == fact_id).order_by(self.log.c.seq)
+        stmt = select(self.log).where(self._log_in_ns & (self.log.c.fact_id == fact_id)).order_by(self.log.c.seq)
         return [self._tx(row) for row in self.conn.execute(stmt)]
 
     def multi_fact_entries(self, session_ids: Sequence[str]) -> list[TxRecord]:
@@ -229,48 +273,88 @@ class Repository:
             return []
         stmt = (
             select(self.log)
-            .where(self.log.c.session_id.in_(list(session_ids)) & self.log.c.op.in_(["DISCARD_SESSION", "ROLLBACK"]))
+            .where(
+                self._log_in_ns
+                & self.log.c.session_id.in_(list(session_ids))
+                & self.log.c.op.in_(["DISCARD_SESSION", "ROLLBACK"])
+            )
             .order_by(self.log.c.seq)
         )
         return [self._tx(row) for row in self.conn.execute(stmt)]
 
     def facts_without_singleton(self, type_: str) -> list[FactState]:
-        return self._select_facts((self.facts.c.type == type_) & self.facts.c.singleton.is_(None), lock=True)
+        where = (self.facts.c.type == type_) & self.facts.c.singleton.is_(None)
+        return self._select_facts(where, lock=True, expired=True)
 
     def set_singletons(self, tokens: dict[str, str]) -> None:
         """Give facts (by id) their singleton key."""
-        stmt = update(self.facts).where(self.facts.c.id == bindparam("fid")).values(singleton=bindparam("token"))
+        stmt = (
+            update(self.facts)
+            .where(self._in_ns & (self.facts.c.id == bindparam("fid")))
+            .values(singleton=bindparam("token"))
+        )
         self.conn.execute(stmt, [{"fid": fid, "token": token} for fid, token in tokens.items()])
 
     def mark_immutable(self, type_: str) -> None:
         self.conn.execute(
-            update(self.facts).where((self.facts.c.type == type_) & ~self.facts.c.immutable).values(immutable=True)
+            update(self.facts)
+            .where(self._in_ns & (self.facts.c.type == type_) & ~self.facts.c.immutable)
+            .values(immutable=True)
         )
 
     def mark_reverted(self, uuids: Sequence[str], by: str) -> None:
         if uuids:
-            self.conn.execute(update(self.log).where(self.log.c.uuid.in_(list(uuids))).values(reverted_by=by))
+            where = self._log_in_ns & self.log.c.uuid.in_(list(uuids))
+            self.conn.execute(update(self.log).where(where).values(reverted_by=by))
 
     def delete_txs(self, uuids: Sequence[str]) -> int:
         if not uuids:
             return 0
-        return self.conn.execute(delete(self.log).where(self.log.c.uuid.in_(list(uuids)))).rowcount
+        return self.conn.execute(delete(self.log).where(self._log_in_ns & self.log.c.uuid.in_(list(uuids)))).rowcount
+
+    def compactable(self, before: datetime, after_seq: int, limit: int) -> list[TxRecord]:
+        """Up to `limit` entries of the namespace logged before `before`, after `after_seq`, in seq order
+        (COMPACT records excluded: they say what compaction removed)."""
+        where = self._log_in_ns & (self.log.c.ts < before) & (self.log.c.op != "COMPACT") & (self.log.c.seq > after_seq)
+        stmt = select(self.log).where(where).order_by(self.log.c.seq).limit(limit)
+        return [self._tx(row) for row in self.conn.execute(stmt)]
+
+    def latest_active_seqs(self, fact_ids: Sequence[str]) -> dict[str, int]:
+        """For each of `fact_ids` that exists (expired or not), the seq of its newest active entry."""
+        if not fact_ids:
+            return {}
+        present = select(self.facts.c.id).where(self._in_ns & self.facts.c.id.in_(list(fact_ids)))
+        stmt = (
+            select(self.log.c.fact_id, func.max(self.log.c.seq))
+            .where(self._log_in_ns & self.log.c.reverted_by.is_(None) & self.log.c.fact_id.in_(present))
+            .group_by(self.log.c.fact_id)
+        )
+        return {row[0]: int(row[1]) for row in self.conn.execute(stmt)}
+
+    def delete_entries(self, seqs: Sequence[int]) -> int:
+        if not seqs:
+            return 0
+        return self.conn.execute(delete(self.log).where(self._log_in_ns & self.log.c.seq.in_(list(seqs)))).rowcount
+
+    def compaction_records(self) -> list[TxRecord]:
+        stmt = select(self.log).where(self._log_in_ns & (self.log.c.op == "COMPACT")).order_by(self.log.c.seq)
+        return [self._tx(row) for row in self.conn.execute(stmt)]
 
     def count_facts(self) -> int:
-        return int(self.conn.execute(select(func.count()).select_from(self.facts)).scalar_one())
+        return int(self.conn.execute(select(func.count()).select_from(self.facts).where(self._live())).scalar_one())
 
     # ------------------------------------------------------------------ bulk (export, import, stats)
 
     def facts_page(self, after_id: str | None, limit: int) -> list[FactState]:
         """Up to `limit` facts ordered by id, those after `after_id` (keyset pagination for streaming)."""
-        stmt = select(self.facts).order_by(self.facts.c.id).limit(limit)
+        stmt = select(self.facts).where(self._in_ns).order_by(self.facts.c.id).limit(limit)
         if after_id is not None:
             stmt = stmt.where(self.facts.c.id > after_id)
         return [self._fact(row) for row in self.conn.execute(stmt)]
 
     def log_page(self, after_seq: int | None, limit: int) -> list[TxRecord]:
         """Up to `limit` log entries in seq order (rolled-back ones included), those after `after_seq`."""
-        stmt = select(self.log).order_by(self.log.c.seq).limit(limit)
+        stmt = select(self.log).where(self._log_in_ns).order_by(self.log.c.seq).limit(limit)
         if after_seq is not None:
             stmt = stmt.where(self.log.c.seq > after_seq)
         return [self._tx(row) for row in self.conn.execute(stmt)]
@@ -282,6 +366,7 @@ class Repository:
                 insert(self.facts),
                 [
                     {
+                        "namespace": self.namespace,
                         "id": f.id,
                         "type": f.type,
                         "payload": f.payload,
@@ -291,6 +376,7 @@ class Repository:
                         "version": f.version,
                         "immutable": f.immutable,
                         "singleton": f.singleton,
+                        "expires_at": f.expires_at,
                     }
                     for f in facts
                 ],
@@ -306,6 +392,7 @@ class Repository:
             insert(self.log),
             [
                 {
+                    "namespace": self.namespace,
                     "uuid": e.uuid,
                     "op": e.op,
                     "session_id": e.session_id,
@@ -325,26 +412,26 @@ class Repository:
     def existing_fact_ids(self, fact_ids: Sequence[str]) -> set[str]:
         if not fact_ids:
             return set()
-        stmt = select(self.facts.c.id).where(self.facts.c.id.in_(list(fact_ids)))
+        stmt = select(self.facts.c.id).where(self._in_ns & self.facts.c.id.in_(list(fact_ids)))
         return {row[0] for row in self.conn.execute(stmt)}
 
     def existing_tx_uuids(self, uuids: Sequence[str]) -> set[str]:
         if not uuids:
             return set()
-        stmt = select(self.log.c.uuid).where(self.log.c.uuid.in_(list(uuids)))
+        stmt = select(self.log.c.uuid).where(self._log_in_ns & self.log.c.uuid.in_(list(uuids)))
         return {row[0] for row in self.conn.execute(stmt)}
 
     def fact_counts(self, by: str) -> list[tuple[str | None, int]]:
         """Number of facts per value of the ``type`` or ``session_id`` column."""
         column = self.facts.c[by]
-        stmt = select(column, func.count()).group_by(column).order_by(func.count().desc(), column)
+        stmt = select(column, func.count()).where(self._live()).group_by(column).order_by(func.count().desc(), column)
         return [(row[0], int(row[1])) for row in self.conn.execute(stmt)]
 
     def log_counts(self) -> tuple[int, int]:
         """(all log entries, entries undone by a rollback)."""
-        total = self.conn.execute(select(func.count()).select_from(self.log)).scalar_one()
+        total = self.conn.execute(select(func.count()).select_from(self.log).where(self._log_in_ns)).scalar_one()
         undone = self.conn.execute(
-            select(func.count()).select_from(self.log).where(self.log.c.reverted_by.is_not(None))
+            select(func.count()).select_from(self.log).where(self._log_in_ns & self.log.c.reverted_by.is_not(None))
         ).scalar_one()
         return int(total), int(undone)
 
@@ -352,7 +439,7 @@ class Repository:
         """For each type that has facts with a singleton token or the immutable flag, one such fact
         (one with a token when there is one): lets a tool without the application's `Constraint`
         registrations recover them from the rows (see `memstate_sql.cli.rollback`)."""
-        marked = self.facts.c.singleton.is_not(None) | self.facts.c.immutable.is_(True)
+        marked = self._in_ns & (self.facts.c.singleton.is_not(None) | self.facts.c.immutable.is_(True))
         types = [row[0] for row in self.conn.execute(select(self.facts.c.type).where(marked).distinct())]
         samples: list[FactState] = []
         for type_ in types:
@@ -372,7 +459,7 @@ class Repository:
         touches = self.log.c.fact_id.in_(list(fact_ids)) | (self.log.c.op == "DISCARD_SESSION")
         stmt = (
             select(self.log)
-            .where((self.log.c.seq > seq) & self.log.c.reverted_by.is_(None) & touches)
+            .where(self._log_in_ns & (self.log.c.seq > seq) & self.log.c.reverted_by.is_(None) & touches)
             .order_by(self.log.c.seq)
         )
         return [self._tx(row) for row in self.conn.execute(stmt)]

@@ -8,8 +8,10 @@ code written against memstate's backends works unchanged.
 
 from __future__ import annotations
 
+import functools
 import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from typing import Any, TypeVar
 
 from sqlalchemy import Connection, Engine
@@ -34,7 +36,9 @@ from memstate_sql.validation import (
     MAX_ROWS,
     QuerySpec,
     check_batch,
+    check_expiry,
     check_key,
+    check_namespace,
     check_window,
     immutable_error,
     query_spec,
@@ -65,6 +69,7 @@ class SQLStorage:
         self,
         url_or_engine: str | URL | Engine | Connection | Session,
         *,
+        namespace: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         auto_migrate: bool = True,
@@ -95,6 +100,7 @@ class SQLStorage:
             engine,
             owns_engine=owns,
             bound=bound,
+            namespace=namespace,
             table_prefix=table_prefix,
             schema=schema,
             auto_migrate=auto_migrate,
@@ -110,6 +116,7 @@ class SQLStorage:
         *,
         bound: Connection | Callable[[], Connection] | None = None,
         sleep: Callable[[float], Any] | None = None,
+        namespace: str | None = None,
         table_prefix: str = DEFAULT_PREFIX,
         schema: str | None = None,
         auto_migrate: bool = True,
@@ -126,6 +133,7 @@ class SQLStorage:
             owns_engine=False,
             bound=bound,
             sleep=sleep,
+            namespace=namespace,
             table_prefix=table_prefix,
             schema=schema,
             auto_migrate=auto_migrate,
@@ -141,6 +149,7 @@ class SQLStorage:
         *,
         owns_engine: bool,
         bound: Connection | Callable[[], Connection] | None,
+        namespace: str | None,
         table_prefix: str,
         schema: str | None,
         auto_migrate: bool,
@@ -150,6 +159,19 @@ class SQLStorage:
         sleep: Callable[[float], Any] | None = None,
     ) -> None:
         self.engine = engine
+        #: The tenant this storage reads and writes: no operation through it sees another namespace's rows.
+        self.namespace = check_namespace(namespace)
+        #: What `for_namespace` needs to open a sibling handle on the same engine.
+        self._options: dict[str, Any] = {
+            "bound": bound,
+            "sleep": sleep,
+            "table_prefix": table_prefix,
+            "schema": schema,
+            "auto_migrate": auto_migrate,
+            "max_attempts": max_attempts,
+            "max_payload_bytes": max_payload_bytes,
+            "indexed_paths": indexed_paths,
+        }
         #: Declared payload paths with a real index on every database (`memstate_sql.indexes`).
         self.indexed_paths = indexes.declare(indexed_paths)
         self.indexed = indexes.lookup(self.indexed_paths)
@@ -162,7 +184,7 @@ class SQLStorage:
         self.constraints: dict[str, Constraint] = {}
         #: Types whose constraint was registered but not yet applied to the rows already stored.
         self._unapplied: set[str] = set()
-        options: dict[str, Any] = {"max_attempts": max_attempts, "bound": bound}
+        options: dict[str, Any] = {"max_attempts": max_attempts, "bound": bound, "namespace": self.namespace}
         if sleep is not None:
             options["sleep"] = sleep
         self.runner = TransactionRunner(engine, self.models, self.dialect, owner=self, **options)
@@ -178,6 +200,17 @@ class SQLStorage:
     @property
     def table_prefix(self) -> str:
         return self.models.prefix
+
+    def for_namespace(self, namespace: str | None) -> SQLStorage:
+        """A storage for another namespace on the same engine and tables (nothing is opened or
+        disposed of twice: closing it leaves the engine to this storage). It shares this storage's
+        registered constraints and its schema check."""
+        sibling = SQLStorage.bridged(self.engine, **{**self._options, "namespace": namespace})
+        sibling.constraints = self.constraints
+        sibling._unapplied = set(self.constraints)
+        sibling.schema_gate = self.schema_gate
+        sibling.runner.prepare = self.schema_gate.ensure
+        return sibling
 
     def transaction(
         self,
@@ -393,8 +426,14 @@ class SQLStorage:
             self.engine.dispose()
 
     def verify(self) -> VerifyReport:
-        """`memstate_sql.verify` over this storage's tables, through its own engine."""
-        return verify(self.engine, table_prefix=self.table_prefix, schema=self.models.schema)
+        """`memstate_sql.verify` over this storage's namespace, through its own engine."""
+        return verify(
+            self.engine,
+            table_prefix=self.table_prefix,
+            schema=self.models.schema,
+            namespace=self.namespace,
+            all_namespaces=False,
+        )
 
     def __repr__(self) -> str:
         return (
@@ -408,6 +447,65 @@ class SQLStorage:
         self.close()
 
     # ------------------------------------------------------------------ extensions
+
+    def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
+        """Delete this namespace's expired facts, at most `limit` (None: all there are now), in batches
+        of `batch_size`, each batch one transaction with its EXPIRE log entries; returns how many.
+
+        Expired facts are invisible to every reader whether swept or not; sweeping reclaims their rows.
+        Sweepers in several processes may run at once: each fact is deleted once (rows another sweeper
+        holds are skipped). `exclusive`: do nothing (return 0) while another process's exclusive sweep of
+        this namespace runs (the background sweepers of `memstate_sql.sweeper` use it).
+        """
+        return self.sweep_with(
+            operations.Operations(HookSet(), self.constraints, self.max_payload_bytes),
+            limit,
+            batch_size,
+            exclusive=exclusive,
+        )
+
+    def compact_log(self, before: datetime | str, *, batch_size: int = 1000) -> int:
+        """Remove this namespace's log entries logged before `before`, in batches of `batch_size` (each one
+        transaction), keeping what the facts and `verify` need: each existing fact's newest active entry.
+        Each batch leaves a COMPACT record (the horizon, and how many entries of each session went); a
+        rollback that would need a removed entry is refused with `RollbackHorizonError`. Returns how many
+        entries were removed. The space goes back to the database's free lists: SQLite reuses it (run
+        ``VACUUM`` to shrink the file), PostgreSQL's autovacuum reclaims the dead rows."""
+        horizon = check_expiry(None, before)
+        if horizon is None:
+            raise ValidationFailed("compact_log needs a horizon (a datetime or an ISO 8601 string)")
+        check_batch(batch_size)
+        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        done, after = 0, 0
+        while True:
+            removed, last = self.transaction(
+                functools.partial(ops.compact, before=horizon, after_seq=after, batch_size=batch_size),
+                name="compact_log",
+            )
+            done += removed
+            if last is None:
+                return done
+            after = last
+
+    def sweep_with(
+        self, ops: operations.Operations, limit: int | None, batch_size: int, *, exclusive: bool = False
+    ) -> int:
+        """`sweep`, telling `ops`' hooks (`MemoryStore.sweep` passes its own). `exclusive`: skip the batch
+        when another process's exclusive sweeper is at work on this namespace (`memstate_sql.sweeper`)."""
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 0):
+            raise ValidationFailed("limit must be None or a non-negative integer")
+        check_batch(batch_size)
+        done = 0
+        while limit is None or done < limit:
+            size = batch_size if limit is None else min(batch_size, limit - done)
+            lock = f"{self.table_prefix}_sweep_{self.namespace}" if exclusive else None
+            swept = self.transaction(functools.partial(ops.sweep, batch_size=size, exclusive=lock), name="sweep")
+            if swept is None:  # another process is sweeping
+                break
+            done += len(swept)
+            if len(swept) < size:
+                break
+        return done
 
     def history(self, fact_id: str) -> list[dict[str, Any]]:
         """Every log entry that changed one fact, oldest first: its own entries, the session discard that

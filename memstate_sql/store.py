@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
@@ -61,10 +62,19 @@ class MemoryStore:
         ephemeral: bool = False,
         actor: str | None = None,
         reason: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | str | None = None,
     ) -> str:
-        """Validate and store `fact` (an update when its id or singleton key exists); returns its id."""
+        """Validate and store `fact` (an update when its id or singleton key exists); returns its id.
+
+        `ttl` (seconds or a timedelta) or `expires_at` (an instant) make the fact expire: from then on
+        no reader returns it, and `SQLStorage.sweep` deletes it. Without either, the type's
+        `Constraint(ttl=...)` applies, if any; an update keeps the fact's expiry.
+        """
         return self.storage.transaction(
-            lambda repo: self._ops.commit(repo, fact, session_id, ephemeral, actor, reason), name="commit"
+            lambda repo: self._ops.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at),
+            name="commit",
         )
 
     def commit_model(
@@ -76,8 +86,11 @@ class MemoryStore:
         ephemeral: bool = False,
         actor: str | None = None,
         reason: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | str | None = None,
     ) -> str:
-        """Commit a registered pydantic model instance as a fact of its type."""
+        """Commit a registered pydantic model instance as a fact of its type (`ttl`/`expires_at` as in `commit`)."""
         if not isinstance(model, BaseModel):
             raise ValidationFailed(
                 f"commit_model() expected a pydantic model instance, got {type(model).__name__}"
@@ -96,7 +109,15 @@ class MemoryStore:
         }
         if fact_id is not None:
             fields["id"] = fact_id
-        return self.commit(Fact(**fields), session_id=session_id, ephemeral=ephemeral, actor=actor, reason=reason)
+        return self.commit(
+            Fact(**fields),
+            session_id=session_id,
+            ephemeral=ephemeral,
+            actor=actor,
+            reason=reason,
+            ttl=ttl,
+            expires_at=expires_at,
+        )
 
     def update(
         self,
@@ -190,6 +211,11 @@ class MemoryStore:
             name="plan_rollback",
             session_id=session_id,
         )
+
+    def sweep(self, limit: int | None = None, *, batch_size: int = 1000, exclusive: bool = False) -> int:
+        """`SQLStorage.sweep` with this store's hooks told DELETE for each swept fact (so an external
+        index drops it); returns how many facts were deleted."""
+        return self.storage.sweep_with(self._ops, limit, batch_size, exclusive=exclusive)
 
     # ------------------------------------------------------------------ reads
 

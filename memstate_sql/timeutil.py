@@ -6,7 +6,7 @@ datetimes (taken as UTC), other offsets, ``Z`` and ``+00:00``.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
 
 def utcnow() -> datetime:
@@ -42,3 +42,20 @@ def canonical_iso(value: object) -> object:
         except ValueError:
             return value
     return value
+
+
+#: The longest time to live accepted (far beyond any retention policy, well inside datetime's range).
+MAX_TTL = timedelta(days=365 * 1000)
+
+
+def as_ttl(value: object) -> timedelta:
+    """A time to live given as seconds (int or float) or a `timedelta`, which must be positive.
+
+    Raises TypeError or ValueError with a message naming the problem.
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float | timedelta):
+        raise TypeError(f"a ttl is seconds or a timedelta, not {type(value).__name__}")
+    delta = value if isinstance(value, timedelta) else timedelta(seconds=value)
+    if not timedelta(0) < delta <= MAX_TTL:
+        raise ValueError(f"a ttl must be positive and at most {MAX_TTL.days} days, got {value!r}")
+    return delta

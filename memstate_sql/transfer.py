@@ -167,7 +167,7 @@ def iter_export(
     report = progress or _quiet
     with storage.engine.connect() as conn, conn.begin():
         storage.dialect.begin_snapshot(conn)
-        repo = Repository(conn, storage.models, storage.dialect)
+        repo = Repository(conn, storage.models, storage.dialect, storage.namespace)
         facts = repo.count_facts()
         log_total, _ = repo.log_counts()
         total = facts + log_total

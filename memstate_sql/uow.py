@@ -45,6 +45,7 @@ from memstate_sql.errors import (
     mark_joined,
 )
 from memstate_sql.models import Models
+from memstate_sql.records import DEFAULT_NAMESPACE
 from memstate_sql.repository import Repository
 
 T = TypeVar("T")
@@ -96,6 +97,7 @@ class TransactionRunner:
         sleep: Callable[[float], Any] = default_sleep,
         bound: Connection | Callable[[], Connection] | None = None,
         prepare: Callable[[], None] | None = None,
+        namespace: str = DEFAULT_NAMESPACE,
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be at least 1")
@@ -107,6 +109,8 @@ class TransactionRunner:
         self.sleep = sleep
         self.bound = bound
         self.prepare = prepare
+        #: Every repository this runner hands out reads and writes this namespace only.
+        self.namespace = namespace
 
     def host_connection(self) -> Connection | None:
         """The caller's connection this runner is bound to (a Session's current one), if any."""
@@ -119,7 +123,7 @@ class TransactionRunner:
         return current[1] if current is not None and current[0] is self.owner else None
 
     def _call(self, conn: Connection, fn: Callable[[Repository], T]) -> T:
-        repo = Repository(conn, self.models, self.dialect)
+        repo = Repository(conn, self.models, self.dialect, self.namespace)
         token = _ACTIVE.set((self.owner, repo))
         try:
             return fn(repo)

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
 from memstate_sql import filters as flt
 from memstate_sql import jsondoc
 from memstate_sql.errors import ConflictError, ValidationFailed
 from memstate_sql.facts import Fact
-from memstate_sql.records import KEY_LENGTH, FactState, singleton_token
+from memstate_sql.records import DEFAULT_NAMESPACE, KEY_LENGTH, FactState, singleton_token
 from memstate_sql.registry import Constraint
-from memstate_sql.timeutil import as_utc
+from memstate_sql.timeutil import as_ttl, as_utc, parse_iso, utcnow
 
 
 def check_key(name: str, value: Any, *, required: bool) -> str | None:
@@ -40,14 +41,17 @@ def state_from_doc(doc: Mapping[str, Any], constraints: Mapping[str, Constraint]
     """Validate a memstate fact document (as given to `save` or found in a log entry)."""
     if not isinstance(doc, Mapping):
         raise ValidationFailed(f"a fact document must be a mapping, got {type(doc).__name__}")
-    unknown = set(doc) - {"id", "type", "payload", "source", "session_id", "ts"}
+    unknown = set(doc) - {"id", "type", "payload", "source", "session_id", "ts", "expires_at"}
     if unknown:
         raise ValidationFailed(f"unknown fact fields: {', '.join(sorted(map(str, unknown)))}")
+    fields = dict(doc)
+    expires = fields.pop("expires_at", None)
     try:
-        fact = Fact.model_validate(dict(doc))
+        fact = Fact.model_validate(fields)
     except Exception as exc:
         raise ValidationFailed(f"invalid fact document: {exc}") from exc
-    return new_state(fact, fact.payload, fact.session_id, constraints, max_bytes)
+    expires_at = None if expires is None else check_expiry(None, expires)
+    return new_state(fact, fact.payload, fact.session_id, constraints, max_bytes, expires_at=expires_at)
 
 
 def new_state(
@@ -56,6 +60,8 @@ def new_state(
     session_id: str | None,
     constraints: Mapping[str, Constraint],
     max_bytes: int,
+    *,
+    expires_at: datetime | None = None,
 ) -> FactState:
     check_key("fact id", fact.id, required=True)
     check_key("fact type", fact.type, required=True)
@@ -72,7 +78,47 @@ def new_state(
         ts=as_utc(fact.ts),
         immutable=bool(constraint and constraint.immutable),
         singleton=token_for(constraint, checked),
+        expires_at=expires_at,
     )
+
+
+def check_namespace(namespace: Any) -> str:
+    """A namespace name (None: the default namespace). Always bound as a parameter, never interpolated."""
+    if namespace is None:
+        return DEFAULT_NAMESPACE
+    checked = check_key("namespace", namespace, required=True)
+    assert checked is not None
+    return checked
+
+
+def check_ttl(ttl: Any) -> timedelta | None:
+    """A time to live: positive seconds (int or float) or a positive `timedelta`; None: no expiry."""
+    if ttl is None:
+        return None
+    try:
+        return as_ttl(ttl)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(str(exc)) from None
+
+
+def check_expiry(ttl: Any, expires_at: Any, now: datetime | None = None) -> datetime | None:
+    """When a fact given `ttl` (from `now`) or `expires_at` (a datetime, naive = UTC, or an ISO 8601
+    string) expires; None when neither is given. Both at once are refused."""
+    if ttl is not None and expires_at is not None:
+        raise ValidationFailed("give ttl or expires_at, not both")
+    delta = check_ttl(ttl)
+    if delta is not None:
+        return (now or utcnow()) + delta
+    if expires_at is None:
+        return None
+    if isinstance(expires_at, str):
+        try:
+            return parse_iso(expires_at)
+        except ValueError:
+            raise ValidationFailed(f"expires_at {expires_at!r} is not an ISO 8601 timestamp") from None
+    if not isinstance(expires_at, datetime):
+        raise ValidationFailed(f"expires_at must be a datetime or an ISO 8601 string, got {type(expires_at).__name__}")
+    return as_utc(expires_at)
 
 
 def token_for(constraint: Constraint | None, payload: Mapping[str, Any]) -> str | None:

@@ -35,7 +35,7 @@ from memstate_sql import logentry
 from memstate_sql.dialects import engine_for
 from memstate_sql.facts import Operation
 from memstate_sql.models import DEFAULT_PREFIX, models_for
-from memstate_sql.records import FactState, TxRecord
+from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord
 from memstate_sql.repository import Repository
 
 
@@ -77,14 +77,19 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     problems += [f"log uuid {u} is used {n} times" for u, n in uuids.items() if n > 1]
 
     active = [e for e in sorted(log, key=lambda e: e.seq) if logentry.is_active(e)]
+    # After `compact_log`, a fact's first remaining entry may start from a state whose entry was removed.
+    compacted = any(e.op == Operation.COMPACT.value for e in log)
     records = {e.uuid for e in log if e.op == Operation.ROLLBACK.value}
+    retention = sum(1 for e in log if e.op == Operation.COMPACT.value)
     report.active_entries = len(active)
-    report.reverted_entries = len(log) - len(active) - len(records)
-    report.rollbacks = len({e.reverted_by for e in log if e.reverted_by is not None})
+    report.reverted_entries = len(log) - len(active) - len(records) - retention
+    report.rollbacks = len(
+        {e.reverted_by for e in log if e.reverted_by is not None and e.op != Operation.COMPACT.value}
+    )
     problems += [
         f"log seq {e.seq} is undone by rollback {e.reverted_by}, which has no ROLLBACK entry"
         for e in log
-        if records and e.reverted_by is not None and e.reverted_by not in records
+        if records and e.reverted_by is not None and e.reverted_by not in records and e.op != Operation.COMPACT.value
     ]
 
     state: dict[str, Mapping[str, Any] | None] = {}
@@ -99,7 +104,7 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
                     f"fact {fid}: log seq {entry.seq} ({entry.op}) starts from a state that seq "
                     f"{last_seq[fid]} did not leave (a change is missing from the log)"
                 )
-            elif not chains[fid] and before is not None:
+            elif not chains[fid] and before is not None and not compacted:
                 problems.append(
                     f"fact {fid}: its first active log entry, seq {entry.seq} ({entry.op}), changes a fact "
                     "no active entry created"
@@ -111,7 +116,8 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     rows = {f.id: f.doc() for f in facts}
     for fid, doc in rows.items():
         if fid not in state:
-            problems.append(f"fact {fid} has no active log entry")
+            if not compacted:  # compaction may have removed every entry that a later rollback did not undo
+                problems.append(f"fact {fid} has no active log entry")
         elif logentry.comparable(state[fid]) != logentry.comparable(doc):
             problems.append(f"fact {fid}: the row differs from what log seq {last_seq[fid]} recorded")
     for fid, expected in state.items():
@@ -126,11 +132,15 @@ def verify(
     table_prefix: str = DEFAULT_PREFIX,
     schema: str | None = None,
     engine_options: Mapping[str, Any] | None = None,
+    namespace: str | None = None,
+    all_namespaces: bool = True,
 ) -> VerifyReport:
     """Check a store's tables (see the module docstring); never writes.
 
-    A URL is opened the way `SQLStorage` opens it (with `engine_options`); `SQLStorage.verify()`
-    checks through the storage's own engine.
+    Every namespace is checked on its own (its facts against its log), all of them unless
+    ``all_namespaces=False``, which checks `namespace` only (None: the default one). A URL is opened
+    the way `SQLStorage` opens it (with `engine_options`); `SQLStorage.verify()` checks its own
+    namespace through the storage's own engine.
     """
     owns = not isinstance(url_or_engine, Engine)
     engine = url_or_engine if isinstance(url_or_engine, Engine) else engine_for(url_or_engine, engine_options)
@@ -144,9 +154,31 @@ def verify(
             conn.begin()
             facts_table = inspect(models.Fact).local_table
             log_table = inspect(models.Tx).local_table
-            facts = [Repository._fact(row) for row in conn.execute(select(facts_table))]
-            log = [Repository._tx(row) for row in conn.execute(select(log_table))]
-        return check(facts, log)
+            facts_stmt, log_stmt = select(facts_table), select(log_table)
+            if not all_namespaces:
+                only = namespace or DEFAULT_NAMESPACE
+                facts_stmt = facts_stmt.where(facts_table.c.namespace == only)
+                log_stmt = log_stmt.where(log_table.c.namespace == only)
+            facts: dict[str, list[FactState]] = defaultdict(list)
+            log: dict[str, list[TxRecord]] = defaultdict(list)
+            for row in conn.execute(facts_stmt):
+                facts[row.namespace].append(Repository._fact(row))
+            for row in conn.execute(log_stmt):
+                log[row.namespace].append(Repository._tx(row))
+        return _merge({ns: check(facts[ns], log[ns]) for ns in sorted(set(facts) | set(log))})
     finally:
         if owns:
             engine.dispose()
+
+
+def _merge(reports: Mapping[str, VerifyReport]) -> VerifyReport:
+    """One report over several namespaces; problems outside the default namespace name theirs."""
+    merged = VerifyReport(facts=0, log_entries=0)
+    for ns, report in reports.items():
+        merged.facts += report.facts
+        merged.log_entries += report.log_entries
+        merged.active_entries += report.active_entries
+        merged.reverted_entries += report.reverted_entries
+        merged.rollbacks += report.rollbacks
+        merged.problems += [p if ns == DEFAULT_NAMESPACE else f"namespace {ns!r}: {p}" for p in report.problems]
+    return merged

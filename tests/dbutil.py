@@ -42,3 +42,8 @@ def table_rows(url: str, table: str) -> int:
 def table_names(url: str, schema: str | None = None) -> set[str]:
     with temporary_engine(url) as engine:
         return set(sa.inspect(engine).get_table_names(schema=schema))
+
+
+def fetch_columns(url: str, table: str, schema: str | None = None) -> list[str]:
+    with temporary_engine(url) as engine:
+        return [c["name"] for c in sa.inspect(engine).get_columns(table, schema=schema)]

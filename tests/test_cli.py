@@ -20,6 +20,8 @@ from tests.cli_support import cli, dump, script
 
 COMMANDS = [
     "demo",
+    "sweep",
+    "prune-log",
     "upgrade",
     "downgrade",
     "current",

@@ -75,11 +75,15 @@ class Deadlocker:
                 else:
                     pad = f"{self.prefix}_pad"
                     conn.execute(sa.text(f"INSERT INTO {pad} (n) VALUES " + ",".join(["(1)"] * 50)))
-                conn.execute(sa.text(f"SELECT id FROM {self.prefix}_facts WHERE id = :g FOR UPDATE"), {"g": self.g})
+                # The key the store locks by: (namespace, id), the primary key (the default namespace is '').
+                facts = f"{self.prefix}_facts"
+                conn.execute(
+                    sa.text(f"SELECT id FROM {facts} WHERE namespace = '' AND id = :g FOR UPDATE"), {"g": self.g}
+                )
                 locked.set()
                 time.sleep(0.3)  # the store's transaction is now waiting for g
                 conn.execute(
-                    sa.text(f"UPDATE {self.prefix}_facts SET version = version + 1 WHERE id = :f"), {"f": self.f}
+                    sa.text(f"UPDATE {facts} SET version = version + 1 WHERE namespace = '' AND id = :f"), {"f": self.f}
                 )
         except BaseException as exc:  # reported by the test
             self.errors.append(exc)
@@ -162,7 +166,9 @@ def test_a_serialization_failure_is_retried(db: str, db_url: str, prefix: str, o
         calls.append(1)
         if len(calls) == 1:  # another client changes g after this transaction's snapshot
             with other.begin() as conn:
-                conn.execute(sa.text(f"UPDATE {prefix}_facts SET version = version + 1 WHERE id = 'g'"))
+                conn.execute(
+                    sa.text(f"UPDATE {prefix}_facts SET version = version + 1 WHERE namespace = '' AND id = 'g'")
+                )
         doc = storage.load("g")
         assert doc is not None
         storage.save(doc)  # SELECT ... FOR UPDATE of a row changed since the snapshot: 40001
@@ -191,7 +197,7 @@ def test_a_lock_wait_timeout_is_retried(db: str, db_url: str, prefix: str, other
 
         def hold() -> None:
             with other.connect() as conn, conn.begin():
-                conn.execute(sa.text(f"SELECT id FROM {prefix}_facts WHERE id = 'f' FOR UPDATE"))
+                conn.execute(sa.text(f"SELECT id FROM {prefix}_facts WHERE namespace = '' AND id = 'f' FOR UPDATE"))
                 locked.set()
                 time.sleep(1.6)
 

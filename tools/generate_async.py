@@ -107,6 +107,8 @@ FACADES: tuple[Facade, ...] = (
             "transaction": skip("runs sync work in one transaction: the sync store calls it inside the bridge"),
             "bridged": skip("builds the sync storage this facade drives"),
             "register_constraint": sync(),
+            "sweep_with": skip("takes the store's operations: reached through the sync store"),
+            "for_namespace": skip("returns a facade, not a coroutine: written by hand in aio.py"),
             "declare_indexed_paths": sync(),
             "iter_query": aiter("batch_size"),
             "close": custom("if self._owns:\n    await self.engine.dispose()"),

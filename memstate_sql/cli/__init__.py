@@ -24,6 +24,7 @@ from memstate_sql.cli.context import common_options
 from memstate_sql.cli.demo import demo_cmd
 from memstate_sql.cli.from_memstate import import_memstate_cmd
 from memstate_sql.cli.reading import facts_cmd, get_cmd, history_cmd, log_cmd, stats_cmd
+from memstate_sql.cli.retention import prune_log_cmd, sweep_cmd
 from memstate_sql.cli.rollback import rollback_cmd
 from memstate_sql.cli.schema_cmds import check_cmd, current_cmd, downgrade_cmd, upgrade_cmd
 from memstate_sql.cli.transfer import export_cmd, import_cmd
@@ -78,6 +79,8 @@ for _command in (
     log_cmd,
     stats_cmd,
     rollback_cmd,
+    sweep_cmd,
+    prune_log_cmd,
     export_cmd,
     import_cmd,
     import_memstate_cmd,

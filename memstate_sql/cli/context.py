@@ -37,6 +37,7 @@ class Settings:
     url: str | None = None
     prefix: str = DEFAULT_PREFIX
     schema: str | None = None
+    namespace: str | None = None
     json: bool = False
 
 
@@ -76,6 +77,13 @@ def common_options(f: F) -> F:
             expose_value=False,
             callback=_keep("schema"),
             help="database schema (PostgreSQL)",
+        ),
+        click.option(
+            "--namespace",
+            metavar="NAME",
+            expose_value=False,
+            callback=_keep("namespace"),
+            help="the tenant whose facts the command sees and changes (default: the default namespace)",
         ),
         click.option(
             "--json",
@@ -159,6 +167,7 @@ class Target:
     origin: str
     prefix: str
     schema: str | None
+    namespace: str | None = None
 
     @classmethod
     def current(cls) -> Target:
@@ -170,7 +179,7 @@ class Target:
             raw, origin = os.environ[ENV_URL], ENV_URL
         else:
             raw, origin = str(Path.cwd() / DEFAULT_FILE), "default"
-        return cls(url=parse_url(raw), origin=origin, prefix=opts.prefix, schema=opts.schema)
+        return cls(url=parse_url(raw), origin=origin, prefix=opts.prefix, schema=opts.schema, namespace=opts.namespace)
 
     @property
     def shown(self) -> str:
@@ -179,6 +188,7 @@ class Target:
     def describe(self) -> str:
         """The database, prefix and (PostgreSQL) schema, for messages."""
         where = f"prefix {self.prefix}" + (f", schema {self.schema}" if self.schema else "")
+        where += f", namespace {self.namespace!r}" if self.namespace else ""
         return f"{self.shown} ({where})"
 
     def open(self, *, create: bool, ensure: str = "", max_attempts: int = 10) -> SQLStorage:
@@ -201,6 +211,7 @@ class Target:
         try:
             storage = SQLStorage(
                 self.url,
+                namespace=self.namespace,
                 table_prefix=self.prefix,
                 schema=self.schema,
                 auto_migrate=create,

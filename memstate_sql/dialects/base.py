@@ -99,6 +99,13 @@ class DialectSupport:
         """The column type of key strings (ids, types, sessions): compared exactly, code point by code point."""
         return String(length)
 
+    @contextmanager
+    def try_exclusive(self, conn: Connection, name: str) -> Iterator[bool]:
+        """Inside the current transaction, try to become the only holder of the lock `name` across every
+        process; yields whether it did, and releases it when the block ends. The default (SQLite, whose
+        writers are serialised by the database file) always succeeds."""
+        yield True
+
     def engine_options(self, url: URL) -> dict[str, Any]:
         """Keyword arguments for `create_engine` when memstate_sql creates the engine."""
         return {"pool_pre_ping": True}

@@ -79,6 +79,17 @@ class MySQLSupport(DialectSupport):
         return ErrorKind.OTHER
 
     @contextmanager
+    def try_exclusive(self, conn: Connection, name: str) -> Iterator[bool]:
+        # GET_LOCK belongs to the session, not the transaction: released explicitly at the end of the block.
+        lock = lock_name(name)
+        got = conn.execute(text("SELECT GET_LOCK(:n, 0)"), {"n": lock}).scalar() == 1
+        try:
+            yield got
+        finally:
+            if got:
+                conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": lock})
+
+    @contextmanager
     def migration_lock(
         self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
     ) -> Iterator[None]:

@@ -94,6 +94,11 @@ class PostgreSQLSupport(DialectSupport):
             conn.execute(text("RESET lock_timeout"))
             conn.commit()
 
+    @contextmanager
+    def try_exclusive(self, conn: Connection, name: str) -> Iterator[bool]:
+        # Transaction-level: released by COMMIT or ROLLBACK, never left on a pooled connection.
+        yield bool(conn.execute(text("SELECT pg_try_advisory_xact_lock(:k)"), {"k": lock_key(name)}).scalar())
+
     def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
         table, name = ddl_names(conn, facts, spec.index_name(facts.name))
         arrows = [" -> "] * len(spec.keys)
