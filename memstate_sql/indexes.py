@@ -68,7 +68,9 @@ class IndexedPath:
         return STRING_PREFIX
 
     def index_name(self, facts_table: str) -> str:
-        return f"ix_{facts_table}_px_{self.digest}"
+        # "pn": (namespace, path). Releases before ms_0002 built "px" indexes on the path alone; they stay
+        # where they exist (unused once this one is there; drop them at leisure).
+        return f"ix_{facts_table}_pn_{self.digest}"
 
 
 def declare(paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None) -> tuple[IndexedPath, ...]:

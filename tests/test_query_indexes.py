@@ -125,7 +125,7 @@ def test_undeclared_paths_scan(indexed: ms.SQLStorage, db: str) -> None:
     with explained(indexed) as plans:
         indexed.query(None, {"payload.other": {"$gt": 3}})
     plan = "\n".join(plans)
-    assert "_px_" not in plan
+    assert "_pn_" not in plan
 
 
 def test_index_creation_is_idempotent_and_named(db_url: str, prefix: str, db: str) -> None:

@@ -139,7 +139,7 @@ class MySQLSupport(DialectSupport):
             conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {gcol} {definition} VIRTUAL")
         indexes = {i["name"] for i in sa_inspect(conn).get_indexes(facts.name, schema=facts.schema)}
         if spec.index_name(facts.name) not in indexes:
-            conn.exec_driver_sql(f"CREATE INDEX {name} ON {table} ({gcol})")
+            conn.exec_driver_sql(f"CREATE INDEX {name} ON {table} (namespace, {gcol})")
 
 
 def _is_mariadb(dialect: Dialect) -> bool:

@@ -128,7 +128,8 @@ class SQLiteSupport(DialectSupport):
         lit = ddl_literal(conn, dollar_path(spec.keys))
         # The very expressions the compiler emits for a typed comparison (json_type gate, json_extract value).
         conn.exec_driver_sql(
-            f"CREATE INDEX IF NOT EXISTS {name} ON {table} (json_type(payload, {lit}), json_extract(payload, {lit}))"
+            f"CREATE INDEX IF NOT EXISTS {name} ON {table} "
+            f"(namespace, json_type(payload, {lit}), json_extract(payload, {lit}))"
         )
 
 
