@@ -21,21 +21,20 @@ database: imported facts carry no singleton key or immutable flag.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
 from sqlalchemy.sql.expression import TableClause
 
-from memstate_sql import jsondoc
 from memstate_sql.errors import ConflictError, ValidationFailed
-from memstate_sql.facts import Operation
+from memstate_sql.paging import keyset_pages
 from memstate_sql.records import FactState, TxRecord
 from memstate_sql.repository import Repository
 from memstate_sql.storage import SQLStorage
-from memstate_sql.transfer import ProgressCallback, parse_ts
-from memstate_sql.validation import check_batch, check_key, state_from_doc
+from memstate_sql.transfer import ProgressCallback, tx_from_line
+from memstate_sql.validation import check_batch, state_from_doc
 
 #: memstate's own limit is none; this is ours for one imported payload.
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
@@ -105,16 +104,13 @@ def _read_keyset(
     conn: Connection, key: Any, doc: Any, batch: int, describe: Callable[[Any], str]
 ) -> Iterator[list[dict[str, Any]]]:
     """The documents of a memstate table in `key` order, `batch` rows per read (keyset pagination)."""
-    after: Any = None
-    while True:
+
+    def fetch(after: Any) -> Sequence[Any]:
         stmt = select(key, doc).order_by(key).limit(batch)
-        if after is not None:
-            stmt = stmt.where(key > after)
-        rows = conn.execute(stmt).all()
-        if not rows:
-            return
+        return conn.execute(stmt if after is None else stmt.where(key > after)).all()
+
+    for rows in keyset_pages(fetch, key=lambda row: row[0]):
         yield [_document(row[1], describe(row[0])) for row in rows]
-        after = rows[-1][0]
 
 
 def read_facts(conn: Connection, layout: Layout, batch: int) -> Iterator[list[dict[str, Any]]]:
@@ -135,34 +131,9 @@ def fact_state(doc: dict[str, Any]) -> FactState:
 
 
 def tx_record(entry: dict[str, Any]) -> TxRecord:
-    where = f"memstate log entry {entry.get('uuid')!r}"
-    try:
-        op = Operation(entry.get("op")).value
-    except ValueError:
-        raise ValidationFailed(f"{where}: unknown op {entry.get('op')!r}") from None
-    images = {}
-    for name in ("fact_before", "fact_after"):
-        value = entry.get(name)
-        if value is not None and not isinstance(value, dict):
-            raise ValidationFailed(f"{where}: {name} is not an object")
-        images[name] = None if value is None else jsondoc.check_value(value, f"{where}: {name}")
-    reason = entry.get("reason")
-    uuid = check_key(f"{where}: uuid", entry.get("uuid"), required=True)
-    assert uuid is not None
-    return TxRecord(
-        seq=0,
-        uuid=uuid,
-        op=op,
-        session_id=check_key(f"{where}: session_id", entry.get("session_id"), required=False),
-        fact_id=check_key(f"{where}: fact_id", entry.get("fact_id"), required=False),
-        actor=check_key(f"{where}: actor", entry.get("actor"), required=False),
-        reason=None if reason is None else str(reason),
-        ts=parse_ts(entry.get("ts"), where),
-        fact_before=images["fact_before"],
-        fact_after=images["fact_after"],
-        discarded=None,
-        reverted_by=None,
-    )
+    """A memstate log entry as a log row: validated exactly like a line of our own export (memstate's
+    entries have no ``discarded`` list: `memstate_sql.logentry` reads their session discards by replay)."""
+    return tx_from_line({**entry, "discarded": None}, f"memstate log entry {entry.get('uuid')!r}")
 
 
 @dataclass

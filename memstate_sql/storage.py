@@ -25,6 +25,8 @@ from memstate_sql.facts import Operation, TxEntry
 from memstate_sql.hooks import HookSet
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
+from memstate_sql.paging import keyset_pages
+from memstate_sql.records import FactState
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
 from memstate_sql.schema import SchemaGate
@@ -340,15 +342,24 @@ class SQLStorage:
         """How many facts `spec` selects."""
         return self._read(lambda repo: repo.count(spec, indexed=self.indexed))
 
-    def page(self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None) -> Page:
-        """One batch of a stream: the documents after the row keyed `after`, and the last row's key."""
-        rows = self._read(lambda repo: repo.query(spec, indexed=self.indexed, limit=batch_size, after=after))
+    def page(
+        self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None
+    ) -> tuple[list[dict[str, Any]], tuple[Any, ...] | None]:
+        """One batch of a stream: the documents after the row whose sort key is `after`, and the last
+        row's sort key (None when the batch is empty)."""
+        rows = self._rows(spec, batch_size, after)
         return [fact.doc() for fact, _ in rows], (rows[-1][1] if rows else None)
 
     def stream(self, spec: QuerySpec, batch_size: int = 500) -> Iterator[dict[str, Any]]:
         """Stream what `spec` selects in batches (see `iter_query`); arguments are checked at once."""
         check_batch(batch_size)
-        return paginate(lambda after: self.page(spec, batch_size, after))
+        pages = keyset_pages(lambda after: self._rows(spec, batch_size, after), key=lambda row: row[1])
+        return (fact.doc() for page in pages for fact, _ in page)
+
+    def _rows(
+        self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None
+    ) -> list[tuple[FactState, tuple[Any, ...]]]:
+        return self._read(lambda repo: repo.query(spec, indexed=self.indexed, limit=batch_size, after=after))
 
     def append_tx(self, tx_data: dict[str, Any]) -> None:
         """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""
@@ -503,17 +514,3 @@ class SQLStorage:
         check_key("fact id", fact_id, required=True)
         entries = self._read(lambda repo: operations.history(repo, fact_id))
         return [{**e.doc(), "reverted_by": e.reverted_by} for e in entries]
-
-
-Page = tuple[list[dict[str, Any]], "tuple[Any, ...] | None"]
-
-
-def paginate(fetch: Callable[[tuple[Any, ...] | None], Page]) -> Iterator[dict[str, Any]]:
-    """Drive keyset pagination: fetch pages until one comes back empty."""
-    after: tuple[Any, ...] | None = None
-    while True:
-        docs, last = fetch(after)
-        yield from docs
-        if last is None:
-            return
-        after = last

@@ -28,6 +28,7 @@ from typing import IO, Any
 from memstate_sql import jsondoc
 from memstate_sql.errors import ConflictError, ValidationFailed
 from memstate_sql.facts import Operation
+from memstate_sql.paging import keyset_pages
 from memstate_sql.records import FactState, TxRecord
 from memstate_sql.repository import Repository
 from memstate_sql.storage import SQLStorage
@@ -182,20 +183,14 @@ def iter_export(
         }
         done = written_facts = written_log = 0
         report(done, total)
-        after_id: str | None = None
-        while page := repo.facts_page(after_id, batch_size):
-            for fact in page:
-                yield fact_line(fact)
+        for page in keyset_pages(lambda after: repo.facts_page(after, batch_size), key=lambda f: f.id):
+            yield from (fact_line(fact) for fact in page)
             written_facts += len(page)
-            after_id = page[-1].id
             done += len(page)
             report(done, total)
-        after_seq: int | None = None
-        while entries := repo.log_page(after_seq, batch_size):
-            for entry in entries:
-                yield tx_line(entry)
+        for entries in keyset_pages(lambda after: repo.log_page(after, batch_size), key=lambda e: e.seq):
+            yield from (tx_line(entry) for entry in entries)
             written_log += len(entries)
-            after_seq = entries[-1].seq
             done += len(entries)
             report(done, total)
     yield {"kind": "end", "facts": written_facts, "log": written_log}

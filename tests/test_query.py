@@ -170,14 +170,14 @@ def test_iter_query_streams_in_batches(storage: ms.SQLStorage, monkeypatch: pyte
     for i in range(23):
         store.commit(Fact(id=f"i{i:02d}", type="t", payload={"n": i % 5, "s": f"{i % 3}"}, ts=TS))
     pages: list[int] = []
-    real = storage.page
+    real = storage._rows  # the one read per batch
 
     def spy(*args: Any) -> Any:
-        docs, last = real(*args)
-        pages.append(len(docs))
-        return docs, last
+        rows = real(*args)
+        pages.append(len(rows))
+        return rows
 
-    monkeypatch.setattr(storage, "page", spy)
+    monkeypatch.setattr(storage, "_rows", spy)
     stream = store.iter_query("t", {"payload.n": {"$lt": 4}}, order_by=["-payload.n", "payload.s"], batch_size=4)
     assert pages == []  # lazy
     got = ids(list(stream))
