@@ -151,18 +151,14 @@ def memstate_postgres(prefix: str) -> System:
 
 
 def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None) -> System:
-    target: Any = url
     name = "memstate_sql"
+    options: dict[str, Any] = {}
     if synchronous is not None:
-        # memstate's own SQLite setting (WAL + synchronous=NORMAL: atomic and consistent, but the last
-        # commits can be lost on power failure). memstate_sql keeps SQLite's default (FULL) unless the
-        # application configures its engine like this.
-        target = sa.create_engine(url, connect_args={"timeout": 30})
-        sa.event.listen(target, "connect", lambda c, _r: c.execute(f"PRAGMA synchronous = {synchronous}"))
+        # SQLStorage(sqlite_synchronous="normal"): memstate's own SQLite setting (WAL + synchronous=NORMAL:
+        # atomic and consistent, but the last commits can be lost on power failure). The default is "full".
+        options["sqlite_synchronous"] = synchronous
         name = f"memstate_sql[{synchronous.lower()}]"
-    storage = ms.SQLStorage(target, table_prefix=prefix, indexed_paths=[IndexedPath("payload.group", "number")])
-    if synchronous is not None:
-        ms.dialects.support_for("sqlite").configure_engine(target)
+    storage = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=[IndexedPath("payload.group", "number")], **options)
     store = ms.MemoryStore(storage)
     store.count()  # prepares the schema
 
@@ -180,12 +176,7 @@ def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None)
 
         storage.transaction(work, name="bulk")
 
-    def close() -> None:
-        storage.close()
-        if synchronous is not None:
-            target.dispose()
-
-    return System(name, db, store, ms.Fact, bulk, close)
+    return System(name, db, store, ms.Fact, bulk, storage.close)
 
 
 # ---------------------------------------------------------------------------- raw floor
@@ -407,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
                 floors["sqlite[normal]"] = raw_floor(
                     db, os.path.join(workdir, "raw2.db"), sizes.writes, prefix, "NORMAL"
                 )
-                system = memstate_sql("sqlite", f"sqlite:///{workdir}/msql-normal.db", prefix, "NORMAL")
+                system = memstate_sql("sqlite", f"sqlite:///{workdir}/msql-normal.db", prefix, "normal")
                 systems.append(system)
                 try:
                     run_workload(system, Sizes(**{**sizes.__dict__, "large": 0}), log)

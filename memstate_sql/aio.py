@@ -117,10 +117,19 @@ class AsyncSQLStorage:
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
+        sqlite_synchronous: str | None = None,
     ) -> None:
         bound: Callable[[], Connection] | None = None
+        if sqlite_synchronous is not None and not isinstance(url_or_async_engine, str | URL):
+            raise ValidationFailed(
+                "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
+                "set PRAGMA synchronous on your own engine's connections instead"
+            )
         if isinstance(url_or_async_engine, str | URL):
-            self.engine, self._owns = async_engine_for(url_or_async_engine, engine_options), True
+            self.engine, self._owns = (
+                async_engine_for(url_or_async_engine, engine_options, sqlite_synchronous=sqlite_synchronous),
+                True,
+            )
         elif isinstance(url_or_async_engine, AsyncEngine):
             self.engine, self._owns = url_or_async_engine, False
         elif isinstance(url_or_async_engine, AsyncConnection):

@@ -35,23 +35,35 @@ def support_for(dialect: Dialect | str) -> DialectSupport:
         raise StorageError(f"memstate_sql supports SQLite, PostgreSQL and MySQL/MariaDB, not {name!r}") from None
 
 
-def engine_for(url: str | URL, engine_options: Mapping[str, Any] | None = None) -> Engine:
+def engine_for(
+    url: str | URL, engine_options: Mapping[str, Any] | None = None, *, sqlite_synchronous: str | None = None
+) -> Engine:
     """The one way memstate_sql creates a sync engine: the database's defaults
     (`DialectSupport.engine_options`), the caller's options over them, and the database's
-    per-connection settings (`DialectSupport.configure_engine`)."""
+    per-connection settings (`DialectSupport.configure_engine`; `sqlite_synchronous`: SQLite's durability)."""
     parsed = make_url(url) if isinstance(url, str) else url
     support = support_for(parsed.get_backend_name())
     engine = create_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
-    support.configure_engine(engine)
+    try:
+        support.configure_engine(engine, sqlite_synchronous=sqlite_synchronous)
+    except BaseException:
+        engine.dispose()
+        raise
     return engine
 
 
-def async_engine_for(url: str | URL, engine_options: Mapping[str, Any] | None = None) -> AsyncEngine:
+def async_engine_for(
+    url: str | URL, engine_options: Mapping[str, Any] | None = None, *, sqlite_synchronous: str | None = None
+) -> AsyncEngine:
     """`engine_for` for asyncio: the URL mapped to the database's asyncio driver (`async_url`)."""
     parsed = async_url(url)
     support = support_for(parsed.get_backend_name())
     engine = create_async_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
-    support.configure_engine(engine.sync_engine)
+    try:
+        support.configure_engine(engine.sync_engine, sqlite_synchronous=sqlite_synchronous)
+    except BaseException:
+        engine.sync_engine.dispose()
+        raise
     return engine
 
 
