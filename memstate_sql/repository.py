@@ -162,6 +162,26 @@ class Repository:
             return {}
         return {f.id: f for f in self._select_facts(self.facts.c.id.in_(list(fact_ids)), False)}
 
+    def lookup_for_batch(
+        self, fact_ids: Sequence[str], singletons: Sequence[tuple[str, str]], chunk: int = 500
+    ) -> tuple[dict[str, FactState], dict[tuple[str, str], FactState]]:
+        """The rows (expired ones included, locked for the write) a batch of commits may replace: by id,
+        and by (type, singleton token)."""
+        c, lock = self.facts.c, self.dialect.row_locks
+        found: list[FactState] = []
+        ids = sorted(set(fact_ids))
+        for i in range(0, len(ids), chunk):
+            found += self._select_facts(c.id.in_(ids[i : i + chunk]), lock, expired=True)
+        by_type: dict[str, list[str]] = {}
+        for type_, token in sorted(set(singletons)):
+            by_type.setdefault(type_, []).append(token)
+        for type_, tokens in by_type.items():
+            for i in range(0, len(tokens), chunk):
+                where = (c.type == type_) & c.singleton.in_(tokens[i : i + chunk])
+                found += self._select_facts(where, lock, expired=True)
+        rows = {f.id: f for f in found}
+        return rows, {(f.type, f.singleton): f for f in rows.values() if f.singleton is not None}
+
     def find_singleton(self, type_: str, token: str, *, lock: bool = False, expired: bool = False) -> FactState | None:
         return self._keyed(self._hot.by_singleton, lock, expired, w_type=type_, w_token=token)
 
@@ -233,6 +253,32 @@ class Repository:
             "expires_at": fact.expires_at,
         }
         return self._execute(self._hot.update[allow_immutable], params).rowcount == 1
+
+    def update_many(self, writes: Sequence[tuple[FactState, int]], *, allow_immutable: bool = False) -> bool:
+        """`update` of many rows (each `(fact, expected_version)`) in one executemany; whether every
+        row matched (an immutable row never does unless `allow_immutable`)."""
+        if not writes:
+            return True
+        params = [
+            {
+                "w_ns": self.namespace,
+                "w_id": fact.id,
+                "w_version": expected,
+                "type": fact.type,
+                "payload": fact.payload,
+                "session_id": fact.session_id,
+                "source": fact.source,
+                "ts": fact.ts,
+                "version": fact.version,
+                "singleton": fact.singleton,
+                "immutable": fact.immutable,
+                "expires_at": fact.expires_at,
+            }
+            for fact, expected in writes
+        ]
+        if len(params) == 1 or not self.conn.dialect.supports_sane_multi_rowcount:
+            return all(self._execute(self._hot.update[allow_immutable], p).rowcount == 1 for p in params)
+        return self._execute(self._hot.update[allow_immutable], params).rowcount == len(params)
 
     def delete(self, fact_id: str, *, expected_version: int | None = None) -> bool:
         params: dict[str, Any] = {"w_ns": self.namespace, "w_id": fact_id}
