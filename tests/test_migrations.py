@@ -675,3 +675,33 @@ def test_concurrent_async_startup_of_several_storages(db_url: str, prefix: str) 
         migrations.check(db_url, table_prefix=other)
     finally:
         drop_prefix(db_url, other)
+
+
+def test_the_start_up_check_knows_the_head_revision() -> None:
+    """`schema.HEAD_REVISION` lets an up-to-date database be confirmed without Alembic: it must be the
+    head of the migration scripts (a new migration updates it)."""
+    from memstate_sql import schema
+
+    assert schema.HEAD_REVISION == HEAD
+
+
+def test_import_memstate_sql_leaves_alembic_and_asyncio_for_later() -> None:
+    """Cold start: the store's import and its first operation on an up-to-date SQLite database load
+    neither Alembic, nor SQLAlchemy's asyncio extension, nor the other databases' modules; the lazy names
+    still resolve."""
+    code = (
+        "import sys, tempfile, memstate_sql as ms\n"
+        "url = 'sqlite:///' + tempfile.mkdtemp() + '/c.db'\n"
+        "ms.MemoryStore(ms.SQLStorage(url)).count()\n"  # creates the schema: Alembic runs
+        "for m in [m for m in sys.modules if m.startswith(('alembic', 'memstate_sql.migrations'))]:\n"
+        "    del sys.modules[m]\n"
+        "store = ms.MemoryStore(ms.SQLStorage(url))\n"
+        "store.count()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] == 'alembic' or m in ("
+        "'sqlalchemy.ext.asyncio', 'memstate_sql.aio', 'memstate_sql.migrations', 'memstate_sql.dialects.mysql',"
+        " 'memstate_sql.dialects.postgresql'))\n"
+        "assert loaded == [], loaded\n"
+        "assert ms.AsyncMemoryStore.__name__ == 'AsyncMemoryStore' and callable(ms.migrate)\n"
+        "assert ms.VERSION_TABLE and ms.Sweeper and 'AsyncSQLStorage' in dir(ms)\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
