@@ -68,7 +68,7 @@ class SQLStorage:
     commit durable on disk before it returns (survives a power failure; one fsync per commit);
     ``"normal"`` (what memstate and Rails 8 run) keeps commits atomic and safe against application
     crashes but may lose the last commits on a power failure or an OS crash, for several times the
-    write rate on disks with slow fsync. See docs/durability in README.md.
+    write rate on disks with slow fsync (README.md, "SQLite durability").
     """
 
     def __init__(
