@@ -6,8 +6,10 @@ the hooks' outcome commit together or not at all.
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from memstate_sql._version import __version__
-from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
 from memstate_sql.errors import (
     ConflictError,
     ConnectionLost,
@@ -25,14 +27,42 @@ from memstate_sql.errors import (
 from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntry
 from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
 from memstate_sql.indexes import IndexedPath
-from memstate_sql.migrations import VERSION_TABLE, migrate
 from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
 from memstate_sql.records import RollbackAction, RollbackConflict, RollbackPlan
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
-from memstate_sql.sweeper import AsyncSweeper, Sweeper
 from memstate_sql.verify import VerifyReport, verify
+
+if TYPE_CHECKING:
+    from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
+    from memstate_sql.migrations import VERSION_TABLE, migrate
+    from memstate_sql.sweeper import AsyncSweeper, Sweeper
+
+#: Loaded on first use (`import memstate_sql` stays cheap): the asyncio layer (SQLAlchemy's asyncio
+#: extension), the migrations (Alembic), the sweepers.
+_LAZY = {
+    "AsyncMemoryStore": "memstate_sql.aio",
+    "AsyncSQLStorage": "memstate_sql.aio",
+    "VERSION_TABLE": "memstate_sql.migrations",
+    "migrate": "memstate_sql.migrations",
+    "AsyncSweeper": "memstate_sql.sweeper",
+    "Sweeper": "memstate_sql.sweeper",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'memstate_sql' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once: later lookups are plain module attributes
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "DEFAULT_PREFIX",

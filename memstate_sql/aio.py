@@ -117,10 +117,19 @@ class AsyncSQLStorage:
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
+        sqlite_synchronous: str | None = None,
     ) -> None:
         bound: Callable[[], Connection] | None = None
+        if sqlite_synchronous is not None and not isinstance(url_or_async_engine, str | URL):
+            raise ValidationFailed(
+                "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
+                "set PRAGMA synchronous on your own engine's connections instead"
+            )
         if isinstance(url_or_async_engine, str | URL):
-            self.engine, self._owns = async_engine_for(url_or_async_engine, engine_options), True
+            self.engine, self._owns = (
+                async_engine_for(url_or_async_engine, engine_options, sqlite_synchronous=sqlite_synchronous),
+                True,
+            )
         elif isinstance(url_or_async_engine, AsyncEngine):
             self.engine, self._owns = url_or_async_engine, False
         elif isinstance(url_or_async_engine, AsyncConnection):
@@ -360,6 +369,27 @@ class AsyncMemoryStore:
         """
         return await _spawn(
             self.sync_store.commit, fact, session_id, ephemeral, actor, reason, ttl=ttl, expires_at=expires_at
+        )
+
+    async def commit_many(
+        self,
+        facts: Iterable[Fact],
+        session_id: str | None = None,
+        ephemeral: bool = False,
+        actor: str | None = None,
+        reason: str | None = None,
+        *,
+        ttl: float | timedelta | None = None,
+        expires_at: datetime | str | None = None,
+    ) -> list[str]:
+        """`commit` of many facts in one transaction: all of them or none (a refused fact, a failing hook
+        or any database error rolls the whole batch back). Each fact is committed as `commit` would,
+        in order (a later fact with the id or singleton key of an earlier one updates it), with its own
+        log entry; hooks are told about every fact before COMMIT. Returns the ids, in order. New rows
+        and log entries go in multi-row statements (thousands of facts per second and per core).
+        """
+        return await _spawn(
+            self.sync_store.commit_many, facts, session_id, ephemeral, actor, reason, ttl=ttl, expires_at=expires_at
         )
 
     async def commit_model(

@@ -14,7 +14,7 @@ and the transaction rolls back.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -173,6 +173,97 @@ class Operations:
         log(repo, op, requested, written.id, existing, written, actor, reason)
         self.hooks.deliver([(op, written.id, written)])
         return written.id
+
+    def commit_many(
+        self,
+        repo: Repository,
+        facts: Iterable[Fact],
+        session_id: str | None,
+        ephemeral: bool,
+        actor: str | None,
+        reason: str | None,
+        ttl: Any = None,
+        expires_at: Any = None,
+    ) -> list[str]:
+        """`commit` of every fact, in order, in the caller's one transaction; returns their ids.
+
+        Each fact gets its own log entry and hook notifications (delivered after all writes, before
+        COMMIT). When no two facts of the batch resolve to the same row (same id or singleton key) and
+        none moves an existing fact to another singleton key, the rows are looked up, inserted,
+        updated and logged with a few multi-row statements; otherwise the facts are committed one by
+        one (same result, same transaction)."""
+        if isinstance(facts, Fact | str | bytes | Mapping) or not isinstance(facts, Iterable):
+            raise ValidationFailed(f"commit_many() takes an iterable of Facts, got {type(facts).__name__}")
+        facts = list(facts)
+        for fact in facts:
+            if not isinstance(fact, Fact):
+                raise ValidationFailed(f"commit_many() takes Facts, got {type(fact).__name__}")
+        check_key("actor", actor, required=False)
+        if not facts:
+            return []
+        check_expiry(ttl, expires_at, repo.now)  # the arguments' errors first, before any row is read
+        news = [self._new_state(repo, fact, session_id, ttl, expires_at) for fact in facts]
+        by_id, by_key = repo.lookup_for_batch(
+            [n.id for n in news], [(n.type, n.singleton) for n in news if n.singleton is not None]
+        )
+        plan = _batch_plan(repo, news, by_id, by_key)
+        if plan is None:  # rows shared inside the batch: the general path, fact by fact
+            return [self.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at) for fact in facts]
+        inserts: list[FactState] = []
+        updates: dict[bool, list[tuple[FactState, int]]] = {False: [], True: []}
+        entries: list[TxRecord] = []
+        calls: list[Notification] = []
+        for fact, new, existing in zip(facts, news, plan, strict=True):
+            requested = session_id or fact.session_id
+            replacing = existing is not None and _expired(repo, existing)
+            if existing is not None and existing.immutable and not replacing:
+                raise immutable_error(existing.type, existing.id)
+            if existing is None:
+                op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
+                written = new.evolve(version=1)
+                inserts.append(written)
+            else:
+                op = Operation.UPDATE
+                if replacing:
+                    new = new.evolve(id=existing.id)
+                else:
+                    new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
+                written = new.evolve(version=existing.version + 1)
+                updates[replacing].append((written, existing.version))
+            entries.append(
+                TxRecord(
+                    seq=0,
+                    uuid=str(uuid.uuid4()),
+                    op=op.value,
+                    session_id=requested,
+                    fact_id=written.id,
+                    actor=actor,
+                    reason=reason,
+                    ts=utcnow(),
+                    fact_before=None if existing is None else existing.doc(),
+                    fact_after=written.doc(),
+                    discarded=None,
+                    reverted_by=None,
+                )
+            )
+            calls.append((op, written.id, written))
+        for allow, writes in updates.items():
+            if not repo.update_many(writes, allow_immutable=allow):
+                raise RetryUnitOfWork()  # a row changed between the locked read and the write
+        repo.insert_facts(inserts)
+        repo.insert_log(entries)
+        self.hooks.deliver(calls)
+        return [fact_id for _, fact_id, _ in calls]
+
+    def _new_state(self, repo: Repository, fact: Fact, session_id: str | None, ttl: Any, expires_at: Any) -> FactState:
+        """The validated row `commit` would write for `fact` (before looking at the table)."""
+        payload = self.registry.validate(fact.type, fact.payload)
+        constraint = self.constraints.get(fact.type)
+        expiry = check_expiry(ttl, expires_at, repo.now)
+        if expiry is None and ttl is None and expires_at is None and constraint is not None and constraint.ttl:
+            expiry = repo.now + constraint.ttl
+        requested = session_id or fact.session_id
+        return new_state(fact, payload, requested, self.constraints, self.max_bytes, expires_at=expiry)
 
     def update(
         self,
@@ -510,6 +601,36 @@ class Operations:
         ranked = [(found[fid], score) for fid, score in best.items() if fid in found]
         ranked.sort(key=lambda pair: -pair[1])
         return ranked
+
+
+def _batch_plan(
+    repo: Repository,
+    news: Sequence[FactState],
+    by_id: Mapping[str, FactState],
+    by_key: Mapping[tuple[str, str], FactState],
+) -> list[FactState | None] | None:
+    """The existing row each new fact of a batch replaces (None: a new row), as `Operations.commit` finds
+    it (singleton key first, then id); None when the batch cannot be written in bulk: two facts resolve
+    to one row or one singleton key, or a fact would move to another key (order-dependent)."""
+    targets: list[FactState | None] = []
+    rows: set[str] = set()
+    keys: set[tuple[str, str]] = set()
+    for new in news:
+        existing = by_key.get((new.type, new.singleton)) if new.singleton is not None else None
+        if existing is not None and new.immutable and not _expired(repo, existing):
+            return None  # refused: `Operations.commit` raises the error it raises for one fact
+        if existing is None:
+            existing = by_id.get(new.id)
+        if existing is not None and existing.singleton is not None and existing.singleton != new.singleton:
+            return None
+        row = existing.id if existing is not None else new.id
+        if row in rows or (new.singleton is not None and (new.type, new.singleton) in keys):
+            return None
+        rows.add(row)
+        if new.singleton is not None:
+            keys.add((new.type, new.singleton))
+        targets.append(existing)
+    return targets
 
 
 def _expired(repo: Repository, fact: FactState) -> bool:

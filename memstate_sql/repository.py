@@ -7,12 +7,30 @@ commits: the unit of work (`memstate_sql.uow`) owns the transaction.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, Table, bindparam, delete, func, insert, inspect, select, update
-from sqlalchemy.sql import ColumnElement
+from sqlalchemy import (
+    Connection,
+    Delete,
+    Insert,
+    Row,
+    Select,
+    Table,
+    Update,
+    bindparam,
+    delete,
+    func,
+    insert,
+    inspect,
+    select,
+    update,
+)
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.sql import ColumnElement, Executable
 
 from memstate_sql import filters as flt
 from memstate_sql.dialects import DialectSupport
@@ -20,6 +38,52 @@ from memstate_sql.models import Models
 from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord
 from memstate_sql.timeutil import utcnow
 from memstate_sql.validation import QuerySpec
+
+
+@dataclass(frozen=True)
+class _Hot:
+    """The statements of the hot path (get, singleton lookup, write, log append), built once per pair of
+    tables: namespace, instant and keys are bound parameters, so each compiles once for the engine and
+    every later call only binds values (building a statement costs more than running it on SQLite)."""
+
+    by_id: dict[tuple[bool, bool], Select[Any]]
+    by_singleton: dict[tuple[bool, bool], Select[Any]]
+    update: dict[bool, Update]
+    delete: dict[bool, Delete]
+    insert_fact: Insert
+    insert_log: Insert
+
+
+@functools.cache
+def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
+    c = facts.c
+    in_ns = c.namespace == bindparam("w_ns")
+    live = in_ns & (c.expires_at.is_(None) | (c.expires_at > bindparam("w_now", type_=c.expires_at.type)))
+
+    def selects(where: ColumnElement[bool]) -> dict[tuple[bool, bool], Select[Any]]:
+        found: dict[tuple[bool, bool], Select[Any]] = {}
+        for lock in (False, True):
+            for expired in (False, True):
+                stmt = select(facts).where((in_ns if expired else live) & where).order_by(c.ts, c.id)
+                found[lock, expired] = stmt.with_for_update() if lock and row_locks else stmt
+        return found
+
+    versioned = in_ns & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
+    return _Hot(
+        by_id=selects(c.id == bindparam("w_id")),
+        by_singleton=selects((c.type == bindparam("w_type")) & (c.singleton == bindparam("w_token"))),
+        # SET takes the columns named in the parameters (every mutable column, see `Repository.update`).
+        update={
+            True: update(facts).where(versioned),
+            False: update(facts).where(versioned & c.immutable.is_(False)),
+        },
+        delete={
+            True: delete(facts).where(versioned),
+            False: delete(facts).where(in_ns & (c.id == bindparam("w_id"))),
+        },
+        insert_fact=insert(facts),
+        insert_log=insert(log),
+    )
 
 
 class Repository:
@@ -40,10 +104,24 @@ class Repository:
         self.namespace = namespace
         #: The instant expiry is judged at: one for the whole unit of work.
         self.now = now or utcnow()
-        self.facts: Table = inspect(models.Fact).local_table
-        self.log: Table = inspect(models.Tx).local_table
-        self._in_ns: ColumnElement[bool] = self.facts.c.namespace == namespace
-        self._log_in_ns: ColumnElement[bool] = self.log.c.namespace == namespace
+        self.facts, self.log = _tables(models)
+        #: Statements this repository has sent: the unit of work retries an operation whose connection
+        #: turns out dead at its first statement (nothing of it can have been applied).
+        self.statements = 0
+        self._hot = _hot(self.facts, self.log, dialect.row_locks)
+
+    def _execute(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:
+        """`Connection.execute`, counted."""
+        self.statements += 1
+        return self.conn.execute(stmt, params)
+
+    @functools.cached_property
+    def _in_ns(self) -> ColumnElement[bool]:
+        return self.facts.c.namespace == self.namespace
+
+    @functools.cached_property
+    def _log_in_ns(self) -> ColumnElement[bool]:
+        return self.log.c.namespace == self.namespace
 
     def _live(self) -> ColumnElement[bool]:
         """Facts of the namespace that have not expired (the only ones any reader sees)."""
@@ -53,41 +131,59 @@ class Repository:
     # ------------------------------------------------------------------ facts
 
     @staticmethod
-    def _fact(row: Row[Any]) -> FactState:
-        return FactState(
-            id=row.id,
-            type=row.type,
-            payload=row.payload,
-            session_id=row.session_id,
-            source=row.source,
-            ts=row.ts,
-            version=row.version,
-            immutable=bool(row.immutable),
-            singleton=row.singleton,
-            expires_at=row.expires_at,
-        )
+    def _fact(row: Any) -> FactState:
+        # Positional: the facts table's column order (`models.FactColumns`), namespace first.
+        _, id_, type_, session_id, source, ts, payload, version, immutable, singleton, expires_at = row[:11]
+        return FactState(id_, type_, payload, session_id, source, ts, version, bool(immutable), singleton, expires_at)
+
+    def _keyed(
+        self, stmts: dict[tuple[bool, bool], Select[Any]], lock: bool, expired: bool, **params: Any
+    ) -> FactState | None:
+        params["w_ns"] = self.namespace
+        if not expired:
+            params["w_now"] = self.now
+        for row in self._execute(stmts[lock, expired], params):
+            return self._fact(row)
+        return None
 
     def _select_facts(self, where: ColumnElement[bool], lock: bool, *, expired: bool = False) -> list[FactState]:
         scope = self._in_ns if expired else self._live()
         stmt = select(self.facts).where(scope & where).order_by(self.facts.c.ts, self.facts.c.id)
         if lock and self.dialect.row_locks:
             stmt = stmt.with_for_update()
-        return [self._fact(row) for row in self.conn.execute(stmt)]
+        return [self._fact(row) for row in self._execute(stmt)]
 
     def get(self, fact_id: str, *, lock: bool = False, expired: bool = False) -> FactState | None:
         """The fact, if it exists and has not expired (`expired`: also an expired, unswept one)."""
-        found = self._select_facts(self.facts.c.id == fact_id, lock, expired=expired)
-        return found[0] if found else None
+        return self._keyed(self._hot.by_id, lock, expired, w_id=fact_id)
 
     def get_many(self, fact_ids: Sequence[str]) -> dict[str, FactState]:
         if not fact_ids:
             return {}
         return {f.id: f for f in self._select_facts(self.facts.c.id.in_(list(fact_ids)), False)}
 
+    def lookup_for_batch(
+        self, fact_ids: Sequence[str], singletons: Sequence[tuple[str, str]], chunk: int = 500
+    ) -> tuple[dict[str, FactState], dict[tuple[str, str], FactState]]:
+        """The rows (expired ones included, locked for the write) a batch of commits may replace: by id,
+        and by (type, singleton token)."""
+        c, lock = self.facts.c, self.dialect.row_locks
+        found: list[FactState] = []
+        ids = sorted(set(fact_ids))
+        for i in range(0, len(ids), chunk):
+            found += self._select_facts(c.id.in_(ids[i : i + chunk]), lock, expired=True)
+        by_type: dict[str, list[str]] = {}
+        for type_, token in sorted(set(singletons)):
+            by_type.setdefault(type_, []).append(token)
+        for type_, tokens in by_type.items():
+            for i in range(0, len(tokens), chunk):
+                where = (c.type == type_) & c.singleton.in_(tokens[i : i + chunk])
+                found += self._select_facts(where, lock, expired=True)
+        rows = {f.id: f for f in found}
+        return rows, {(f.type, f.singleton): f for f in rows.values() if f.singleton is not None}
+
     def find_singleton(self, type_: str, token: str, *, lock: bool = False, expired: bool = False) -> FactState | None:
-        where = (self.facts.c.type == type_) & (self.facts.c.singleton == token)
-        found = self._select_facts(where, lock, expired=expired)
-        return found[0] if found else None
+        return self._keyed(self._hot.by_singleton, lock, expired, w_type=type_, w_token=token)
 
     def session_facts(self, session_id: str | None, *, lock: bool = False) -> list[FactState]:
         return self._select_facts(
@@ -125,11 +221,11 @@ class Repository:
         if limit is not None or offset:
             stmt = stmt.limit(limit).offset(offset)
         n = len(self.facts.c)
-        return [(self._fact(row), tuple(row[n:])) for row in self.conn.execute(stmt)]
+        return [(self._fact(row), tuple(row[n:])) for row in self._execute(stmt)]
 
     def count(self, spec: QuerySpec, *, indexed: flt.IndexLookup | None = None) -> int:
         stmt = select(func.count()).select_from(self.facts).where(self._filter_where(spec, indexed))
-        return int(self.conn.execute(stmt).scalar_one())
+        return int(self._execute(stmt).scalar_one())
 
     def insert(self, fact: FactState) -> None:
         # Parameters go with execute(), not .values(): the statement then compiles once and is
@@ -142,37 +238,59 @@ class Repository:
         Unless `allow_immutable`, an immutable row is never matched: the rule is
         part of the statement, so it holds whichever process writes.
         """
-        where = self._in_ns & (self.facts.c.id == fact.id) & (self.facts.c.version == expected_version)
-        if not allow_immutable:
-            where = where & (self.facts.c.immutable.is_(False))
-        result = self.conn.execute(
-            update(self.facts)
-            .where(where)
-            .values(
-                type=fact.type,
-                payload=fact.payload,
-                session_id=fact.session_id,
-                source=fact.source,
-                ts=fact.ts,
-                version=fact.version,
-                singleton=fact.singleton,
-                immutable=fact.immutable,
-                expires_at=fact.expires_at,
-            )
-        )
-        return result.rowcount == 1
+        params = {
+            "w_ns": self.namespace,
+            "w_id": fact.id,
+            "w_version": expected_version,
+            "type": fact.type,
+            "payload": fact.payload,
+            "session_id": fact.session_id,
+            "source": fact.source,
+            "ts": fact.ts,
+            "version": fact.version,
+            "singleton": fact.singleton,
+            "immutable": fact.immutable,
+            "expires_at": fact.expires_at,
+        }
+        return self._execute(self._hot.update[allow_immutable], params).rowcount == 1
+
+    def update_many(self, writes: Sequence[tuple[FactState, int]], *, allow_immutable: bool = False) -> bool:
+        """`update` of many rows (each `(fact, expected_version)`) in one executemany; whether every
+        row matched (an immutable row never does unless `allow_immutable`)."""
+        if not writes:
+            return True
+        params = [
+            {
+                "w_ns": self.namespace,
+                "w_id": fact.id,
+                "w_version": expected,
+                "type": fact.type,
+                "payload": fact.payload,
+                "session_id": fact.session_id,
+                "source": fact.source,
+                "ts": fact.ts,
+                "version": fact.version,
+                "singleton": fact.singleton,
+                "immutable": fact.immutable,
+                "expires_at": fact.expires_at,
+            }
+            for fact, expected in writes
+        ]
+        if len(params) == 1 or not self.conn.dialect.supports_sane_multi_rowcount:
+            return all(self._execute(self._hot.update[allow_immutable], p).rowcount == 1 for p in params)
+        return self._execute(self._hot.update[allow_immutable], params).rowcount == len(params)
 
     def delete(self, fact_id: str, *, expected_version: int | None = None) -> bool:
-        where = self._in_ns & (self.facts.c.id == fact_id)
+        params: dict[str, Any] = {"w_ns": self.namespace, "w_id": fact_id}
         if expected_version is not None:
-            where = where & (self.facts.c.version == expected_version)
-        return self.conn.execute(delete(self.facts).where(where)).rowcount == 1
+            params["w_version"] = expected_version
+        return self._execute(self._hot.delete[expected_version is not None], params).rowcount == 1
 
     def delete_many(self, fact_ids: Iterable[str]) -> int:
         ids = list(fact_ids)
         if not ids:
             return 0
-        return self.conn.execute(delete(self.facts).where(self._in_ns & self.facts.c.id.in_(ids))).rowcount
+        return self._execute(delete(self.facts).where(self._in_ns & self.facts.c.id.in_(ids))).rowcount
 
     def expired(self, limit: int) -> list[FactState]:
         """Up to `limit` expired facts of the namespace, soonest expired first, locked for deletion;
@@ -186,7 +304,7 @@ class Repository:
         )
         if self.dialect.row_locks:
             stmt = stmt.with_for_update(skip_locked=True)
-        return [self._fact(row) for row in self.conn.execute(stmt)]
+        return [self._fact(row) for row in self._execute(stmt)]
 
     # ------------------------------------------------------------------ log
 
@@ -222,8 +340,8 @@ class Repository:
         discarded: list[dict[str, Any]] | None = None,
         reverted_by: str | None = None,
     ) -> None:
-        self.conn.execute(
-            insert(self.log),
+        self._execute(
+            self._hot.insert_log,
             {
                 "namespace": self.namespace,
                 "uuid": uuid,
@@ -260,12 +378,12 @@ class Repository:
         stmt = select(self.log).where(where).order_by(self.log.c.seq.desc()).limit(limit).offset(offset)
         if lock and self.dialect.row_locks:
             stmt = stmt.with_for_update()
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
 
     def fact_history(self, fact_id: str) -> list[TxRecord]:
         """The entries that name the fact in ``fact_id``, oldest first."""
         stmt = select(self.log).where(self._log_in_ns & (self.log.c.fact_id == fact_id)).order_by(self.log.c.seq)
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
 
     def multi_fact_entries(self, session_ids: Sequence[str]) -> list[TxRecord]:
         """The session discards and rollbacks logged under `session_ids` (they list their facts)."""
@@ -280,7 +398,7 @@ class Repository:
             )
             .order_by(self.log.c.seq)
         )
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
 
     def facts_without_singleton(self, type_: str) -> list[FactState]:
         where = (self.facts.c.type == type_) & self.facts.c.singleton.is_(None)
@@ -293,10 +411,10 @@ class Repository:
             .where(self._in_ns & (self.facts.c.id == bindparam("fid")))
             .values(singleton=bindparam("token"))
         )
-        self.conn.execute(stmt, [{"fid": fid, "token": token} for fid, token in tokens.items()])
+        self._execute(stmt, [{"fid": fid, "token": token} for fid, token in tokens.items()])
 
     def mark_immutable(self, type_: str) -> None:
-        self.conn.execute(
+        self._execute(
             update(self.facts)
             .where(self._in_ns & (self.facts.c.type == type_) & ~self.facts.c.immutable)
             .values(immutable=True)
@@ -305,19 +423,19 @@ class Repository:
     def mark_reverted(self, uuids: Sequence[str], by: str) -> None:
         if uuids:
             where = self._log_in_ns & self.log.c.uuid.in_(list(uuids))
-            self.conn.execute(update(self.log).where(where).values(reverted_by=by))
+            self._execute(update(self.log).where(where).values(reverted_by=by))
 
     def delete_txs(self, uuids: Sequence[str]) -> int:
         if not uuids:
             return 0
-        return self.conn.execute(delete(self.log).where(self._log_in_ns & self.log.c.uuid.in_(list(uuids)))).rowcount
+        return self._execute(delete(self.log).where(self._log_in_ns & self.log.c.uuid.in_(list(uuids)))).rowcount
 
     def compactable(self, before: datetime, after_seq: int, limit: int) -> list[TxRecord]:
         """Up to `limit` entries of the namespace logged before `before`, after `after_seq`, in seq order
         (COMPACT records excluded: they say what compaction removed)."""
         where = self._log_in_ns & (self.log.c.ts < before) & (self.log.c.op != "COMPACT") & (self.log.c.seq > after_seq)
         stmt = select(self.log).where(where).order_by(self.log.c.seq).limit(limit)
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
 
     def latest_active_seqs(self, fact_ids: Sequence[str]) -> dict[str, int]:
         """For each of `fact_ids` that exists (expired or not), the seq of its newest active entry."""
@@ -334,14 +452,14 @@ class Repository:
     def delete_entries(self, seqs: Sequence[int]) -> int:
         if not seqs:
             return 0
-        return self.conn.execute(delete(self.log).where(self._log_in_ns & self.log.c.seq.in_(list(seqs)))).rowcount
+        return self._execute(delete(self.log).where(self._log_in_ns & self.log.c.seq.in_(list(seqs)))).rowcount
 
     def compaction_records(self) -> list[TxRecord]:
         stmt = select(self.log).where(self._log_in_ns & (self.log.c.op == "COMPACT")).order_by(self.log.c.seq)
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
 
     def count_facts(self) -> int:
-        return int(self.conn.execute(select(func.count()).select_from(self.facts).where(self._live())).scalar_one())
+        return int(self._execute(select(func.count()).select_from(self.facts).where(self._live())).scalar_one())
 
     # ------------------------------------------------------------------ bulk (export, import, stats)
 
@@ -350,20 +468,20 @@ class Repository:
         stmt = select(self.facts).where(self._in_ns).order_by(self.facts.c.id).limit(limit)
         if after_id is not None:
             stmt = stmt.where(self.facts.c.id > after_id)
-        return [self._fact(row) for row in self.conn.execute(stmt)]
+        return [self._fact(row) for row in self._execute(stmt)]
 
     def log_page(self, after_seq: int | None, limit: int) -> list[TxRecord]:
         """Up to `limit` log entries in seq order (rolled-back ones included), those after `after_seq`."""
         stmt = select(self.log).where(self._log_in_ns).order_by(self.log.c.seq).limit(limit)
         if after_seq is not None:
             stmt = stmt.where(self.log.c.seq > after_seq)
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
 
     def insert_facts(self, facts: Sequence[FactState]) -> None:
         """Insert fact rows as given (version, immutable and singleton included), in one statement."""
         if facts:
-            self.conn.execute(
-                insert(self.facts),
+            self._execute(
+                self._hot.insert_fact,
                 [
                     {
                         "namespace": self.namespace,
@@ -388,8 +506,8 @@ class Repository:
             return
         # One executemany: every driver here runs (or, pymysql, rewrites into one multi-row
         # INSERT of) the rows in list order, so the identity follows the list order.
-        self.conn.execute(
-            insert(self.log),
+        self._execute(
+            self._hot.insert_log,
             [
                 {
                     "namespace": self.namespace,
@@ -413,13 +531,13 @@ class Repository:
         if not fact_ids:
             return set()
         stmt = select(self.facts.c.id).where(self._in_ns & self.facts.c.id.in_(list(fact_ids)))
-        return {row[0] for row in self.conn.execute(stmt)}
+        return {row[0] for row in self._execute(stmt)}
 
     def existing_tx_uuids(self, uuids: Sequence[str]) -> set[str]:
         if not uuids:
             return set()
         stmt = select(self.log.c.uuid).where(self._log_in_ns & self.log.c.uuid.in_(list(uuids)))
-        return {row[0] for row in self.conn.execute(stmt)}
+        return {row[0] for row in self._execute(stmt)}
 
     def fact_counts(self, by: str) -> list[tuple[str | None, int]]:
         """Number of facts per value of the ``type`` or ``session_id`` column."""
@@ -429,8 +547,8 @@ class Repository:
 
     def log_counts(self) -> tuple[int, int]:
         """(all log entries, entries undone by a rollback)."""
-        total = self.conn.execute(select(func.count()).select_from(self.log).where(self._log_in_ns)).scalar_one()
-        undone = self.conn.execute(
+        total = self._execute(select(func.count()).select_from(self.log).where(self._log_in_ns)).scalar_one()
+        undone = self._execute(
             select(func.count()).select_from(self.log).where(self._log_in_ns & self.log.c.reverted_by.is_not(None))
         ).scalar_one()
         return int(total), int(undone)
@@ -440,7 +558,7 @@ class Repository:
         (one with a token when there is one): lets a tool without the application's `Constraint`
         registrations recover them from the rows (see `memstate_sql.cli.rollback`)."""
         marked = self._in_ns & (self.facts.c.singleton.is_not(None) | self.facts.c.immutable.is_(True))
-        types = [row[0] for row in self.conn.execute(select(self.facts.c.type).where(marked).distinct())]
+        types = [row[0] for row in self._execute(select(self.facts.c.type).where(marked).distinct())]
         samples: list[FactState] = []
         for type_ in types:
             stmt = (
@@ -449,7 +567,7 @@ class Repository:
                 .order_by(self.facts.c.singleton.is_(None), self.facts.c.id)
                 .limit(1)
             )
-            samples.extend(self._fact(row) for row in self.conn.execute(stmt))
+            samples.extend(self._fact(row) for row in self._execute(stmt))
         return samples
 
     def active_entries_after(self, seq: int, fact_ids: Sequence[str]) -> list[TxRecord]:
@@ -462,4 +580,9 @@ class Repository:
             .where(self._log_in_ns & (self.log.c.seq > seq) & self.log.c.reverted_by.is_(None) & touches)
             .order_by(self.log.c.seq)
         )
-        return [self._tx(row) for row in self.conn.execute(stmt)]
+        return [self._tx(row) for row in self._execute(stmt)]
+
+
+@functools.cache
+def _tables(models: Models) -> tuple[Table, Table]:
+    return inspect(models.Fact).local_table, inspect(models.Tx).local_table

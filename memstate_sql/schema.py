@@ -19,17 +19,40 @@ where DDL would commit the host's transaction, it runs on a connection of its ow
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Engine, inspect
+from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select
 
-from memstate_sql import migrations
 from memstate_sql.dialects import support_for
 from memstate_sql.indexes import IndexedPath
-from memstate_sql.migrations import State
 from memstate_sql.models import Models
 from memstate_sql.uow import default_sleep, holding
+
+#: The head of memstate_sql's migration history (`migrations.head_revision()`, checked by
+#: tests/test_migrations.py): a database found at it needs no Alembic at all, so a process whose
+#: schema is up to date never imports Alembic nor parses the migration scripts.
+HEAD_REVISION = "ms_0002_namespaces_expiry"
+
+
+@functools.cache
+def _version_table(models: Models) -> Table:
+    return Table(models.version_table, MetaData(schema=models.schema), Column("version_num", String(32)))
+
+
+def at_head(conn: Connection, models: Models) -> bool:
+    """Whether the prefix's version table says `HEAD_REVISION` (two cheap reads on `conn`); a
+    transaction they autobegin is ended again (a caller's is left alone)."""
+    was_open = conn.in_transaction()
+    try:
+        table = _version_table(models)
+        if not inspect(conn).has_table(table.name, schema=models.schema):
+            return False
+        return list(conn.execute(select(table.c.version_num)).scalars()) == [HEAD_REVISION]
+    finally:
+        if not was_open and conn.in_transaction():
+            conn.rollback()
 
 
 def prepare_schema(
@@ -48,27 +71,37 @@ def prepare_schema(
     database-wide lock as migrations.
     """
     if connection is not None:
-        durable = _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
+        durable = at_head(connection, models) or _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
     else:
-        with migrations.connection_for(engine) as conn:
-            found = migrations.schema_state(conn, models.prefix, models.schema)
-        if found.state is not State.CURRENT:
-            if not auto_migrate or found.state is State.AHEAD:
-                raise found.error()
-            # MISSING, BEHIND, or UNMANAGED (which may be another process's migration half-way through
-            # on MySQL/MariaDB): migrate() decides under the migration lock.
-            migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
+        with engine.connect() as conn:
+            current = at_head(conn, models)
+        if not current:
+            _migrate_engine(engine, models, auto_migrate=auto_migrate)
         durable = True
     if indexed_paths:
         _ensure_path_indexes(engine, models, indexed_paths)
     return durable
 
 
+def _migrate_engine(engine: Engine, models: Models, *, auto_migrate: bool) -> None:
+    """The database is not at `HEAD_REVISION`: what Alembic says it is decides (migrate or refuse)."""
+    from memstate_sql import migrations  # Alembic: only when the schema is not current
+
+    with migrations.connection_for(engine) as conn:
+        found = migrations.schema_state(conn, models.prefix, models.schema)
+    if found.state is not migrations.State.CURRENT:
+        if not auto_migrate or found.state is migrations.State.AHEAD:
+            raise found.error()
+        # MISSING, BEHIND, or UNMANAGED (which may be another process's migration half-way through
+        # on MySQL/MariaDB): migrate() decides under the migration lock.
+        migrations.migrate(engine, table_prefix=models.prefix, schema=models.schema)
+
+
 def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[IndexedPath]) -> None:
     support = support_for(engine.dialect)
     facts = inspect(models.Fact).local_table
     lock = f"{models.prefix}_path_indexes"
-    with migrations.connection_for(engine) as conn, support.migration_lock(conn, lock, 60.0, default_sleep):
+    with engine.connect() as conn, support.migration_lock(conn, lock, 60.0, default_sleep):
         open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
         for spec in paths:  # each creates its index (and generated column) only if it does not exist yet
             support.create_path_index(conn, facts, spec)
@@ -77,10 +110,12 @@ def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[Indexed
 
 
 def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> bool:
+    from memstate_sql import migrations  # Alembic: only when the schema is not current
+
     found = migrations.schema_state(conn, models.prefix, models.schema)
-    if found.state is State.CURRENT:
+    if found.state is migrations.State.CURRENT:
         return True
-    if not auto_migrate or found.state is State.AHEAD:
+    if not auto_migrate or found.state is migrations.State.AHEAD:
         raise found.error()
     support = support_for(conn.dialect)
     if not support.transactional_ddl:

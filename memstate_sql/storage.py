@@ -63,6 +63,12 @@ class SQLStorage:
     at an older revision, is migrated on first use when `auto_migrate` is true
     (the default) and refused with `SchemaVersionError` otherwise; a database
     migrated by a newer memstate_sql is always refused.
+
+    `sqlite_synchronous` (SQLite URLs only; WAL mode either way): ``"full"`` (the default) makes every
+    commit durable on disk before it returns (survives a power failure; one fsync per commit);
+    ``"normal"`` (what memstate and Rails 8 run) keeps commits atomic and safe against application
+    crashes but may lose the last commits on a power failure or an OS crash, for several times the
+    write rate on disks with slow fsync (README.md, "SQLite durability").
     """
 
     def __init__(
@@ -77,10 +83,16 @@ class SQLStorage:
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
+        sqlite_synchronous: str | None = None,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
+        if sqlite_synchronous is not None and not isinstance(url_or_engine, str | URL):
+            raise ValidationFailed(
+                "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
+                "set PRAGMA synchronous on your own engine's connections instead"
+            )
         if isinstance(url_or_engine, str | URL):
-            engine, owns = engine_for(url_or_engine, engine_options), True
+            engine, owns = engine_for(url_or_engine, engine_options, sqlite_synchronous=sqlite_synchronous), True
         elif isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, Session):
@@ -256,8 +268,9 @@ class SQLStorage:
         self.runner.run(lambda repo: ops.apply_constraints(repo, types), name="apply_constraints")
         self._unapplied.difference_update(types)
 
-    def _read(self, fn: Callable[[Repository], T]) -> T:
-        return self.transaction(fn, write=False, name="read")
+    def _read(self, fn: Callable[[Repository], T], *, one_statement: bool = False) -> T:
+        """A read transaction; `one_statement`: `fn` sends a single SELECT (no BEGIN/COMMIT needed)."""
+        return self.runner.run(fn, write=False, name="read", one_statement=one_statement)
 
     def _write(self, fn: Callable[[Repository], T], name: str) -> T:
         return self.transaction(fn, write=True, name=name)
@@ -266,13 +279,13 @@ class SQLStorage:
 
     def load(self, id: str) -> dict[str, Any] | None:
         check_key("fact id", id, required=True)
-        found = self._read(lambda repo: repo.get(id))
+        found = self._read(lambda repo: repo.get(id), one_statement=True)
         return None if found is None else found.doc()
 
     def load_with_version(self, id: str) -> tuple[dict[str, Any], int] | None:
         """`load` plus the fact's version (incremented by every write)."""
         check_key("fact id", id, required=True)
-        found = self._read(lambda repo: repo.get(id))
+        found = self._read(lambda repo: repo.get(id), one_statement=True)
         return None if found is None else (found.doc(), found.version)
 
     def save(self, fact_data: dict[str, Any]) -> None:
@@ -335,12 +348,14 @@ class SQLStorage:
     def select(self, spec: QuerySpec, *, limit: int | None = None, offset: int = 0) -> list[dict[str, Any]]:
         """The documents of the facts `spec` selects, in its order, within the window."""
         check_window(limit, offset)
-        found = self._read(lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset))
+        found = self._read(
+            lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset), one_statement=True
+        )
         return [fact.doc() for fact, _ in found]
 
     def tally(self, spec: QuerySpec) -> int:
         """How many facts `spec` selects."""
-        return self._read(lambda repo: repo.count(spec, indexed=self.indexed))
+        return self._read(lambda repo: repo.count(spec, indexed=self.indexed), one_statement=True)
 
     def page(
         self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None
@@ -359,7 +374,9 @@ class SQLStorage:
     def _rows(
         self, spec: QuerySpec, batch_size: int, after: tuple[Any, ...] | None
     ) -> list[tuple[FactState, tuple[Any, ...]]]:
-        return self._read(lambda repo: repo.query(spec, indexed=self.indexed, limit=batch_size, after=after))
+        return self._read(
+            lambda repo: repo.query(spec, indexed=self.indexed, limit=batch_size, after=after), one_statement=True
+        )
 
     def append_tx(self, tx_data: dict[str, Any]) -> None:
         """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""

@@ -122,8 +122,8 @@ class TransactionRunner:
         current = _ACTIVE.get()
         return current[1] if current is not None and current[0] is self.owner else None
 
-    def _call(self, conn: Connection, fn: Callable[[Repository], T]) -> T:
-        repo = Repository(conn, self.models, self.dialect, self.namespace)
+    def _call(self, conn: Connection, fn: Callable[[Repository], T], repo: Repository | None = None) -> T:
+        repo = repo or Repository(conn, self.models, self.dialect, self.namespace)
         token = _ACTIVE.set((self.owner, repo))
         try:
             return fn(repo)
@@ -138,7 +138,10 @@ class TransactionRunner:
         name: str = "operation",
         fact_id: str | None = None,
         session_id: str | None = None,
+        one_statement: bool = False,
     ) -> T:
+        """Run `fn` in one transaction. `one_statement`: `fn` is a read of a single statement, which needs
+        no transaction of its own (run in autocommit where the dialect makes that free)."""
         joined = self.active()
         if joined is not None:
             try:
@@ -160,7 +163,7 @@ class TransactionRunner:
                 attempts[0] = 1
                 result = self._run_bound(fn, write, name)
             else:
-                result = self._run_owned(fn, write, name, attempts)
+                result = self._run_owned(fn, write, name, attempts, one_statement)
         except Exception as err:
             self._report(name, fact_id, session_id, started, max(attempts[0], 1), err)
             raise
@@ -219,8 +222,11 @@ class TransactionRunner:
                 extra={**fields, "memstate_error": type(error).__name__},
             )
 
-    def _run_owned(self, fn: Callable[[Repository], T], write: bool, name: str, attempts: list[int]) -> T:
+    def _run_owned(
+        self, fn: Callable[[Repository], T], write: bool, name: str, attempts: list[int], one_statement: bool = False
+    ) -> T:
         attempt = 0
+        stale = 0
         while True:
             attempt += 1
             attempts[0] = attempt
@@ -230,11 +236,17 @@ class TransactionRunner:
                 # Not reachable (restarting, down): nothing was sent, nothing to retry blindly.
                 raise ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}") from err
             committing = False
+            repo = Repository(connection, self.models, self.dialect, self.namespace)
             try:
+                if one_statement and not write and self.dialect.autocommit_reads:
+                    # One SELECT sees one snapshot by itself: no BEGIN/COMMIT round trips.
+                    with connection as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        return self._call(conn, fn, repo)
                 with connection as conn, conn.begin():
                     if write:
                         self.dialect.begin_write(conn)
-                    result = self._call(conn, fn)
+                    result = self._call(conn, fn, repo)
                     committing = True  # leaving the block sends COMMIT
                 return result
             except RetryUnitOfWork:
@@ -242,6 +254,20 @@ class TransactionRunner:
                 error: BaseException | None = None
             except exc.DBAPIError as err:
                 kind, error = self.dialect.classify(err), err
+                if kind is ErrorKind.DISCONNECT and not committing and repo.statements <= 1 and stale < 2:
+                    # The pooled connection was dead before this operation used it (a server restart,
+                    # an idle timeout): found at the first statement, so nothing of the operation was
+                    # applied or told to a hook. SQLAlchemy has invalidated the pool's older
+                    # connections; run the operation again on a fresh one (no pre-ping per checkout).
+                    stale += 1
+                    attempt -= 1
+                    log.info(
+                        "%s: the pooled connection was dead at first use; reconnecting: %s",
+                        name,
+                        describe(err),
+                        extra={"memstate_op": name},
+                    )
+                    continue
                 if kind not in (ErrorKind.RETRY, ErrorKind.UNIQUE):
                     raise self._translate(kind, err, name, committing=committing) from err
             if attempt >= self.max_attempts:

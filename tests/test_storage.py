@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 import memstate_sql as ms
 from memstate_sql import ValidationFailed
@@ -181,3 +182,30 @@ def test_wrong_storage_types_are_rejected() -> None:
         ms.MemoryStore(object())  # type: ignore[arg-type]
     with pytest.raises(ValidationFailed):
         ms.AsyncMemoryStore(ms.SQLStorage("sqlite://"))  # type: ignore[arg-type]
+
+
+def test_sqlite_synchronous_is_an_explicit_storage_option(db: str, db_url: str, prefix: str) -> None:
+    """SQLite's durability: ``full`` by default (every commit fsync'd), ``normal`` on request (WAL either
+    way); refused on other databases and on engines memstate_sql did not create."""
+    levels = {"full": 2, "normal": 1}  # PRAGMA synchronous's numbers
+    if db != "sqlite":
+        with pytest.raises(ms.ValidationFailed, match="SQLite only"):
+            ms.SQLStorage(db_url, table_prefix=prefix, sqlite_synchronous="normal")
+        return
+    for option, expected in [(None, "full"), ("full", "full"), ("NORMAL", "normal")]:
+        storage = ms.SQLStorage(db_url, table_prefix=prefix, sqlite_synchronous=option)
+        try:
+            ms.MemoryStore(storage).commit(ms.Fact(type="t", payload={}))
+            with storage.engine.connect() as conn:
+                assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == levels[expected]
+                assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        finally:
+            storage.close()
+    with pytest.raises(ms.ValidationFailed, match="must be one of full, normal"):
+        ms.SQLStorage(db_url, table_prefix=prefix, sqlite_synchronous="off")
+    engine = sa.create_engine(db_url)
+    try:
+        with pytest.raises(ms.ValidationFailed, match="engine memstate_sql creates"):
+            ms.SQLStorage(engine, table_prefix=prefix, sqlite_synchronous="normal")
+    finally:
+        engine.dispose()

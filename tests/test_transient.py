@@ -283,3 +283,45 @@ def test_a_database_error_of_the_hooks_own_connection_is_a_hook_error(
         assert calls == [1] and store.get("f") is None and storage.get_tx_log(None) == []
     finally:
         storage.close()
+
+
+def _kill_pooled_connections(db: str, storage: SQLStorage, other: sa.Engine) -> int:
+    """End, from another client, the server sessions of the connections idle in `storage`'s pool."""
+    pids: list[int] = []
+    with storage.engine.connect() as conn:  # the pooled connection the next operation gets back
+        query = "SELECT pg_backend_pid()" if db == "postgresql" else "SELECT CONNECTION_ID()"
+        pids.append(int(conn.exec_driver_sql(query).scalar_one()))
+    with other.begin() as conn:
+        for pid in pids:
+            conn.exec_driver_sql(f"SELECT pg_terminate_backend({pid})" if db == "postgresql" else f"KILL {pid}")
+    return len(pids)
+
+
+@pytest.mark.parametrize("first", ["get", "commit", "update", "query"])
+def test_a_pooled_connection_dead_before_the_operation_is_replaced(
+    db: str, db_url: str, prefix: str, other: sa.Engine, first: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No pre-ping: a connection that died while idle in the pool (server restart, idle timeout, a DBA's
+    kill) is found dead at the operation's first statement and the operation runs again on a fresh
+    one; nothing of it had been applied, so it is applied exactly once."""
+    only(db, "postgresql", "mysql")
+    storage = SQLStorage(db_url, table_prefix=prefix, engine_options={"pool_size": 1})
+    store = MemoryStore(storage)
+    try:
+        fid = store.commit(Fact(id="f", type="t", payload={"v": 1}), session_id="s")
+        assert _kill_pooled_connections(db, storage, other) == 1
+        caplog.set_level(logging.INFO, logger="memstate_sql")
+        if first == "get":
+            assert store.get(fid)["payload"] == {"v": 1}  # type: ignore[index]
+        elif first == "commit":
+            store.commit(Fact(id="g", type="t", payload={"v": 2}), session_id="s")
+        elif first == "update":
+            store.update(fid, {"payload": {"v": 3}})
+        else:
+            assert [d["id"] for d in store.query("t", {"payload.v": 1})] == ["f"]
+        assert "dead at first use" in caplog.text
+        log = [e["fact_id"] for e in storage.get_tx_log("s")] + [e["fact_id"] for e in storage.get_tx_log(None)]
+        assert log.count("g") == (1 if first == "commit" else 0) and log.count("f") == (2 if first == "update" else 1)
+    finally:
+        storage.close()
+    check_tables(db_url, prefix)

@@ -51,8 +51,10 @@ class SlowHook:
                 self.flag.value = 0
 
 
-def make_store(url: str, prefix: str, hooks: list[Any] | None = None) -> ms.MemoryStore:
-    store = ms.MemoryStore(ms.SQLStorage(url, table_prefix=prefix), hooks)
+def make_store(
+    url: str, prefix: str, hooks: list[Any] | None = None, sqlite_synchronous: str | None = None
+) -> ms.MemoryStore:
+    store = ms.MemoryStore(ms.SQLStorage(url, table_prefix=prefix, sqlite_synchronous=sqlite_synchronous), hooks)
     store.register_schema("user", User, ms.Constraint(singleton_key="email"))
     return store
 
@@ -111,11 +113,12 @@ def run_worker(
     in_hook: Any = None,
     started: Any = None,
     hook_sleep: float = 0.0,
+    sqlite_synchronous: str | None = None,
 ) -> None:
     """Run operations for `seconds` (forever when negative); write the acknowledged ones to `result_path`."""
     rng = random.Random(seed)
     hook = SlowHook(rng, in_hook, hook_sleep)
-    store = make_store(url, prefix, [hook])
+    store = make_store(url, prefix, [hook], sqlite_synchronous)
     outcomes: Counter[str] = Counter()
     acked: list[tuple[int, str]] = []
     deadline = time.monotonic() + seconds

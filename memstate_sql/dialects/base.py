@@ -60,6 +60,10 @@ class DialectSupport:
     transactional_ddl = True
     #: Whether Alembic must rebuild tables to alter them ("batch mode", SQLite).
     batch_alter = False
+    #: Whether a one-statement read runs on an autocommit connection (no BEGIN/COMMIT round trips):
+    #: only where switching is free on the client (psycopg); pymysql's switch costs round trips itself,
+    #: SQLite's driver opens no transaction for a SELECT anyway.
+    autocommit_reads = False
     #: The sync driver an asyncio storage swaps for `async_driver` (``mysql+pymysql://`` → ``aiomysql``).
     sync_driver = ""
     #: The asyncio driver `AsyncSQLStorage` uses for a sync URL (installed by ``memstate-sql[async]``).
@@ -108,10 +112,15 @@ class DialectSupport:
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         """Keyword arguments for `create_engine` when memstate_sql creates the engine."""
-        return {"pool_pre_ping": True}
+        # No pre-ping (a round trip per checkout): a connection found dead at the first statement of an
+        # operation is replaced and the operation re-run by the unit of work (`memstate_sql.uow`).
+        return {}
 
-    def configure_engine(self, engine: Engine) -> None:
-        """Install per-connection settings on an engine that memstate_sql created."""
+    def configure_engine(self, engine: Engine, *, sqlite_synchronous: str | None = None) -> None:
+        """Install per-connection settings on an engine that memstate_sql created (`sqlite_synchronous`:
+        SQLite's durability, see `memstate_sql.dialects.sqlite.SYNCHRONOUS`; refused elsewhere)."""
+        if sqlite_synchronous is not None:
+            raise ValidationFailed(f"sqlite_synchronous applies to SQLite only, not to {self.name}")
 
     def begin_write(self, conn: Connection) -> None:
         """Called as the first statement of a write transaction memstate_sql owns."""

@@ -63,7 +63,7 @@ class MySQLSupport(DialectSupport):
     def engine_options(self, url: URL) -> dict[str, Any]:
         # READ COMMITTED: a locking read of an absent key takes no gap lock, so racing
         # singleton inserts end in a duplicate-key error (retried) rather than a deadlock.
-        return {"pool_pre_ping": True, "pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
+        return {"pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
 
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:

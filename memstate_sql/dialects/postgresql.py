@@ -36,6 +36,7 @@ class PostgreSQLSupport(DialectSupport):
     async_driver = "psycopg"
     async_drivers = frozenset({"psycopg", "asyncpg"})
     aware_timestamps = True
+    autocommit_reads = True
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.JSONB(none_as_null=True)

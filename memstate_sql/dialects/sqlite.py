@@ -29,6 +29,13 @@ from memstate_sql.filters import JsonPredicate, JsonSortKey
 from memstate_sql.indexes import IndexedPath
 
 BUSY_TIMEOUT_S = 30.0
+#: SQLite durability levels (``PRAGMA synchronous``) a storage can be opened with; both run in WAL mode.
+#: ``full`` (the default): a commit is on disk when it returns (an fsync per commit) and survives a power
+#: failure. ``normal`` (memstate's and Rails 8's setting): commits are atomic and survive an application
+#: crash (SIGKILL) alike, but the last ones may be lost on a power failure or an OS crash; several times
+#: the commit rate on a disk with slow fsync.
+SYNCHRONOUS = ("full", "normal")
+DEFAULT_SYNCHRONOUS = "full"
 #: SQLite before the 3.45 JSON rewrite cannot address object keys that contain '"' in a path
 #: (filters then find such keys with json_each; index expressions cannot).
 QUOTED_LABELS_FROM = (3, 45, 0)
@@ -50,8 +57,9 @@ class SQLiteSupport(DialectSupport):
             options["connect_args"]["check_same_thread"] = False
         return options
 
-    def configure_engine(self, engine: Engine) -> None:
+    def configure_engine(self, engine: Engine, *, sqlite_synchronous: str | None = None) -> None:
         in_memory = engine.url.database in (None, "", ":memory:")
+        synchronous = check_synchronous(sqlite_synchronous).upper()
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
@@ -60,6 +68,7 @@ class SQLiteSupport(DialectSupport):
                 cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
                 if not in_memory:
                     cursor.execute("PRAGMA journal_mode = WAL")
+                    cursor.execute(f"PRAGMA synchronous = {synchronous}")
                 cursor.execute("PRAGMA foreign_keys = ON")
             finally:
                 cursor.close()
@@ -131,6 +140,15 @@ class SQLiteSupport(DialectSupport):
             f"CREATE INDEX IF NOT EXISTS {name} ON {table} "
             f"(namespace, json_type(payload, {lit}), json_extract(payload, {lit}))"
         )
+
+
+def check_synchronous(value: str | None) -> str:
+    """A valid SQLite durability level (`SYNCHRONOUS`); None is the default."""
+    if value is None:
+        return DEFAULT_SYNCHRONOUS
+    if not isinstance(value, str) or value.lower() not in SYNCHRONOUS:
+        raise ValidationFailed(f"sqlite_synchronous must be one of {', '.join(SYNCHRONOUS)}, not {value!r}")
+    return value.lower()
 
 
 def _driver_in_transaction(dbapi_conn: Any) -> bool:
