@@ -238,7 +238,12 @@ class Repository:
         Unless `allow_immutable`, an immutable row is never matched: the rule is
         part of the statement, so it holds whichever process writes.
         """
-        params = {
+        params = self._update_params(fact, expected_version)
+        return self._execute(self._hot.update[allow_immutable], params).rowcount == 1
+
+    def _update_params(self, fact: FactState, expected_version: int) -> dict[str, Any]:
+        """The parameters of the hot UPDATE for one row (`update`, `update_many`)."""
+        return {
             "w_ns": self.namespace,
             "w_id": fact.id,
             "w_version": expected_version,
@@ -252,30 +257,13 @@ class Repository:
             "immutable": fact.immutable,
             "expires_at": fact.expires_at,
         }
-        return self._execute(self._hot.update[allow_immutable], params).rowcount == 1
 
     def update_many(self, writes: Sequence[tuple[FactState, int]], *, allow_immutable: bool = False) -> bool:
         """`update` of many rows (each `(fact, expected_version)`) in one executemany; whether every
         row matched (an immutable row never does unless `allow_immutable`)."""
         if not writes:
             return True
-        params = [
-            {
-                "w_ns": self.namespace,
-                "w_id": fact.id,
-                "w_version": expected,
-                "type": fact.type,
-                "payload": fact.payload,
-                "session_id": fact.session_id,
-                "source": fact.source,
-                "ts": fact.ts,
-                "version": fact.version,
-                "singleton": fact.singleton,
-                "immutable": fact.immutable,
-                "expires_at": fact.expires_at,
-            }
-            for fact, expected in writes
-        ]
+        params = [self._update_params(fact, expected) for fact, expected in writes]
         if len(params) == 1 or not self.conn.dialect.supports_sane_multi_rowcount:
             return all(self._execute(self._hot.update[allow_immutable], p).rowcount == 1 for p in params)
         return self._execute(self._hot.update[allow_immutable], params).rowcount == len(params)
