@@ -554,16 +554,9 @@ class MemStateCheckpointer(BaseCheckpointSaver[str]):
     ) -> Iterator[CheckpointTuple]:
         core = self._core
         spec = core.list_spec(config, filter, before)
-        remaining = limit
-        after: tuple[Any, ...] | None = None
-        while remaining is None or remaining > 0:
-            size = PAGE if remaining is None else min(PAGE, remaining)
-            tuples, after = core.list_page(spec, size, after)
-            yield from tuples
-            if remaining is not None:
-                remaining -= len(tuples)
-            if after is None or len(tuples) < size:
-                return
+        pages = _Pages(limit)
+        while pages.more:
+            yield from pages.took(core.list_page(spec, pages.size, pages.after))
 
     def put(
         self,
@@ -637,6 +630,29 @@ class MemStateCheckpointer(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+class _Pages:
+    """The pages of one ``list`` call, for the sync and the async checkpointer alike: at most `PAGE`
+    checkpoints a page (fewer on the last page of a `limit`), each continued from the previous page's
+    keyset position; done after a short page, a page with no continuation, or `limit` checkpoints."""
+
+    def __init__(self, limit: int | None) -> None:
+        self.remaining = limit
+        self.after: tuple[Any, ...] | None = None
+        self.size = PAGE if limit is None else min(PAGE, limit)
+        self.more = self.size > 0
+
+    def took(
+        self, page: tuple[builtins.list[CheckpointTuple], tuple[Any, ...] | None]
+    ) -> builtins.list[CheckpointTuple]:
+        tuples, self.after = page
+        if self.remaining is not None:
+            self.remaining -= len(tuples)
+        self.more = self.after is not None and len(tuples) == self.size and self.remaining != 0
+        if self.remaining is not None:
+            self.size = min(PAGE, self.remaining)
+        return tuples
 
 
 def _take(items: Iterator[T], count: int) -> builtins.list[T]:
@@ -726,17 +742,10 @@ class AsyncMemStateCheckpointer(_LoopBound, BaseCheckpointSaver[str]):
     ) -> AsyncIterator[CheckpointTuple]:
         core = self._core
         spec = core.list_spec(config, filter, before)
-        remaining = limit
-        after: tuple[Any, ...] | None = None
-        while remaining is None or remaining > 0:
-            size = PAGE if remaining is None else min(PAGE, remaining)
-            tuples, after = await self._bridge(core.list_page, spec, size, after)
-            for item in tuples:
+        pages = _Pages(limit)
+        while pages.more:
+            for item in pages.took(await self._bridge(core.list_page, spec, pages.size, pages.after)):
                 yield item
-            if remaining is not None:
-                remaining -= len(tuples)
-            if after is None or len(tuples) < size:
-                return
 
     async def aput(
         self,
