@@ -28,25 +28,33 @@ if TYPE_CHECKING:
 log = logging.getLogger("memstate_sql")
 
 
-def _check(interval: float, batch_size: int) -> None:
-    if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
-        raise ValidationFailed("interval must be a positive number of seconds")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValidationFailed("batch_size must be a positive integer")
+class _Rounds:
+    """What the thread and the task sweepers share: their settings, checked once, and their counters."""
+
+    def __init__(self, interval: float, batch_size: int) -> None:
+        if isinstance(interval, bool) or not isinstance(interval, int | float) or not interval > 0:
+            raise ValidationFailed("interval must be a positive number of seconds")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationFailed("batch_size must be a positive integer")
+        self.interval = float(interval)
+        self.batch_size = batch_size
+        self.swept = 0
+        self.rounds = 0
+
+    def _counted(self, swept: int) -> int:
+        self.swept += swept
+        self.rounds += 1
+        return swept
 
 
-class Sweeper:
+class Sweeper(_Rounds):
     """A daemon thread that sweeps `target` every `interval` seconds; `stop()` ends it (also as a
     context manager). `swept` counts the facts it deleted; a failed round is logged and retried at the
     next one."""
 
     def __init__(self, target: MemoryStore | SQLStorage, *, interval: float = 60.0, batch_size: int = 1000) -> None:
-        _check(interval, batch_size)
+        super().__init__(interval, batch_size)
         self.target = target
-        self.interval = float(interval)
-        self.batch_size = batch_size
-        self.swept = 0
-        self.rounds = 0
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -59,10 +67,7 @@ class Sweeper:
 
     def run_once(self) -> int:
         """One round: sweep what has expired (unless another process's sweeper holds the lock)."""
-        swept = self.target.sweep(None, batch_size=self.batch_size, exclusive=True)
-        self.swept += swept
-        self.rounds += 1
-        return swept
+        return self._counted(self.target.sweep(None, batch_size=self.batch_size, exclusive=True))
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -89,18 +94,14 @@ class Sweeper:
         self.stop()
 
 
-class AsyncSweeper:
+class AsyncSweeper(_Rounds):
     """The asyncio form of `Sweeper`: a task on the running loop; `await stop()` ends it."""
 
     def __init__(
         self, target: AsyncMemoryStore | AsyncSQLStorage, *, interval: float = 60.0, batch_size: int = 1000
     ) -> None:
-        _check(interval, batch_size)
+        super().__init__(interval, batch_size)
         self.target = target
-        self.interval = float(interval)
-        self.batch_size = batch_size
-        self.swept = 0
-        self.rounds = 0
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -112,10 +113,7 @@ class AsyncSweeper:
 
     async def run_once(self) -> int:
         """One round (see `Sweeper.run_once`)."""
-        swept = await self.target.sweep(None, batch_size=self.batch_size, exclusive=True)
-        self.swept += swept
-        self.rounds += 1
-        return swept
+        return self._counted(await self.target.sweep(None, batch_size=self.batch_size, exclusive=True))
 
     async def _run(self) -> None:
         while not self._stopping.is_set():
