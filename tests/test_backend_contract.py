@@ -535,3 +535,33 @@ def test_a_saved_document_with_a_past_ts_still_expires_by_its_column(backend: An
     past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
     backend.save({"id": "e", "type": "t", "payload": {}, "ts": past, "expires_at": past})
     assert backend.load("e") is None  # expired facts exist for no reader, whatever their document
+
+
+def test_import_memstate_keeps_memstate_documents_exactly(tmp_path: Any, db_url: str, prefix: str) -> None:
+    """A memstate SQLite database whose store updated a fact (ts spelled ``+00:00``) and whose backend
+    saved a document of its own: `import-memstate` brings both over unchanged, log records too."""
+    import sqlalchemy as sa
+    from memstate import Fact, MemoryStore, SQLiteStorage
+
+    from memstate_sql.memstate_import import import_memstate
+
+    path = tmp_path / "memstate.db"
+    source = SQLiteStorage(str(path))
+    store = MemoryStore(source)
+    store.commit(Fact(id="a", type="note", payload={"v": 1}), session_id="s")
+    store.update("a", {"payload": {"v": 2}})
+    source.save({"id": "odd", "type": "t", "payload": {}, "ts": "...", "x": [1]})
+    facts = {fid: source.load(fid) for fid in ("a", "odd")}
+    log = source.get_tx_log("s")
+    source.close()
+    assert facts["a"]["ts"].endswith("+00:00")
+
+    engine = sa.create_engine(f"sqlite:///{path}")
+    target = ms.SQLStorage(db_url, table_prefix=prefix)
+    try:
+        import_memstate(target, engine)
+        assert all(same(target.load(fid), doc) for fid, doc in facts.items())
+        assert same(without_seq(target.get_tx_log("s")), without_seq(log))
+    finally:
+        target.close()
+        engine.dispose()
