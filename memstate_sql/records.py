@@ -85,15 +85,17 @@ class FactState:
         saved with, or the canonical rendering of its columns."""
         if self.document is not None:
             return {**self.document, "payload": self.payload}
-        return {
+        doc = {
             "id": self.id,
             "type": self.type,
             "payload": self.payload,
             "source": self.source,
             "session_id": self.session_id,
             "ts": format_iso(self.ts),
-            **({} if self.expires_at is None else {"expires_at": format_iso(self.expires_at)}),
         }
+        if self.expires_at is not None:  # a memstate_sql extension, present only on expiring facts
+            doc["expires_at"] = format_iso(self.expires_at)
+        return doc
 
     def evolve(self, **changes: Any) -> FactState:
         """This state with `changes`; a saved document follows them (`carry`)."""
