@@ -565,3 +565,34 @@ def test_import_memstate_keeps_memstate_documents_exactly(tmp_path: Any, db_url:
     finally:
         target.close()
         engine.dispose()
+
+
+def test_the_command_line_shows_documents_and_records_of_any_shape(
+    db_url: str, prefix: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`facts`, `get`, `log` and `rollback --dry-run` read what memstate's shapes lack as empty."""
+    from tests.cli_support import cli
+
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    try:
+        storage.save({"id": "odd", "type": "t", "payload": {"a": 1}, "x": 1})
+        storage.append_tx({"uuid": "minimal", "seq": 1, "ts": "..."})
+        storage.append_tx({"session_id": "s"})
+    finally:
+        storage.close()
+    target = ["--url", db_url, "--prefix", prefix]
+    facts = cli(capsys, "facts", *target)
+    assert facts.code == 0 and "odd" in facts.out, facts.err
+    got = cli(capsys, "get", *target, "odd")
+    assert got.code == 0 and "source:" in got.out, got.err
+    assert cli(capsys, "get", *target, "--json", "odd").json() == {
+        "id": "odd",
+        "type": "t",
+        "payload": {"a": 1},
+        "x": 1,
+    }
+    for session in ([], ["--session", "s"]):
+        log = cli(capsys, "log", *target, *session)
+        assert log.code == 0, log.err
+    plan = cli(capsys, "rollback", *target, "--session", "s", "--dry-run")
+    assert plan.code == 0, plan.err
