@@ -206,8 +206,10 @@ class AsyncSQLStorage:
         return await _spawn(self.sync_storage.load_with_version, id)
 
     async def save(self, fact_data: dict[str, Any]) -> None:
-        """Upsert a fact document. Constraints registered on this storage apply; an
-        immutable fact cannot be overwritten (`ConflictError`).
+        """Upsert a fact document; `load` returns exactly this document (docs/contract.md: ``id``,
+        ``type`` and ``payload`` are required, other keys and any ``ts`` are kept as given).
+        Constraints registered on this storage apply; an immutable fact cannot be overwritten
+        (`ConflictError`).
         """
         await _spawn(self.sync_storage.save, fact_data)
 
@@ -256,7 +258,10 @@ class AsyncSQLStorage:
         )
 
     async def append_tx(self, tx_data: dict[str, Any]) -> None:
-        """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""
+        """Append a log record, in any shape memstate's backends store (every key optional; see
+        `validation.record_from_tx` and docs/contract.md). `get_tx_log` returns it as given, except
+        ``seq``, which the database assigns (one increasing sequence for every process).
+        """
         await _spawn(self.sync_storage.append_tx, tx_data)
 
     async def get_tx_log(self, session_id: str | None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:

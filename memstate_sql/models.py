@@ -139,6 +139,10 @@ class FactColumns:
     singleton: Mapped[str | None] = mapped_column(KeyString())
     #: When the fact stops existing for every reader (NULL: never); `sweep` deletes it afterwards.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    #: The document `SQLStorage.save` was given, without its payload, when the columns above cannot
+    #: render it exactly (extra or missing keys, another spelling of ts); NULL: their canonical
+    #: rendering, as for every fact the store writes itself (docs/contract.md).
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
 
 
 class TxColumns:
@@ -160,6 +164,9 @@ class TxColumns:
     #: Set when a store rollback undoes the entry (the rollback's uuid); undone entries are
     #: kept for audit but are no longer part of the session's active log.
     reverted_by: Mapped[str | None] = mapped_column(String(36))
+    #: The record `SQLStorage.append_tx` was given, without seq and without the images held above,
+    #: when the columns cannot render it exactly; NULL: their canonical rendering (docs/contract.md).
+    document: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
 
 
 @dataclass(frozen=True)

@@ -303,7 +303,8 @@ class Operations:
                 raise ConflictError(
                     f"update of {fact_id} would give it the singleton key of fact {other.id} ({existing.type})"
                 )
-        new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at)
+        # A fact saved with a document of its own keeps it, with the new payload and ts (memstate's update).
+        new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at).carry(existing)
         written = write(repo, existing, new)
         log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
         self.hooks.deliver([(Operation.UPDATE, fact_id, written)])

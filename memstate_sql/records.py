@@ -63,9 +63,28 @@ class FactState:
     singleton: str | None = None
     expires_at: datetime | None = None
     """When the fact stops existing for every reader (None: never)."""
+    document: dict[str, Any] | None = None
+    """The document the fact was saved with, without its payload, when the columns cannot render it
+    (`SQLStorage.save` of extra or missing keys, another ts spelling); None: the canonical rendering."""
+
+    def envelope(self) -> dict[str, Any]:
+        """The canonical rendering of the columns, without the payload."""
+        env = {
+            "id": self.id,
+            "type": self.type,
+            "source": self.source,
+            "session_id": self.session_id,
+            "ts": format_iso(self.ts),
+        }
+        if self.expires_at is not None:  # a memstate_sql extension, present only on expiring facts
+            env["expires_at"] = format_iso(self.expires_at)
+        return env
 
     def doc(self) -> dict[str, Any]:
-        """The memstate document of the fact (what `load` and `query` return)."""
+        """The memstate document of the fact (what `load` and `query` return): the document it was
+        saved with, or the canonical rendering of its columns."""
+        if self.document is not None:
+            return {**self.document, "payload": self.payload}
         doc = {
             "id": self.id,
             "type": self.type,
@@ -79,7 +98,32 @@ class FactState:
         return doc
 
     def evolve(self, **changes: Any) -> FactState:
-        return replace(self, **changes)
+        """This state with `changes`; a saved document follows them (`carry`)."""
+        new = replace(self, **changes)
+        if self.document is None or "document" in changes:
+            return new
+        return new.carry(self)
+
+    def carry(self, previous: FactState) -> FactState:
+        """This state keeping what `previous` kept of the document it was saved with: its extra keys, its
+        missing keys and its spellings of the fields this state leaves unchanged; changed fields are
+        written canonically (as memstate's store writes them over a loaded document)."""
+        if previous.document is None:
+            return self
+        old, new = previous.envelope(), self.envelope()
+        doc = dict(previous.document)
+        for key in ENVELOPE_KEYS:
+            if old.get(key, _ABSENT) != new.get(key, _ABSENT):
+                if key in new:
+                    doc[key] = new[key]
+                else:
+                    doc.pop(key, None)
+        return replace(self, document=None if doc == new else doc)
+
+
+#: The keys of a fact document held in typed columns (besides the payload).
+ENVELOPE_KEYS = ("id", "type", "source", "session_id", "ts", "expires_at")
+_ABSENT = object()
 
 
 @dataclass(frozen=True)
@@ -98,9 +142,24 @@ class TxRecord:
     fact_after: dict[str, Any] | None
     discarded: list[dict[str, Any]] | None
     reverted_by: str | None
+    document: dict[str, Any] | None = None
+    """The record `append_tx` was given, without seq and without the images held in `fact_before` /
+    `fact_after`, when the columns cannot render it (missing keys, another ts spelling); None: canonical."""
 
     def doc(self) -> dict[str, Any]:
-        """The memstate form of the entry (`TxEntry.model_dump(mode="json")`)."""
+        """The memstate form of the entry: the record `append_tx` was given (with the database's seq), or
+        the canonical rendering of the columns (`TxEntry.model_dump(mode="json")`)."""
+        if self.document is not None:
+            out = {**self.document, "seq": self.seq}
+            if self.fact_before is not None:
+                out["fact_before"] = self.fact_before
+            if self.fact_after is not None:
+                out["fact_after"] = self.fact_after
+            return out
+        return self.canonical()
+
+    def canonical(self) -> dict[str, Any]:
+        """The canonical rendering of the columns."""
         return {
             "uuid": self.uuid,
             "session_id": self.session_id,

@@ -133,8 +133,10 @@ class Repository:
     @staticmethod
     def _fact(row: Any) -> FactState:
         # Positional: the facts table's column order (`models.FactColumns`), namespace first.
-        _, id_, type_, session_id, source, ts, payload, version, immutable, singleton, expires_at = row[:11]
-        return FactState(id_, type_, payload, session_id, source, ts, version, bool(immutable), singleton, expires_at)
+        _, id_, type_, session_id, source, ts, payload, version, immutable, singleton, expires_at, document = row[:12]
+        return FactState(
+            id_, type_, payload, session_id, source, ts, version, bool(immutable), singleton, expires_at, document
+        )
 
     def _keyed(
         self, stmts: dict[tuple[bool, bool], Select[Any]], lock: bool, expired: bool, **params: Any
@@ -256,6 +258,7 @@ class Repository:
             "singleton": fact.singleton,
             "immutable": fact.immutable,
             "expires_at": fact.expires_at,
+            "document": fact.document,
         }
 
     def update_many(self, writes: Sequence[tuple[FactState, int]], *, allow_immutable: bool = False) -> bool:
@@ -311,6 +314,7 @@ class Repository:
             fact_after=row.fact_after,
             discarded=row.discarded,
             reverted_by=row.reverted_by,
+            document=row.document,
         )
 
     def append(
@@ -327,6 +331,7 @@ class Repository:
         reason: str | None = None,
         discarded: list[dict[str, Any]] | None = None,
         reverted_by: str | None = None,
+        document: dict[str, Any] | None = None,
     ) -> None:
         self._execute(
             self._hot.insert_log,
@@ -343,6 +348,7 @@ class Repository:
                 "reason": reason,
                 "discarded": discarded,
                 "reverted_by": reverted_by,
+                "document": document,
             },
         )
 
@@ -483,6 +489,7 @@ class Repository:
                         "immutable": f.immutable,
                         "singleton": f.singleton,
                         "expires_at": f.expires_at,
+                        "document": f.document,
                     }
                     for f in facts
                 ],
@@ -510,6 +517,7 @@ class Repository:
                     "fact_after": e.fact_after,
                     "discarded": e.discarded,
                     "reverted_by": e.reverted_by,
+                    "document": e.document,
                 }
                 for e in entries
             ],

@@ -9,7 +9,6 @@ code written against memstate's backends works unchanged.
 from __future__ import annotations
 
 import functools
-import uuid as uuid_mod
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
@@ -21,7 +20,6 @@ from sqlalchemy.orm import Session
 from memstate_sql import indexes, jsondoc, operations
 from memstate_sql.dialects import DialectSupport, engine_for, support_for
 from memstate_sql.errors import ValidationFailed
-from memstate_sql.facts import Operation, TxEntry
 from memstate_sql.hooks import HookSet
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
@@ -30,7 +28,6 @@ from memstate_sql.records import FactState
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
 from memstate_sql.schema import SchemaGate
-from memstate_sql.timeutil import as_utc
 from memstate_sql.uow import TransactionRunner
 from memstate_sql.validation import (
     MAX_ROWS,
@@ -42,6 +39,7 @@ from memstate_sql.validation import (
     check_window,
     immutable_error,
     query_spec,
+    record_from_tx,
     state_from_doc,
 )
 from memstate_sql.verify import VerifyReport, verify
@@ -289,8 +287,10 @@ class SQLStorage:
         return None if found is None else (found.doc(), found.version)
 
     def save(self, fact_data: dict[str, Any]) -> None:
-        """Upsert a fact document. Constraints registered on this storage apply; an
-        immutable fact cannot be overwritten (`ConflictError`)."""
+        """Upsert a fact document; `load` returns exactly this document (docs/contract.md: ``id``,
+        ``type`` and ``payload`` are required, other keys and any ``ts`` are kept as given).
+        Constraints registered on this storage apply; an immutable fact cannot be overwritten
+        (`ConflictError`)."""
         new = state_from_doc(fact_data, self.constraints, self.max_payload_bytes)
 
         def work(repo: Repository) -> None:
@@ -379,35 +379,11 @@ class SQLStorage:
         )
 
     def append_tx(self, tx_data: dict[str, Any]) -> None:
-        """Append a log entry. The entry's ``seq`` is assigned by the database (a given one is ignored)."""
-        if not isinstance(tx_data, Mapping):
-            raise ValidationFailed(f"a log entry must be a mapping, got {type(tx_data).__name__}")
-        data = dict(tx_data)
-        data.setdefault("seq", 0)
-        data.setdefault("uuid", str(uuid_mod.uuid4()))
-        try:
-            entry = TxEntry.model_validate(data)
-        except Exception as exc:
-            raise ValidationFailed(f"invalid log entry: {exc}") from exc
-        check_key("session_id", entry.session_id, required=False)
-        check_key("fact_id", entry.fact_id, required=False)
-        check_key("actor", entry.actor, required=False)
-        before = None if entry.fact_before is None else jsondoc.check_value(entry.fact_before, "fact_before")
-        after = None if entry.fact_after is None else jsondoc.check_value(entry.fact_after, "fact_after")
-        self._write(
-            lambda repo: repo.append(
-                uuid=entry.uuid,
-                op=Operation(entry.op).value,
-                session_id=entry.session_id,
-                fact_id=entry.fact_id,
-                ts=as_utc(entry.ts),
-                fact_before=before,
-                fact_after=after,
-                actor=entry.actor,
-                reason=entry.reason,
-            ),
-            "append_tx",
-        )
+        """Append a log record, in any shape memstate's backends store (every key optional; see
+        `validation.record_from_tx` and docs/contract.md). `get_tx_log` returns it as given, except
+        ``seq``, which the database assigns (one increasing sequence for every process)."""
+        entry = record_from_tx(tx_data)
+        self._write(lambda repo: repo.insert_log([entry]), "append_tx")
 
     def get_tx_log(self, session_id: str | None, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """The session's log, newest first (``session_id=None``: entries without a session)."""

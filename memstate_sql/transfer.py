@@ -4,7 +4,7 @@ The file is a header line, one line per fact (``"kind": "fact"``, every
 column of the row), one line per log entry (``"kind": "tx"``, in seq order,
 rolled-back entries included) and an ``end`` line with the counts::
 
-    {"format": "memstate-sql-export", "format_version": 1, "facts": 2, "log": 3, ...}
+    {"format": "memstate-sql-export", "format_version": 2, "facts": 2, "log": 3, ...}
     {"kind": "fact", "id": "...", "type": "user", "payload": {...}, "version": 2, ...}
     {"kind": "tx", "seq": 1, "uuid": "...", "op": "COMMIT", "fact_before": null, ...}
     {"kind": "end", "facts": 2, "log": 3}
@@ -14,7 +14,9 @@ validates a whole file without touching any database (so that a caller can
 refuse a bad file before it creates or migrates the target); `load_export` is
 one database transaction: a malformed or truncated file, or an id or log uuid
 that already exists in the target, leaves the target untouched. Log entries
-get new ``seq`` values from the target database, in the exported order.
+get new ``seq`` values from the target database, in the exported order. A row saved with a
+document of its own (`SQLStorage.save`, `append_tx`: docs/contract.md) carries it as ``document``
+beside its canonical columns (format version 2; version 1 files, which have none, are still read).
 """
 
 from __future__ import annotations
@@ -36,7 +38,9 @@ from memstate_sql.timeutil import format_iso
 from memstate_sql.validation import check_batch, check_key
 
 FORMAT = "memstate-sql-export"
-FORMAT_VERSION = 1
+#: 2: lines may carry ``document`` (the caller's own document or record, ms_0003); 1 is still read.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 #: Called with (rows done, rows in all) while rows are read or written; `done` restarts at 0
 #: when a transaction is retried.
@@ -75,17 +79,36 @@ def dumps_line(line: dict[str, Any]) -> str:
 
 
 def fact_line(fact: FactState) -> dict[str, Any]:
-    return {
+    """Every column of the row, canonically; ``document`` only for a fact saved with a document of its own."""
+    line = {
         "kind": "fact",
-        **fact.doc(),
+        **fact.envelope(),
+        "payload": fact.payload,
         "version": fact.version,
         "immutable": fact.immutable,
         "singleton": fact.singleton,
     }
+    if fact.document is not None:
+        line["document"] = fact.document
+    return line
 
 
 def tx_line(entry: TxRecord) -> dict[str, Any]:
-    return {"kind": "tx", **entry.doc(), "discarded": entry.discarded, "reverted_by": entry.reverted_by}
+    """Every column of the row, canonically; ``document`` only for a record appended in a shape of its own."""
+    line = {"kind": "tx", **entry.canonical(), "discarded": entry.discarded, "reverted_by": entry.reverted_by}
+    if entry.document is not None:
+        line["document"] = entry.document
+    return line
+
+
+def _document(line: dict[str, Any], where: str) -> dict[str, Any] | None:
+    value = line.get("document")
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValidationFailed(f"{where}: document must be an object or null")
+    checked: dict[str, Any] = jsondoc.check_value(value, f"{where}: document")
+    return checked
 
 
 def fact_from_line(line: dict[str, Any], where: str) -> FactState:
@@ -102,6 +125,7 @@ def fact_from_line(line: dict[str, Any], where: str) -> FactState:
     if not isinstance(immutable, bool):
         raise ValidationFailed(f"{where}: immutable must be true or false")
     assert fid is not None and ftype is not None
+    expires = line.get("expires_at")
     return FactState(
         id=fid,
         type=ftype,
@@ -112,6 +136,8 @@ def fact_from_line(line: dict[str, Any], where: str) -> FactState:
         version=version,
         immutable=immutable,
         singleton=check_key(f"{where}: singleton", line.get("singleton"), required=False),
+        expires_at=None if expires is None else parse_ts(expires, f"{where}: expires_at"),
+        document=_document(line, where),
     )
 
 
@@ -127,7 +153,7 @@ def tx_from_line(line: dict[str, Any], where: str) -> TxRecord:
     uuid = check_key(f"{where}: uuid", line.get("uuid"), required=True)
     op = line.get("op")
     try:
-        op = Operation(op).value
+        op = "" if op == "" and "document" in line else Operation(op).value  # '': a record without op
     except ValueError:
         raise ValidationFailed(f"{where}: unknown op {op!r}") from None
     discarded = line.get("discarded")
@@ -150,6 +176,7 @@ def tx_from_line(line: dict[str, Any], where: str) -> TxRecord:
         fact_after=_image(line.get("fact_after"), f"{where}: fact_after"),
         discarded=None if discarded is None else jsondoc.check_value(discarded, f"{where}: discarded"),
         reverted_by=check_key(f"{where}: reverted_by", line.get("reverted_by"), required=False),
+        document=_document(line, where),
     )
 
 
@@ -246,7 +273,8 @@ def _read(stream: IO[str], reading: list[_Reading]) -> Iterator[FactState | TxRe
     header = _decode(first, 1)
     if header.get("format") != FORMAT:
         raise ValidationFailed(f"line 1: not a {FORMAT} file")
-    if header.get("format_version") != FORMAT_VERSION:
+    version = header.get("format_version")
+    if isinstance(version, bool) or version not in READABLE_VERSIONS:
         raise ValidationFailed(f"line 1: format_version {header.get('format_version')!r} is not supported")
     state = _Reading(header)
     reading.append(state)

@@ -6,18 +6,22 @@ so that bad input fails the same way (`ValidationFailed`) on every database.
 
 from __future__ import annotations
 
+import uuid as uuid_mod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from memstate_sql import filters as flt
 from memstate_sql import jsondoc
 from memstate_sql.errors import ConflictError, ValidationFailed
-from memstate_sql.facts import Fact
-from memstate_sql.records import DEFAULT_NAMESPACE, KEY_LENGTH, FactState, singleton_token
+from memstate_sql.facts import Fact, Operation
+from memstate_sql.records import DEFAULT_NAMESPACE, KEY_LENGTH, FactState, TxRecord, singleton_token
 from memstate_sql.registry import Constraint
-from memstate_sql.timeutil import as_ttl, as_utc, parse_iso, utcnow
+from memstate_sql.timeutil import as_ttl, as_utc, format_iso, parse_iso, utcnow
+
+#: Length of the log's uuid column (a uuid4's text).
+UUID_LENGTH = 36
 
 
 def check_key(name: str, value: Any, *, required: bool) -> str | None:
@@ -37,21 +41,161 @@ def check_key(name: str, value: Any, *, required: bool) -> str | None:
     return value
 
 
-def state_from_doc(doc: Mapping[str, Any], constraints: Mapping[str, Constraint], max_bytes: int) -> FactState:
-    """Validate a memstate fact document (as given to `save` or found in a log entry)."""
+#: Names of memstate_sql's own row fields: a fact document cannot carry them (they would read as the
+#: row's version, flags or tenant, which `save` does not set).
+RESERVED_FACT_KEYS = frozenset({"version", "immutable", "singleton", "namespace", "document"})
+#: Likewise for log records: the log's own bookkeeping columns.
+RESERVED_TX_KEYS = frozenset({"discarded", "reverted_by", "namespace", "document"})
+
+
+def _keys(doc: Any, what: str, reserved: frozenset[str]) -> dict[str, Any]:
     if not isinstance(doc, Mapping):
-        raise ValidationFailed(f"a fact document must be a mapping, got {type(doc).__name__}")
-    unknown = set(doc) - {"id", "type", "payload", "source", "session_id", "ts", "expires_at"}
-    if unknown:
-        raise ValidationFailed(f"unknown fact fields: {', '.join(sorted(map(str, unknown)))}")
-    fields = dict(doc)
-    expires = fields.pop("expires_at", None)
-    try:
-        fact = Fact.model_validate(fields)
-    except Exception as exc:
-        raise ValidationFailed(f"invalid fact document: {exc}") from exc
-    expires_at = None if expires is None else check_expiry(None, expires)
-    return new_state(fact, fact.payload, fact.session_id, constraints, max_bytes, expires_at=expires_at)
+        raise ValidationFailed(f"a {what} must be a mapping, got {type(doc).__name__}")
+    for key in doc:
+        if not isinstance(key, str):
+            raise ValidationFailed(f"{what} keys must be strings, got {type(key).__name__} {key!r}")
+    clash = reserved.intersection(doc)
+    if clash:
+        raise ValidationFailed(f"{what} fields reserved by memstate_sql: {', '.join(sorted(clash))}")
+    return dict(doc)
+
+
+def instant_of(value: Any, now: datetime) -> tuple[datetime, Any]:
+    """The instant a document's ``ts`` names, for the typed column, and the value the document keeps.
+
+    An aware or naive datetime (naive = UTC) is kept in its canonical string form; an ISO 8601 string
+    (any offset, ``Z``, or none = UTC) and a number (seconds since the epoch) are kept as given; any
+    other value (``"..."``, None, no ``ts`` at all) is kept as given and the column gets `now`, the
+    instant of the write.
+    """
+    if isinstance(value, datetime):
+        instant = as_utc(value)
+        return instant, format_iso(instant)
+    if isinstance(value, str):
+        try:
+            return parse_iso(value), value
+        except ValueError:
+            return now, value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        try:
+            return datetime.fromtimestamp(value, timezone.utc), value
+        except (OverflowError, OSError, ValueError):
+            return now, value
+    return now, value
+
+
+def state_from_doc(
+    doc: Mapping[str, Any], constraints: Mapping[str, Constraint], max_bytes: int, now: datetime | None = None
+) -> FactState:
+    """Validate a memstate fact document (as given to `save` or found in a log entry).
+
+    ``id`` and ``type`` are required strings, ``payload`` a JSON object, ``session_id`` and ``source``
+    strings or None (absent: None): they fill typed columns the store's semantics rest on. Every other
+    key is kept as given, as are absent keys and the spelling of ``ts`` (see `instant_of`): when the
+    columns' canonical rendering is not the document, the document (without its payload) is kept in
+    `FactState.document`, and `doc()` returns it exactly.
+    """
+    fields = _keys(doc, "fact document", RESERVED_FACT_KEYS)
+    fid = check_key("fact id", fields.get("id"), required=True)
+    ftype = check_key("fact type", fields.get("type"), required=True)
+    session_id = check_key("session_id", fields.get("session_id"), required=False)
+    source = check_key("source", fields.get("source"), required=False)
+    assert fid is not None and ftype is not None
+    if "payload" not in fields:
+        raise ValidationFailed("payload is required (a JSON object)")
+    payload, _ = jsondoc.check_payload(fields.pop("payload"), max_bytes)
+    written = now or utcnow()
+    ts = written
+    if "ts" in fields:
+        ts, fields["ts"] = instant_of(fields["ts"], written)
+    expires_at = None
+    if fields.get("expires_at") is not None:
+        expires_at = check_expiry(None, fields["expires_at"])
+        if isinstance(fields["expires_at"], datetime):
+            fields["expires_at"] = format_iso(fields["expires_at"])
+    constraint = constraints.get(ftype)
+    state = FactState(
+        id=fid,
+        type=ftype,
+        payload=payload,
+        session_id=session_id,
+        source=source,
+        ts=ts,
+        immutable=bool(constraint and constraint.immutable),
+        singleton=token_for(constraint, payload),
+        expires_at=expires_at,
+    )
+    if fields == state.envelope():
+        return state
+    document = jsondoc.check_value(fields, "document")
+    size = len(jsondoc.dumps(document).encode("utf-8"))
+    if size > max_bytes:
+        raise ValidationFailed(f"document: {size} bytes exceeds the limit of {max_bytes}")
+    return replace(state, document=document)
+
+
+def record_from_tx(tx_data: Any, now: datetime | None = None) -> TxRecord:
+    """Validate a log record given to `append_tx`, in the shapes memstate's backends store.
+
+    Every key may be absent. The keys that fill the typed columns the log's readers rest on must fit
+    them: ``uuid`` a string of at most 36 characters (absent: a new uuid4), ``op`` one of `Operation`
+    (absent or None: an entry of no known kind, ``op`` column ``''``), ``session_id``, ``fact_id``,
+    ``actor`` and ``reason`` strings or None, ``fact_before`` / ``fact_after`` fact documents or None.
+    ``ts`` is read as in `instant_of`; ``seq`` is not kept (the database assigns it). Every other key,
+    absent keys and the spelling of ``ts`` are kept: the record, without seq and the images, goes to
+    `TxRecord.document` when the canonical rendering of the columns is not it.
+    """
+    fields = _keys(tx_data, "log record", RESERVED_TX_KEYS)
+    fields.pop("seq", None)
+    if "uuid" in fields:
+        uuid_value = check_key("tx uuid", fields["uuid"], required=True) or ""
+        if len(uuid_value) > UUID_LENGTH:
+            raise ValidationFailed(f"tx uuid is {len(uuid_value)} characters long; the limit is {UUID_LENGTH}")
+    else:
+        uuid_value = str(uuid_mod.uuid4())
+    op = fields.get("op")
+    if op is not None:
+        try:
+            op = Operation(op).value
+        except ValueError:
+            raise ValidationFailed(f"invalid log entry: unknown op {op!r}") from None
+    reason = fields.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise ValidationFailed(f"reason must be a string, got {type(reason).__name__}")
+    images: dict[str, dict[str, Any] | None] = {}
+    for key in ("fact_before", "fact_after"):
+        image = fields.get(key)
+        if image is not None and not isinstance(image, Mapping):
+            raise ValidationFailed(f"{key} must be a fact document or None, got {type(image).__name__}")
+        images[key] = None if image is None else jsondoc.check_value(dict(image), key)
+        if image is not None:
+            fields.pop(key)
+    written = now or utcnow()
+    ts = written
+    if "ts" in fields:
+        ts, fields["ts"] = instant_of(fields["ts"], written)
+    record = TxRecord(
+        seq=0,
+        uuid=uuid_value,
+        op=op or "",
+        session_id=check_key("session_id", fields.get("session_id"), required=False),
+        fact_id=check_key("fact_id", fields.get("fact_id"), required=False),
+        actor=check_key("actor", fields.get("actor"), required=False),
+        reason=reason,
+        ts=ts,
+        fact_before=images["fact_before"],
+        fact_after=images["fact_after"],
+        discarded=None,
+        reverted_by=None,
+    )
+    canonical = record.canonical()
+    del canonical["seq"]
+    for key, image in images.items():
+        if image is not None:
+            del canonical[key]
+    if fields == canonical:
+        return record
+    return replace(record, document=jsondoc.check_value(fields, "log record"))
 
 
 def new_state(

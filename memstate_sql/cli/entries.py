@@ -17,18 +17,20 @@ from memstate_sql.records import RollbackPlan, TxRecord
 
 
 def _record(entry: Mapping[str, Any]) -> TxRecord:
-    """A log entry document (memstate's form, as `get_tx_log` and `history` return) as a log row."""
-    from memstate_sql.transfer import parse_ts
+    """A log entry document (memstate's form, as `get_tx_log` and `history` return) as a log row; a record
+    appended in a shape of its own may lack any key but seq, and its ts may be no instant (docs/contract.md)."""
+    from memstate_sql.timeutil import utcnow
+    from memstate_sql.validation import instant_of
 
     return TxRecord(
         seq=int(entry.get("seq") or 0),
         uuid=str(entry.get("uuid")),
-        op=str(entry.get("op")),
+        op=str(entry.get("op") or ""),
         session_id=entry.get("session_id"),
         fact_id=entry.get("fact_id"),
         actor=entry.get("actor"),
         reason=entry.get("reason"),
-        ts=parse_ts(entry.get("ts"), "log entry"),
+        ts=instant_of(entry.get("ts"), utcnow())[0],
         fact_before=entry.get("fact_before"),
         fact_after=entry.get("fact_after"),
         discarded=entry.get("discarded"),

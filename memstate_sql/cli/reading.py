@@ -141,9 +141,9 @@ def facts_cmd(
             [
                 d["id"],
                 d["type"],
-                d["session_id"] or "",
-                d["source"] or "",
-                d["ts"],
+                d.get("session_id") or "",
+                d.get("source") or "",
+                d.get("ts", ""),
                 version,
                 "yes" if immutable else "",
                 compact(d["payload"]),
@@ -179,7 +179,7 @@ def get_cmd(fact_id: str) -> int:
         return 0
     version, immutable = flags.get(fact_id, (None, False))
     for name in ("id", "type", "session_id", "source", "ts"):
-        print(f"{name + ':':<12}{doc[name] if doc[name] is not None else '-'}")
+        print(f"{name + ':':<12}{doc[name] if doc.get(name) is not None else '-'}")
     print(f"{'version:':<12}{version if version is not None else '-'}")
     print(f"{'immutable:':<12}{'yes' if immutable else 'no'}")
     print("payload:")
@@ -197,10 +197,11 @@ def log_rows(entries: list[dict[str, Any]], *, with_fact: bool = True, with_undo
     headers.append("change")
     rows = []
     for e in entries:
-        row = [e["seq"], e["ts"], e["op"], e["session_id"] or ""]
+        # records appended through append_tx may lack any key but seq (docs/contract.md)
+        row = [e["seq"], e.get("ts", ""), e.get("op") or "", e.get("session_id") or ""]
         if with_fact:
-            row.append(e["fact_id"] or "")
-        row.append(e["actor"] or "")
+            row.append(e.get("fact_id") or "")
+        row.append(e.get("actor") or "")
         if with_undone:
             row.append("yes" if e.get("reverted_by") else "")
         row.append(describe(e))

@@ -50,7 +50,10 @@ def show_plan(plan: RollbackPlan, which: str, steps: int) -> None:
     print(f"Rolling back {len(plan.entries)} operation(s) of {which}, newest first:")
     table(
         ["seq", "op", "fact", "was", "undo"],
-        [[e["seq"], e["op"], e["fact_id"] or "", describe(e), undo_text(plan, int(e["seq"]))] for e in plan.entries],
+        [
+            [e["seq"], e.get("op") or "", e.get("fact_id") or "", describe(e), undo_text(plan, int(e["seq"]))]
+            for e in plan.entries
+        ],
     )
     if len(plan.entries) < steps:
         print(f"(only {len(plan.entries)} of the {steps} steps asked for exist)")
@@ -98,14 +101,14 @@ def rollback_cmd(session: str | None, no_session: bool, steps: int, dry_run: boo
         if not as_json:
             show_plan(plan, which, steps)
         confirm(f"Undo these {len(plan.entries)} operation(s)?", yes)
-        expected = [e["uuid"] for e in plan.entries]
+        expected = [(e["seq"], e.get("uuid")) for e in plan.entries]
         # One transaction: the store's operations join it (SAVEPOINTs), so the check and the
         # rollback commit together or not at all.
         with storage.engine.connect() as conn, conn.begin():
             bound = SQLStorage(conn, table_prefix=target.prefix, schema=target.schema, auto_migrate=False)
             store = store_for(bound, constraints)
             now = store.plan_rollback(session_id, steps)
-            if [e["uuid"] for e in now.entries] != expected:
+            if [(e["seq"], e.get("uuid")) for e in now.entries] != expected:
                 raise ConflictError("the log changed since the plan was shown; nothing was rolled back, run it again")
             store.rollback(session_id, steps, force=force)
     if as_json:

@@ -86,6 +86,7 @@ from memstate_sql.errors import ValidationFailed
 from memstate_sql.indexes import IndexedPath
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
+from memstate_sql.timeutil import format_iso
 from memstate_sql.validation import query_spec
 
 if TYPE_CHECKING:
@@ -182,6 +183,19 @@ def _config(thread_id: str, ns: str, checkpoint_id: str) -> RunnableConfig:
 # ============================================================================ checkpoints
 
 
+def _fact_doc(fact_id: str, type_: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """A fact document in the canonical form the columns render (docs/contract.md): stored in the
+    columns alone, with no copy of the document kept beside them."""
+    return {
+        "id": fact_id,
+        "type": type_,
+        "payload": payload,
+        "source": None,
+        "session_id": None,
+        "ts": format_iso(datetime.now(timezone.utc)),
+    }
+
+
 class _Checkpoints:
     """The checkpointer's work on a sync `SQLStorage`, each public method one transaction. The async saver
     runs the same methods inside the greenlet bridge (`AsyncSQLStorage.run_sync`)."""
@@ -191,7 +205,7 @@ class _Checkpoints:
         self.serde = serde
 
     def _save(self, fact_id: str, type_: str, payload: dict[str, Any]) -> None:
-        self.storage.save({"id": fact_id, "type": type_, "payload": payload})
+        self.storage.save(_fact_doc(fact_id, type_, payload))
 
     def _delete_where(self, repo: Repository, type_: str, filters: dict[str, Any]) -> int:
         """Delete every fact of `type_` matching `filters`, `DELETE_BATCH` rows per statement."""
@@ -1005,7 +1019,7 @@ class _Items:
 
     def _refreshed(self, doc: dict[str, Any], refresh: bool, now: float) -> None:
         if refresh and _Expiry.refresh(doc["payload"], now):
-            self.storage.save({"id": doc["id"], "type": ITEM, "payload": doc["payload"]})
+            self.storage.save(_fact_doc(doc["id"], ITEM, doc["payload"]))
 
     def _get(self, op: GetOp, now: float) -> Item | None:
         doc = self.storage.load(_item_id(op.namespace, str(op.key)))
@@ -1078,7 +1092,7 @@ class _Items:
             "updated_at": _iso(now),
         }
         _Expiry.stamp(payload, op.ttl, now)
-        self.storage.save({"id": fact_id, "type": ITEM, "payload": payload})
+        self.storage.save(_fact_doc(fact_id, ITEM, payload))
 
     def sweep(self, now: float | None = None) -> int:
         moment = _now() if now is None else now
