@@ -26,8 +26,14 @@ import time
 import uuid
 from typing import Any
 
+from pydantic import BaseModel
+
 from memstate_sql import Constraint, Fact, MemoryStore, SQLStorage, migrate
 from memstate_sql.migrations import downgrade
+
+
+class _User(BaseModel):
+    k: str
 
 
 class RetryCounter(logging.Handler):
@@ -53,7 +59,7 @@ def writers(urls: list[str], prefix: str, seconds: float, per_node: int, *, sing
         storage = SQLStorage(url, table_prefix=prefix, auto_migrate=False)
         store = MemoryStore(storage)
         if singleton:
-            store.register_schema("user", None, Constraint(singleton_key="k"))
+            store.register_schema("user", _User, Constraint(singleton_key="k"))
         stores.append(store)
     deadline = time.monotonic() + seconds
 
@@ -67,7 +73,9 @@ def writers(urls: list[str], prefix: str, seconds: float, per_node: int, *, sing
             errors.append(f"{type(exc).__name__}: {exc}")
 
     threads = [
-        threading.Thread(target=work, args=(n * per_node + k, stores[n])) for n in range(len(urls)) for k in range(per_node)
+        threading.Thread(target=work, args=(n * per_node + k, stores[n]))
+        for n in range(len(urls))
+        for k in range(per_node)
     ]
     for t in threads:
         t.start()

@@ -235,7 +235,8 @@ def _rebuild_sqlite(facts: str, schema: str | None, *, slot: bool) -> None:
             f"SELECT {COLUMNS}, COALESCE(singleton, CASE WHEN LENGTH(id) < {KEY_LENGTH} THEN '#' || id "
             f"ELSE {long_id} END)"
         )
-        op.execute(f"INSERT INTO {_qualified(new, schema)} ({COLUMNS}, singleton_slot) {select} FROM {_qualified(facts, schema)}")  # noqa: S608,E501
+        source = _qualified(facts, schema)
+        op.execute(f"INSERT INTO {_qualified(new, schema)} ({COLUMNS}, singleton_slot) {select} FROM {source}")
         if not _offline():
             bind = op.get_bind()
             rows = bind.execute(
@@ -253,7 +254,8 @@ def _rebuild_sqlite(facts: str, schema: str | None, *, slot: bool) -> None:
                     [{"slot": _slot(r.id, None), "ns": r.namespace, "id": r.id} for r in rows],
                 )
     else:
-        op.execute(f"INSERT INTO {_qualified(new, schema)} ({COLUMNS}) SELECT {COLUMNS} FROM {_qualified(facts, schema)}")  # noqa: S608,E501
+        source = _qualified(facts, schema)
+        op.execute(f"INSERT INTO {_qualified(new, schema)} ({COLUMNS}) SELECT {COLUMNS} FROM {source}")  # noqa: S608
     op.drop_table(facts, schema=schema)
     op.rename_table(new, facts, schema=schema)
     for suffix, cols in FACT_INDEXES.items():

@@ -149,6 +149,11 @@ class DialectSupport:
         """
         yield
 
+    def concurrent_ddl(self, error: BaseException) -> bool:
+        """Whether a DDL error means another process is migrating at the same time (MySQL family:
+        the object exists already, or a Galera TOI conflict): wait for it and look again."""
+        return False
+
     def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
         raise NotImplementedError
