@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, column, exc, text
+from sqlalchemy import Connection, Dialect, Engine, Table, column, event, exc, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL
@@ -45,6 +45,8 @@ _RETRY_CODES = {1213, 1205}  # deadlock (and Galera certification conflicts), lo
 #: DDL errors another migrator's concurrent DDL causes (table / column / key exists, Galera TOI
 #: "Can't execute the given command because you have active locked tables", deadlock).
 _CONCURRENT_DDL_CODES = {1050, 1060, 1061, 1684, 1213}
+#: ``wsrep_sync_wait`` of a ``read_your_writes`` storage's sessions: 1 (reads) + 2 (UPDATE, DELETE).
+READ_YOUR_WRITES_SYNC_WAIT = 3
 #: The cluster-wide lock table (Galera): one row per held lock, with a lease.
 LOCK_TABLE = "memstate_sql_lock"
 #: Seconds a lease lasts without renewal (a killed migrator's lock is taken over after it).
@@ -80,6 +82,26 @@ class MySQLSupport(DialectSupport):
         # READ COMMITTED: a locking read of an absent key takes no gap lock, so racing
         # singleton inserts end in a duplicate-key error (retried) rather than a deadlock.
         return {"pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
+
+    def configure_engine(
+        self, engine: Engine, *, sqlite_synchronous: str | None = None, read_your_writes: bool = False
+    ) -> None:
+        super().configure_engine(engine, sqlite_synchronous=sqlite_synchronous)
+        if not read_your_writes:
+            return
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # On a Galera node, every read (SELECT, also FOR UPDATE) and every UPDATE/DELETE first
+            # waits until the node has applied what the cluster had committed when it was sent.
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+                row = cursor.fetchone()
+                if row is not None and str(row[1]).upper() == "ON":
+                    cursor.execute(f"SET SESSION wsrep_sync_wait = {READ_YOUR_WRITES_SYNC_WAIT}")
+            finally:
+                cursor.close()
 
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
