@@ -46,6 +46,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.schema import SchemaItem
 
 from memstate_sql.dialects import engine_for, support_for
+from memstate_sql.dialects.mysql import LOCK_TABLE
 from memstate_sql.errors import MigrationLockTimeout, SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
 from memstate_sql.uow import default_sleep, holding
@@ -219,6 +220,7 @@ class HostFilters:
             models = models_for(check_prefix(prefix))
             names.update(table.name for table in models.metadata.tables.values())
             names.add(models.version_table)
+        names.add(LOCK_TABLE)  # the cluster-wide migration lock (Galera), shared by every prefix
         self.tables = frozenset(names)
 
     def include_name(self, name: str | None, type_: str, parent_names: Any) -> bool:

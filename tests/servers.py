@@ -457,9 +457,10 @@ class GaleraNode:
     def start(self, *, bootstrap: bool = False, wait: bool = True) -> None:
         if self._pid is not None and _alive(self._pid):
             return
+        extra = ["--wsrep-new-cluster"] if bootstrap else self._recovered_position()
         log = open(self.root / "log", "ab")  # noqa: SIM115 - handed to the server process
         proc = subprocess.Popen(
-            [self.cluster.mariadbd, f"--defaults-file={self.cnf}", *(["--wsrep-new-cluster"] if bootstrap else [])],
+            [self.cluster.mariadbd, f"--defaults-file={self.cnf}", *extra],
             stdout=log,
             stderr=log,
             start_new_session=True,
@@ -468,6 +469,29 @@ class GaleraNode:
         self._pid = proc.pid
         if wait:
             self.wait_synced()
+
+    def _recovered_position(self) -> list[str]:
+        """After a crash the node's saved position is unknown (seqno -1) and it would ask for a full SST:
+        recover it from InnoDB (``--wsrep-recover``, what the packaged service's galera_recovery does) so
+        that it rejoins by IST."""
+        state = self.data / "grastate.dat"
+        if not state.exists() or "seqno:   -1" not in state.read_text():
+            return []
+        subprocess.run(
+            [
+                self.cluster.mariadbd,
+                f"--defaults-file={self.cnf}",
+                "--wsrep-recover",
+                f"--log-error={self.root}/recover.log",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        with contextlib.suppress(OSError):
+            found = re.findall(r"Recovered position: (\S+:-?\d+)", (self.root / "recover.log").read_text())
+            if found and not found[-1].endswith(":-1"):
+                return [f"--wsrep-start-position={found[-1]}"]
+        return []
 
     def wait_synced(self, timeout: float = 120.0) -> None:
         """Wait until the node says ``Synced`` (it answers 1047 while it joins or catches up)."""
