@@ -118,8 +118,14 @@ class AsyncSQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
+        read_your_writes: bool = False,
     ) -> None:
         bound: Callable[[], Connection] | None = None
+        if read_your_writes and not isinstance(url_or_async_engine, str | URL):
+            raise ValidationFailed(
+                "read_your_writes configures an engine memstate_sql creates (from a URL); on your own engine "
+                "run SET SESSION wsrep_sync_wait = 3 on each connection (e.g. connect_args init_command)"
+            )
         if sqlite_synchronous is not None and not isinstance(url_or_async_engine, str | URL):
             raise ValidationFailed(
                 "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
@@ -127,7 +133,12 @@ class AsyncSQLStorage:
             )
         if isinstance(url_or_async_engine, str | URL):
             self.engine, self._owns = (
-                async_engine_for(url_or_async_engine, engine_options, sqlite_synchronous=sqlite_synchronous),
+                async_engine_for(
+                    url_or_async_engine,
+                    engine_options,
+                    sqlite_synchronous=sqlite_synchronous,
+                    read_your_writes=read_your_writes,
+                ),
                 True,
             )
         elif isinstance(url_or_async_engine, AsyncEngine):

@@ -27,11 +27,12 @@ from __future__ import annotations
 import enum
 import functools
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config
@@ -40,15 +41,18 @@ from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, inspect, make_url
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.schema import SchemaItem
 
 from memstate_sql.dialects import engine_for, support_for
-from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
+from memstate_sql.dialects.mysql import LOCK_TABLE
+from memstate_sql.errors import MigrationLockTimeout, SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
 from memstate_sql.uow import default_sleep, holding
 
 Bind = str | URL | Engine | Connection
+T = TypeVar("T")
 
 #: The version table of the default table prefix (``<prefix>_alembic_version`` in general).
 VERSION_TABLE = models_for(DEFAULT_PREFIX).version_table
@@ -216,6 +220,7 @@ class HostFilters:
             models = models_for(check_prefix(prefix))
             names.update(table.name for table in models.metadata.tables.values())
             names.add(models.version_table)
+        names.add(LOCK_TABLE)  # the cluster-wide migration lock (Galera), shared by every prefix
         self.tables = frozenset(names)
 
     def include_name(self, name: str | None, type_: str, parent_names: Any) -> bool:
@@ -380,14 +385,45 @@ def migrate(
     SQLite) and the caller commits it.
     """
     tgt = Target(check_prefix(table_prefix), schema)
-    with holding(_ALEMBIC), connection_for(url_or_engine_or_connection) as conn:
-        cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
-        cfg.attributes["memstate_guard"] = True  # refuse unknown revisions and unmanaged tables, under the lock
+
+    def upgrade() -> str | None:
+        with holding(_ALEMBIC), connection_for(url_or_engine_or_connection) as conn:
+            cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
+            cfg.attributes["memstate_guard"] = True  # refuse unknown revisions and unmanaged tables, under the lock
+            try:
+                command.upgrade(cfg, revision)
+            except CommandError as err:
+                raise SchemaVersionError(f"cannot upgrade {tgt.describe()} to {revision!r}: {err}") from err
+            except DBAPIError:
+                if conn.in_transaction():
+                    conn.rollback()
+                raise
+            return _current(conn, tgt)
+
+    return _waiting_out_concurrent_ddl(url_or_engine_or_connection, upgrade, lock_timeout, tgt)
+
+
+def _waiting_out_concurrent_ddl(bind: Bind, run: Callable[[], T], timeout: float, tgt: Target) -> T:
+    """Run `run`; a DDL error that means another process is migrating at the same time (MySQL family:
+    1050/1060/1061/1684/1213, e.g. a Galera node whose migrator did not hold the cluster-wide lock, or
+    a certification conflict on the version table) is waited out: sleep, then run again (which
+    re-checks the schema under the lock), until `timeout` has passed."""
+    support = support_for(bind.dialect if isinstance(bind, Connection | Engine) else make_url(bind).get_backend_name())
+    deadline = time.monotonic() + timeout
+    delay = 0.1
+    while True:
         try:
-            command.upgrade(cfg, revision)
-        except CommandError as err:
-            raise SchemaVersionError(f"cannot upgrade {tgt.describe()} to {revision!r}: {err}") from err
-        return _current(conn, tgt)
+            return run()
+        except DBAPIError as err:
+            if not support.concurrent_ddl(err):
+                raise
+            if time.monotonic() >= deadline:
+                raise MigrationLockTimeout(
+                    f"migrating {tgt.describe()}: another process kept changing the schema at the same time "
+                    f"for {timeout:g}s ({err.orig})"
+                ) from err
+            default_sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def downgrade(

@@ -143,6 +143,9 @@ class FactColumns:
     #: render it exactly (extra or missing keys, another spelling of ts); NULL: their canonical
     #: rendering, as for every fact the store writes itself (docs/contract.md).
     document: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
+    #: The unique key's column (`records.singleton_slot`): the singleton token, or a per-fact
+    #: sentinel for facts without one, so the key is never NULL (Galera certifies NULLs as equal).
+    singleton_slot: Mapped[str] = mapped_column(KeyString())
 
 
 class TxColumns:
@@ -226,7 +229,7 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
     class FactRow(FactColumns, Base):
         __tablename__ = facts
         __table_args__ = (
-            UniqueConstraint("namespace", "type", "singleton", name=f"uq_{facts}_singleton"),
+            UniqueConstraint("namespace", "type", "singleton_slot", name=f"uq_{facts}_singleton_slot"),
             Index(f"ix_{facts}_ns_type", "namespace", "type"),
             Index(f"ix_{facts}_ns_session_id", "namespace", "session_id"),
             Index(f"ix_{facts}_ns_source", "namespace", "source"),

@@ -48,6 +48,22 @@ def singleton_token(value: Any) -> str:
     return text
 
 
+def singleton_slot(fact_id: str, token: str | None) -> str:
+    """The value of the facts table's unique ``(namespace, type, singleton_slot)`` key.
+
+    A singleton fact's slot is its token; any other fact's slot is ``#`` and its id (a digest
+    when long), unique per fact and never equal to a token (canonical JSON and ``sha256:``
+    digests never start with ``#``). No fact leaves the key NULL: Galera certifies NULLs of a
+    unique key as equal, so two concurrent inserts of non-singleton facts of one type on
+    different nodes would conflict (docs/scaling.md).
+    """
+    if token is not None:
+        return token
+    if len(fact_id) < KEY_LENGTH:
+        return "#" + fact_id
+    return "#sha256:" + hashlib.sha256(fact_id.encode("utf-8")).hexdigest()
+
+
 @dataclass(frozen=True)
 class FactState:
     """One fact row."""

@@ -35,7 +35,7 @@ from sqlalchemy.sql import ColumnElement, Executable
 from memstate_sql import filters as flt
 from memstate_sql.dialects import DialectSupport
 from memstate_sql.models import Models
-from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord
+from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord, singleton_slot
 from memstate_sql.timeutil import utcnow
 from memstate_sql.validation import QuerySpec
 
@@ -71,7 +71,7 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
     versioned = in_ns & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
     return _Hot(
         by_id=selects(c.id == bindparam("w_id")),
-        by_singleton=selects((c.type == bindparam("w_type")) & (c.singleton == bindparam("w_token"))),
+        by_singleton=selects((c.type == bindparam("w_type")) & (c.singleton_slot == bindparam("w_token"))),
         # SET takes the columns named in the parameters (every mutable column, see `Repository.update`).
         update={
             True: update(facts).where(versioned),
@@ -179,7 +179,7 @@ class Repository:
             by_type.setdefault(type_, []).append(token)
         for type_, tokens in by_type.items():
             for i in range(0, len(tokens), chunk):
-                where = (c.type == type_) & c.singleton.in_(tokens[i : i + chunk])
+                where = (c.type == type_) & c.singleton_slot.in_(tokens[i : i + chunk])
                 found += self._select_facts(where, lock, expired=True)
         rows = {f.id: f for f in found}
         return rows, {(f.type, f.singleton): f for f in rows.values() if f.singleton is not None}
@@ -256,6 +256,7 @@ class Repository:
             "ts": fact.ts,
             "version": fact.version,
             "singleton": fact.singleton,
+            "singleton_slot": singleton_slot(fact.id, fact.singleton),
             "immutable": fact.immutable,
             "expires_at": fact.expires_at,
             "document": fact.document,
@@ -403,7 +404,7 @@ class Repository:
         stmt = (
             update(self.facts)
             .where(self._in_ns & (self.facts.c.id == bindparam("fid")))
-            .values(singleton=bindparam("token"))
+            .values(singleton=bindparam("token"), singleton_slot=bindparam("token"))
         )
         self._execute(stmt, [{"fid": fid, "token": token} for fid, token in tokens.items()])
 
@@ -488,6 +489,7 @@ class Repository:
                         "version": f.version,
                         "immutable": f.immutable,
                         "singleton": f.singleton,
+                        "singleton_slot": singleton_slot(f.id, f.singleton),
                         "expires_at": f.expires_at,
                         "document": f.document,
                     }

@@ -21,11 +21,14 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select
+from sqlalchemy.exc import DBAPIError
 
 from memstate_sql.dialects import support_for
+from memstate_sql.errors import MigrationLockTimeout
 from memstate_sql.indexes import IndexedPath
 from memstate_sql.models import Models
 from memstate_sql.uow import default_sleep, holding
@@ -34,6 +37,8 @@ from memstate_sql.uow import default_sleep, holding
 #: tests/test_migrations.py): a database found at it needs no Alembic at all, so a process whose
 #: schema is up to date never imports Alembic nor parses the migration scripts.
 HEAD_REVISION = "ms_0003_documents"
+#: Seconds the creation of declared path indexes waits for another process's (lock and DDL).
+PATH_INDEX_TIMEOUT = 60.0
 
 
 @functools.cache
@@ -101,12 +106,29 @@ def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[Indexed
     support = support_for(engine.dialect)
     facts = inspect(models.Fact).local_table
     lock = f"{models.prefix}_path_indexes"
-    with engine.connect() as conn, support.migration_lock(conn, lock, 60.0, default_sleep):
-        open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
-        for spec in paths:  # each creates its index (and generated column) only if it does not exist yet
-            support.create_path_index(conn, facts, spec)
-        if not open_before and conn.in_transaction():
-            conn.commit()
+    deadline = time.monotonic() + PATH_INDEX_TIMEOUT
+    delay = 0.1
+    while True:
+        try:
+            with engine.connect() as conn, support.migration_lock(conn, lock, PATH_INDEX_TIMEOUT, default_sleep):
+                open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
+                for spec in paths:  # each creates its index (and generated column) only if it does not exist yet
+                    support.create_path_index(conn, facts, spec)
+                if not open_before and conn.in_transaction():
+                    conn.commit()
+            return
+        except DBAPIError as err:
+            # Another process created the same column or index meanwhile (MySQL family, e.g. a Galera
+            # node that raced this one): look again under the lock.
+            if not support.concurrent_ddl(err):
+                raise
+            if time.monotonic() >= deadline:
+                raise MigrationLockTimeout(
+                    f"creating the declared path indexes of {models.prefix!r}: another process kept changing "
+                    f"the schema for {PATH_INDEX_TIMEOUT:g}s ({err.orig})"
+                ) from err
+            default_sleep(delay)
+            delay = min(delay * 2, 2.0)
 
 
 def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> bool:

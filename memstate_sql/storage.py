@@ -67,6 +67,12 @@ class SQLStorage:
     ``"normal"`` (what memstate and Rails 8 run) keeps commits atomic and safe against application
     crashes but may lose the last commits on a power failure or an OS crash, for several times the
     write rate on disks with slow fsync (README.md, "SQLite durability").
+
+    `read_your_writes` (URLs only): on a Galera cluster node, every read and every UPDATE/DELETE of
+    the storage's sessions waits until the node has applied everything the cluster had committed
+    when it was sent (``wsrep_sync_wait = 3``), so a fact committed through another node is found.
+    Costs about one cluster round trip per statement (docs/scaling.md). Elsewhere a no-op: one
+    server, or a PostgreSQL primary, always reads its own commits.
     """
 
     def __init__(
@@ -82,15 +88,29 @@ class SQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
+        read_your_writes: bool = False,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
+        if read_your_writes and not isinstance(url_or_engine, str | URL):
+            raise ValidationFailed(
+                "read_your_writes configures an engine memstate_sql creates (from a URL); on your own engine "
+                "run SET SESSION wsrep_sync_wait = 3 on each connection (e.g. connect_args init_command)"
+            )
         if sqlite_synchronous is not None and not isinstance(url_or_engine, str | URL):
             raise ValidationFailed(
                 "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
                 "set PRAGMA synchronous on your own engine's connections instead"
             )
         if isinstance(url_or_engine, str | URL):
-            engine, owns = engine_for(url_or_engine, engine_options, sqlite_synchronous=sqlite_synchronous), True
+            engine, owns = (
+                engine_for(
+                    url_or_engine,
+                    engine_options,
+                    sqlite_synchronous=sqlite_synchronous,
+                    read_your_writes=read_your_writes,
+                ),
+                True,
+            )
         elif isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, Session):

@@ -339,3 +339,23 @@ def count_rows(url: str, prefix: str, table: str) -> int:
             return int(conn.execute(sa.text(f"SELECT COUNT(*) FROM {prefix}_{table}")).scalar_one())
     finally:
         engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def galera_cluster() -> Iterator[Any]:
+    """A private 3-node MariaDB Galera cluster for the session (tests/servers.py `GaleraCluster`), stopped by
+    PID at the end. Skipped where the binaries are missing, unless MEMSTATE_SQL_REQUIRE_DATABASES=1."""
+    from tests.servers import GaleraCluster, find_galera
+
+    if find_galera() is None:
+        reason = "no Galera cluster binaries (mariadbd, mariadb-install-db, libgalera_smm.so, rsync)"
+        if REQUIRE:
+            pytest.fail(f"{reason}, and MEMSTATE_SQL_REQUIRE_DATABASES=1")
+        pytest.skip(reason)
+    base = int(os.environ.get("MEMSTATE_SQL_TEST_GALERA_BASE_PORT", "16500"))
+    cluster = GaleraCluster(base_port=base)
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.destroy()

@@ -369,6 +369,245 @@ class MariaDBServer(PrivateServer):
         self.proc, self._pid = None, None
 
 
+# ---------------------------------------------------------------------------- a Galera cluster
+
+GALERA_PROVIDER_ENV = "MEMSTATE_SQL_GALERA_PROVIDER"
+
+
+def find_galera() -> tuple[str, str, str] | None:
+    """(mariadbd, mariadb-install-db, libgalera_smm.so), or None when any is missing."""
+    found = find_mariadb()
+    provider = os.environ.get(GALERA_PROVIDER_ENV) or "/usr/lib/galera/libgalera_smm.so"
+    if found is None or not Path(provider).exists() or shutil.which("rsync") is None:
+        return None
+    return found[0], found[1], provider
+
+
+def _galera_user() -> str | None:
+    if os.geteuid() != 0:
+        return None
+    for name in ("mysql", "nobody"):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return name
+    return None
+
+
+class GaleraNode:
+    """One node of a :class:`GaleraCluster`: its own data directory, ``my.cnf`` and three loopback ports
+    (client, group communication, IST receive; SST listens on a fourth)."""
+
+    def __init__(self, cluster: GaleraCluster, number: int) -> None:
+        self.cluster = cluster
+        self.number = number
+        base = cluster.base_port
+        self.port = base + number  # client
+        self.gcomm = base + 10 + number
+        self.ist = base + 20 + number
+        self.sst = base + 30 + number
+        self.root = cluster.root / f"node{number}"
+        self.data = self.root / "data"
+        self.cnf = self.root / "my.cnf"
+        self.url = f"mysql+pymysql://root@127.0.0.1:{self.port}/memstate"
+        self._pid: int | None = None
+
+    def write_config(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        peers = ",".join(f"127.0.0.1:{n.gcomm}" for n in self.cluster.nodes)
+        self.cnf.write_text(
+            "[mysqld]\n"
+            f"datadir={self.data}\n"
+            f"socket={self.root / 'mysqld.sock'}\n"
+            f"pid-file={self.root / 'mysqld.pid'}\n"
+            f"port={self.port}\n"
+            "bind-address=127.0.0.1\n"
+            + (f"user={self.cluster.user}\n" if self.cluster.user else "")
+            + "skip-name-resolve\n"
+            "character-set-server=utf8mb4\n"
+            "collation-server=utf8mb4_general_ci\n"
+            "innodb-buffer-pool-size=64M\n"
+            "innodb-flush-log-at-trx-commit=2\n"
+            "innodb-log-file-size=32M\n"
+            "binlog_format=ROW\n"
+            "innodb_autoinc_lock_mode=2\n"
+            "wsrep_on=ON\n"
+            f"wsrep_provider={self.cluster.provider}\n"
+            f"wsrep_cluster_address=gcomm://{peers}\n"
+            f"wsrep_node_address=127.0.0.1:{self.gcomm}\n"
+            "wsrep_cluster_name=memstate_test\n"
+            f'wsrep_provider_options="gmcast.listen_addr=tcp://127.0.0.1:{self.gcomm};ist.recv_addr=127.0.0.1:{self.ist};'
+            'gcache.size=64M;evs.suspect_timeout=PT3S;evs.inactive_timeout=PT6S;evs.install_timeout=PT6S"\n'
+            "wsrep_sst_method=rsync\n"
+            f"wsrep_sst_receive_address=127.0.0.1:{self.sst}\n"
+        )
+
+    def install(self) -> None:
+        command = [
+            self.cluster.install_db,
+            f"--defaults-file={self.cnf}",
+            "--skip-test-db",
+            "--auth-root-authentication-method=normal",
+            *([f"--user={self.cluster.user}"] if self.cluster.user else []),
+        ]
+        done = subprocess.run(command, capture_output=True, check=False)
+        if done.returncode != 0:
+            output = (done.stderr or done.stdout).decode(errors="replace").strip()
+            raise subprocess.CalledProcessError(done.returncode, command, output=output, stderr=output)
+
+    def start(self, *, bootstrap: bool = False, wait: bool = True) -> None:
+        if self._pid is not None and _alive(self._pid):
+            return
+        extra = ["--wsrep-new-cluster"] if bootstrap else self._recovered_position()
+        log = open(self.root / "log", "ab")  # noqa: SIM115 - handed to the server process
+        proc = subprocess.Popen(
+            [self.cluster.mariadbd, f"--defaults-file={self.cnf}", *extra],
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+        )
+        log.close()
+        self._pid = proc.pid
+        if wait:
+            self.wait_synced()
+
+    def _recovered_position(self) -> list[str]:
+        """After a crash the node's saved position is unknown (seqno -1) and it would ask for a full SST:
+        recover it from InnoDB (``--wsrep-recover``, what the packaged service's galera_recovery does) so
+        that it rejoins by IST."""
+        state = self.data / "grastate.dat"
+        if not state.exists() or "seqno:   -1" not in state.read_text():
+            return []
+        subprocess.run(
+            [
+                self.cluster.mariadbd,
+                f"--defaults-file={self.cnf}",
+                "--wsrep-recover",
+                f"--log-error={self.root}/recover.log",
+            ],
+            capture_output=True,
+            check=False,
+        )
+        with contextlib.suppress(OSError):
+            found = re.findall(r"Recovered position: (\S+:-?\d+)", (self.root / "recover.log").read_text())
+            if found and not found[-1].endswith(":-1"):
+                return [f"--wsrep-start-position={found[-1]}"]
+        return []
+
+    def wait_synced(self, timeout: float = 120.0) -> None:
+        """Wait until the node says ``Synced`` (it answers 1047 while it joins or catches up)."""
+        deadline = time.monotonic() + timeout
+        last: object = None
+        server = self.url.rsplit("/", 1)[0] + "/"
+        while time.monotonic() < deadline:
+            if self._pid is None or not _alive(self._pid):
+                raise RuntimeError(f"galera node {self.number} exited while starting:\n{self.log_tail()}")
+            engine = sa.create_engine(server, poolclass=sa.pool.NullPool)
+            try:
+                with engine.connect() as conn:
+                    state = conn.execute(sa.text("SHOW STATUS LIKE 'wsrep_local_state_comment'")).first()
+                    last = state[1] if state else None
+                    if last == "Synced":
+                        return
+            except Exception as exc:  # retried until the deadline
+                last = exc
+            finally:
+                engine.dispose()
+            time.sleep(0.2)
+        raise RuntimeError(f"galera node {self.number} not synced: {last}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 25) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join((self.root / "log").read_text(errors="replace").splitlines()[-lines:])
+        return "(no log)"
+
+    def pid(self) -> int | None:
+        return self._pid
+
+    def stop(self, *, crash: bool = False) -> None:
+        if self._pid is None:
+            return
+        stop_pid(self._pid, self.root, signal.SIGKILL if crash else signal.SIGTERM)
+        self._pid = None
+
+
+class GaleraCluster:
+    """A private 3-node MariaDB Galera cluster on loopback (see /work/shared/notes/scale-out.md).
+
+    Node 1 bootstraps (``--wsrep-new-cluster``), nodes 2 and 3 join it by rsync SST; each runs from its
+    own ``--defaults-file``, so the machine's MariaDB and ``/etc/mysql`` are never touched. Ports:
+    ``base_port + n`` (client), ``+ 10 + n`` (group communication), ``+ 20 + n`` (IST), ``+ 30 + n`` (SST).
+    Stopped by PID (:meth:`destroy`).
+    """
+
+    def __init__(self, *, base_port: int = 16500, size: int = 3) -> None:
+        found = find_galera()
+        if found is None:
+            raise FileNotFoundError(
+                "no Galera cluster binaries (mariadbd, mariadb-install-db, /usr/lib/galera/libgalera_smm.so, rsync): "
+                "install mariadb-server, galera-4 and rsync (Debian), or set " + GALERA_PROVIDER_ENV
+            )
+        self.mariadbd, self.install_db, self.provider = found
+        self.base_port = base_port
+        self.root = Path(tempfile.mkdtemp(prefix="memstate-galera-"))
+        # As root the servers run as "mysql": the joiners' rsync daemon (SST) would otherwise drop to "nobody".
+        self.user = _galera_user()
+        self.nodes = [GaleraNode(self, n) for n in range(1, size + 1)]
+        self.version = ""
+
+    @property
+    def urls(self) -> list[str]:
+        return [node.url for node in self.nodes]
+
+    def start(self) -> None:
+        try:
+            first, *others = self.nodes
+            for node in self.nodes:
+                node.write_config()  # the joiners' data directories come from node 1 (SST)
+                node.data.mkdir(parents=True, exist_ok=True)
+            self._hand_over()
+            first.install()
+            first.start(bootstrap=True)
+            server = first.url.rsplit("/", 1)[0] + "/"
+            engine = sa.create_engine(server, poolclass=sa.pool.NullPool)
+            try:
+                with engine.begin() as conn:
+                    self.version = str(conn.execute(sa.text("SELECT version()")).scalar_one())
+                    conn.execute(sa.text("CREATE DATABASE IF NOT EXISTS memstate CHARACTER SET utf8mb4"))
+            finally:
+                engine.dispose()
+            for node in others:  # one joiner at a time: node 1 is the donor of both
+                node.start()
+        except BaseException as exc:
+            if isinstance(exc, RuntimeError):
+                exc.args = (f"{exc.args[0]}\nnode 1:\n{first.log_tail()}",)
+            self.destroy()
+            raise
+
+    def _hand_over(self) -> None:
+        if self.user is None:
+            return
+        entry = pwd.getpwnam(self.user)
+        self.root.chmod(0o755)
+        for path in [self.root, *self.root.rglob("*")]:
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+
+    def cluster_size(self, node: int = 0) -> int:
+        engine = sa.create_engine(self.nodes[node].url, poolclass=sa.pool.NullPool)
+        try:
+            with engine.connect() as conn:
+                row = conn.execute(sa.text("SHOW STATUS LIKE 'wsrep_cluster_size'")).first()
+                return int(row[1]) if row else 0
+        finally:
+            engine.dispose()
+
+    def destroy(self) -> None:
+        for node in reversed(self.nodes):
+            with contextlib.suppress(Exception):
+                node.stop()
+        if not os.environ.get("MEMSTATE_SQL_GALERA_KEEP"):  # keep the logs for a post-mortem
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
 def private_server(db: str, **options: Any) -> PrivateServer:
     return PostgresServer() if db == "postgresql" else MariaDBServer(**options)
 

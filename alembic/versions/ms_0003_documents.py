@@ -1,7 +1,7 @@
 """Documents as given: the caller's exact fact document or log record, where the columns cannot render it.
 
 Revision ID: ms_0003_documents
-Revises: ms_0002_namespaces_expiry
+Revises: ms_0004_galera
 Create Date: 2026-12-02 00:00:00
 
 memstate's backend API promises that ``load(id)`` returns the document ``save()`` was given, and
@@ -33,7 +33,7 @@ from memstate_sql.migrations import target
 from memstate_sql.models import JSONDocument
 
 revision: str = "ms_0003_documents"
-down_revision: str | Sequence[str] | None = "ms_0002_namespaces_expiry"
+down_revision: str | Sequence[str] | None = "ms_0004_galera"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -49,7 +49,11 @@ def support_for(dialect: Dialect | str) -> DialectSupport:
 
 
 def engine_for(
-    url: str | URL, engine_options: Mapping[str, Any] | None = None, *, sqlite_synchronous: str | None = None
+    url: str | URL,
+    engine_options: Mapping[str, Any] | None = None,
+    *,
+    sqlite_synchronous: str | None = None,
+    read_your_writes: bool = False,
 ) -> Engine:
     """The one way memstate_sql creates a sync engine: the database's defaults
     (`DialectSupport.engine_options`), the caller's options over them, and the database's
@@ -58,7 +62,7 @@ def engine_for(
     support = support_for(parsed.get_backend_name())
     engine = create_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
     try:
-        support.configure_engine(engine, sqlite_synchronous=sqlite_synchronous)
+        support.configure_engine(engine, sqlite_synchronous=sqlite_synchronous, read_your_writes=read_your_writes)
     except BaseException:
         engine.dispose()
         raise
@@ -66,7 +70,11 @@ def engine_for(
 
 
 def async_engine_for(
-    url: str | URL, engine_options: Mapping[str, Any] | None = None, *, sqlite_synchronous: str | None = None
+    url: str | URL,
+    engine_options: Mapping[str, Any] | None = None,
+    *,
+    sqlite_synchronous: str | None = None,
+    read_your_writes: bool = False,
 ) -> AsyncEngine:
     """`engine_for` for asyncio: the URL mapped to the database's asyncio driver (`async_url`)."""
     from sqlalchemy.ext.asyncio import create_async_engine  # the asyncio extension: on first use
@@ -75,7 +83,9 @@ def async_engine_for(
     support = support_for(parsed.get_backend_name())
     engine = create_async_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
     try:
-        support.configure_engine(engine.sync_engine, sqlite_synchronous=sqlite_synchronous)
+        support.configure_engine(
+            engine.sync_engine, sqlite_synchronous=sqlite_synchronous, read_your_writes=read_your_writes
+        )
     except BaseException:
         engine.sync_engine.dispose()
         raise

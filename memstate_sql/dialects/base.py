@@ -116,9 +116,13 @@ class DialectSupport:
         # operation is replaced and the operation re-run by the unit of work (`memstate_sql.uow`).
         return {}
 
-    def configure_engine(self, engine: Engine, *, sqlite_synchronous: str | None = None) -> None:
+    def configure_engine(
+        self, engine: Engine, *, sqlite_synchronous: str | None = None, read_your_writes: bool = False
+    ) -> None:
         """Install per-connection settings on an engine that memstate_sql created (`sqlite_synchronous`:
-        SQLite's durability, see `memstate_sql.dialects.sqlite.SYNCHRONOUS`; refused elsewhere)."""
+        SQLite's durability, see `memstate_sql.dialects.sqlite.SYNCHRONOUS`; refused elsewhere;
+        `read_your_writes`: a read sees every commit acknowledged before it on any node of a
+        multi-primary cluster — Galera's ``wsrep_sync_wait``; a single server always does)."""
         if sqlite_synchronous is not None:
             raise ValidationFailed(f"sqlite_synchronous applies to SQLite only, not to {self.name}")
 
@@ -148,6 +152,11 @@ class DialectSupport:
         transaction the caller's transaction is never ended.
         """
         yield
+
+    def concurrent_ddl(self, error: BaseException) -> bool:
+        """Whether a DDL error means another process is migrating at the same time (MySQL family:
+        the object exists already, or a Galera TOI conflict): wait for it and look again."""
+        return False
 
     def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""

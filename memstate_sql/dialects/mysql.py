@@ -6,11 +6,18 @@ follow MySQL's documented JSON comparison rules but have not been run here.
 
 from __future__ import annotations
 
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Dialect, Table, column, exc, text
+from sqlalchemy import Connection, Dialect, Engine, Table, column, event, exc, text
 from sqlalchemy import inspect as sa_inspect
 from sqlalchemy.dialects import mysql as mysql_types
 from sqlalchemy.engine import URL
@@ -32,7 +39,18 @@ from memstate_sql.errors import MigrationLockTimeout
 from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
 from memstate_sql.indexes import IndexedPath
 
-_RETRY_CODES = {1213, 1205}  # deadlock, lock wait timeout
+_log = logging.getLogger("memstate_sql.migrations")
+
+_RETRY_CODES = {1213, 1205}  # deadlock (and Galera certification conflicts), lock wait timeout
+#: DDL errors another migrator's concurrent DDL causes (table / column / key exists, Galera TOI
+#: "Can't execute the given command because you have active locked tables", deadlock).
+_CONCURRENT_DDL_CODES = {1050, 1060, 1061, 1684, 1213}
+#: ``wsrep_sync_wait`` of a ``read_your_writes`` storage's sessions: 1 (reads) + 2 (UPDATE, DELETE).
+READ_YOUR_WRITES_SYNC_WAIT = 3
+#: The cluster-wide lock table (Galera): one row per held lock, with a lease.
+LOCK_TABLE = "memstate_sql_lock"
+#: Seconds a lease lasts without renewal (a killed migrator's lock is taken over after it).
+LEASE_SECONDS = 20.0
 _UNIQUE_CODES = {1062}
 _DISCONNECT_CODES = {2006, 2013, 2055, 1927, 1053}
 _MARIADB_TYPES = {
@@ -65,11 +83,30 @@ class MySQLSupport(DialectSupport):
         # singleton inserts end in a duplicate-key error (retried) rather than a deadlock.
         return {"pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
 
+    def configure_engine(
+        self, engine: Engine, *, sqlite_synchronous: str | None = None, read_your_writes: bool = False
+    ) -> None:
+        super().configure_engine(engine, sqlite_synchronous=sqlite_synchronous)
+        if not read_your_writes:
+            return
+
+        @event.listens_for(engine, "connect")
+        def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            # On a Galera node, every read (SELECT, also FOR UPDATE) and every UPDATE/DELETE first
+            # waits until the node has applied what the cluster had committed when it was sent.
+            cursor = dbapi_conn.cursor()
+            try:
+                cursor.execute("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'")
+                row = cursor.fetchone()
+                if row is not None and str(row[1]).upper() == "ON":
+                    cursor.execute(f"SET SESSION wsrep_sync_wait = {READ_YOUR_WRITES_SYNC_WAIT}")
+            finally:
+                cursor.close()
+
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
             return ErrorKind.DISCONNECT
-        args = getattr(getattr(error, "orig", None), "args", ())
-        code = args[0] if args and isinstance(args[0], int) else None
+        code = _code(error)
         if code in _RETRY_CODES:
             return ErrorKind.RETRY
         if code in _UNIQUE_CODES:
@@ -89,8 +126,45 @@ class MySQLSupport(DialectSupport):
             if got:
                 conn.execute(text("SELECT RELEASE_LOCK(:n)"), {"n": lock})
 
+    def concurrent_ddl(self, error: BaseException) -> bool:
+        return _code(error) in _CONCURRENT_DDL_CODES
+
     @contextmanager
     def migration_lock(
+        self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
+    ) -> Iterator[None]:
+        """``GET_LOCK`` (node-local under Galera), and on a Galera node also a leased row of
+        `LOCK_TABLE`, which certification makes cluster-wide (`galera.LeaseLock`)."""
+        deadline = time.monotonic() + timeout
+        external = conn.in_transaction()
+        with self._session_lock(conn, name, timeout, sleep):
+            galera = is_galera(conn)
+            if not external and conn.in_transaction():
+                conn.commit()
+            if not galera:
+                yield
+                return
+            lease = LeaseLock(conn.engine.url, name)
+            lease.acquire(max(0.0, deadline - time.monotonic()), sleep)
+            try:
+                previous = conn.execute(text("SELECT @@SESSION.wsrep_sync_wait")).scalar()
+                # Reads under the lock see every commit acknowledged anywhere before it was taken.
+                conn.execute(text("SET SESSION wsrep_sync_wait = 15"))
+                if not external:
+                    conn.commit()
+                try:
+                    yield
+                finally:
+                    if not external and conn.in_transaction():
+                        conn.rollback()
+                    conn.execute(text(f"SET SESSION wsrep_sync_wait = {int(previous or 0)}"))
+                    if not external:
+                        conn.commit()
+            finally:
+                lease.release()
+
+    @contextmanager
+    def _session_lock(
         self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
     ) -> Iterator[None]:
         external = conn.in_transaction()
@@ -140,6 +214,153 @@ class MySQLSupport(DialectSupport):
         indexes = {i["name"] for i in sa_inspect(conn).get_indexes(facts.name, schema=facts.schema)}
         if spec.index_name(facts.name) not in indexes:
             conn.exec_driver_sql(f"CREATE INDEX {name} ON {table} (namespace, {gcol})")
+
+
+def _code(error: BaseException) -> int | None:
+    args = getattr(getattr(error, "orig", error), "args", ())
+    return args[0] if args and isinstance(args[0], int) else None
+
+
+def is_galera(conn: Connection) -> bool:
+    """Whether `conn` is on a Galera cluster node (``wsrep_on``); cached per connection."""
+    info = conn.connection.info if conn.connection is not None else {}
+    if "memstate_galera" not in info:
+        row = conn.exec_driver_sql("SHOW GLOBAL VARIABLES LIKE 'wsrep_on'").first()
+        info["memstate_galera"] = row is not None and str(row[1]).upper() == "ON"
+    return bool(info["memstate_galera"])
+
+
+class LeaseLock:
+    """A cluster-wide lock on a Galera cluster: a row of `LOCK_TABLE` with a lease.
+
+    Taken by inserting the row (or taking over an expired one) in a transaction of its own: when two
+    nodes try at once, certification lets exactly one COMMIT through (the others get 1213 and wait).
+    While held, a thread renews the lease every third of `LEASE_SECONDS`; a holder killed with its
+    process stops renewing, and the lock is taken over once the lease has run out. Runs on its own
+    short-lived connection (a sync driver engine without pool), never on the migration's connection.
+    """
+
+    def __init__(self, url: URL, name: str, lease: float = LEASE_SECONDS) -> None:
+        from sqlalchemy import create_engine
+        from sqlalchemy.pool import NullPool
+
+        if url.get_driver_name() != "pymysql":
+            url = url.set(drivername=f"{url.get_backend_name()}+pymysql")
+        self.engine = create_engine(url, poolclass=NullPool, isolation_level="READ COMMITTED")
+        self.name = lock_name(name, 191)
+        self.lease = lease
+        self.holder = f"{socket.gethostname()[:30]}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+        self.lost = False
+
+    def _connect(self) -> Connection:
+        conn = self.engine.connect()
+        conn.exec_driver_sql("SET SESSION wsrep_sync_wait = 15")
+        return conn
+
+    def _ensure_table(self, conn: Connection) -> None:
+        conn.exec_driver_sql(
+            f"CREATE TABLE IF NOT EXISTS {LOCK_TABLE} ("
+            "name VARCHAR(191) CHARACTER SET utf8mb4 COLLATE utf8mb4_bin NOT NULL PRIMARY KEY, "
+            "holder VARCHAR(96) NOT NULL, expires_at DATETIME(6) NOT NULL) ENGINE=InnoDB"
+        )
+        conn.commit()
+
+    def _try(self, conn: Connection) -> bool:
+        row = conn.execute(
+            text(f"SELECT holder, expires_at < NOW(6) FROM {LOCK_TABLE} WHERE name = :n FOR UPDATE"),  # noqa: S608
+            {"n": self.name},
+        ).first()
+        params = {"n": self.name, "h": self.holder, "s": self.lease}
+        if row is None:
+            conn.execute(
+                text(
+                    f"INSERT INTO {LOCK_TABLE} (name, holder, expires_at) "  # noqa: S608
+                    "VALUES (:n, :h, NOW(6) + INTERVAL :s SECOND)"
+                ),
+                params,
+            )
+        elif row[1]:  # expired: a dead holder's
+            conn.execute(
+                text(
+                    f"UPDATE {LOCK_TABLE} SET holder = :h, expires_at = NOW(6) + INTERVAL :s SECOND "  # noqa: S608
+                    "WHERE name = :n"
+                ),
+                params,
+            )
+        else:
+            conn.rollback()
+            return False
+        conn.commit()  # certification: only one node's COMMIT of this row goes through
+        return True
+
+    def acquire(self, timeout: float, sleep: Callable[[float], Any]) -> None:
+        deadline = time.monotonic() + timeout
+        delay = 0.05
+        with self._connect() as conn:
+            while True:
+                try:
+                    self._ensure_table(conn)
+                    if self._try(conn):
+                        break
+                except exc.DBAPIError as err:
+                    if conn.in_transaction():
+                        conn.rollback()
+                    if _code(err) not in _RETRY_CODES | _CONCURRENT_DDL_CODES | _UNIQUE_CODES | {1047}:
+                        raise
+                if time.monotonic() >= deadline:
+                    self.engine.dispose()
+                    raise MigrationLockTimeout(
+                        f"could not take the cluster-wide migration lock {self.name!r} within {timeout:g}s: "
+                        f"another node is migrating this database (see table {LOCK_TABLE})"
+                    )
+                sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 1.0)
+        self._renewer = threading.Thread(target=self._renew, name=f"memstate-lease:{self.name}", daemon=True)
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease / 3):
+            try:
+                with self._connect() as conn:
+                    done = conn.execute(
+                        text(
+                            f"UPDATE {LOCK_TABLE} SET expires_at = NOW(6) + INTERVAL :s SECOND "  # noqa: S608
+                            "WHERE name = :n AND holder = :h"
+                        ),
+                        {"n": self.name, "h": self.holder, "s": self.lease},
+                    ).rowcount
+                    conn.commit()
+                if not done:
+                    self.lost = True
+                    _log.warning("lost the lease of lock %s (held for longer than its lease unrenewed)", self.name)
+                    return
+            except exc.DBAPIError as err:  # renewed at the next beat
+                _log.info("renewing the lease of lock %s failed: %s", self.name, err)
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        try:
+            for attempt in range(5):
+                try:
+                    with self._connect() as conn:
+                        conn.execute(
+                            text(f"DELETE FROM {LOCK_TABLE} WHERE name = :n AND holder = :h"),  # noqa: S608
+                            {"n": self.name, "h": self.holder},
+                        )
+                        conn.commit()
+                    return
+                except exc.DBAPIError as err:
+                    if _code(err) not in _RETRY_CODES or attempt == 4:
+                        # The lease runs out on its own.
+                        _log.warning("releasing lock %s failed (its lease expires by itself): %s", self.name, err)
+                        return
+                    time.sleep(0.05 * (attempt + 1))
+        finally:
+            self.engine.dispose()
 
 
 def _is_mariadb(dialect: Dialect) -> bool:

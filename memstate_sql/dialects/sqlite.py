@@ -57,7 +57,9 @@ class SQLiteSupport(DialectSupport):
             options["connect_args"]["check_same_thread"] = False
         return options
 
-    def configure_engine(self, engine: Engine, *, sqlite_synchronous: str | None = None) -> None:
+    def configure_engine(
+        self, engine: Engine, *, sqlite_synchronous: str | None = None, read_your_writes: bool = False
+    ) -> None:
         in_memory = engine.url.database in (None, "", ":memory:")
         synchronous = check_synchronous(sqlite_synchronous).upper()
 
