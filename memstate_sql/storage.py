@@ -18,7 +18,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from memstate_sql import indexes, jsondoc, operations
+from memstate_sql import indexes, jsondoc, operations, vectors
 from memstate_sql.dialects import DialectSupport, engine_for, support_for
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Operation, TxEntry
@@ -84,6 +84,7 @@ class SQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
+        vector_index: vectors.VectorIndex | None = None,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
         if sqlite_synchronous is not None and not isinstance(url_or_engine, str | URL):
@@ -119,6 +120,7 @@ class SQLStorage:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             indexed_paths=indexed_paths,
+            vector_index=vector_index,
         )
 
     @classmethod
@@ -135,6 +137,7 @@ class SQLStorage:
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
+        vector_index: vectors.VectorIndex | None = None,
     ) -> SQLStorage:
         """The storage an `AsyncSQLStorage` drives through SQLAlchemy's greenlet bridge: on the async
         engine's ``sync_engine`` (never disposed of here), joined to a host connection (or a callable
@@ -152,6 +155,7 @@ class SQLStorage:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             indexed_paths=indexed_paths,
+            vector_index=vector_index,
         )
         return storage
 
@@ -169,6 +173,7 @@ class SQLStorage:
         max_payload_bytes: int,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None,
         sleep: Callable[[float], Any] | None = None,
+        vector_index: vectors.VectorIndex | None = None,
     ) -> None:
         self.engine = engine
         #: The tenant this storage reads and writes: no operation through it sees another namespace's rows.
@@ -183,7 +188,12 @@ class SQLStorage:
             "max_attempts": max_attempts,
             "max_payload_bytes": max_payload_bytes,
             "indexed_paths": indexed_paths,
+            "vector_index": vector_index,
         }
+        if vector_index is not None and not isinstance(vector_index, vectors.VectorIndex):
+            raise ValidationFailed("vector_index must be a memstate_sql.VectorIndex")
+        #: The in-database vector index `MemoryStore.search` uses (docs/search.md); None: search asks the hooks.
+        self.vector_index = vector_index
         #: Declared payload paths with a real index on every database (`memstate_sql.indexes`).
         self.indexed_paths = indexes.declare(indexed_paths)
         self.indexed = indexes.lookup(self.indexed_paths)
@@ -262,9 +272,15 @@ class SQLStorage:
         self.schema_gate.indexed_paths = merged
         self.schema_gate.ready = False  # the next operation prepares the schema again: creates the new indexes
 
+    def make_operations(self, hooks: HookSet | None = None) -> operations.Operations:
+        """The store semantics on this storage's constraints and vector index, telling `hooks`."""
+        return operations.Operations(
+            HookSet() if hooks is None else hooks, self.constraints, self.max_payload_bytes, vectors=self.vector_index
+        )
+
     def _apply_constraints(self) -> None:
         types = sorted(self._unapplied)
-        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        ops = self.make_operations()
         self.runner.run(lambda repo: ops.apply_constraints(repo, types), name="apply_constraints")
         self._unapplied.difference_update(types)
 
@@ -299,13 +315,21 @@ class SQLStorage:
                 if current.doc() == new.doc():
                     return
                 raise immutable_error(current.type, current.id)
-            operations.write(repo, current, new)
+            written = operations.write(repo, current, new)
+            if self.vector_index is not None:
+                vectors.apply(repo, self.vector_index, [(Operation.UPDATE, written.id, written)])
 
-        self._write(work, "save")
+        with vectors.prepared(self.vector_index, [(new.type, new.payload)]):
+            self._write(work, "save")
 
     def delete(self, id: str) -> None:
         check_key("fact id", id, required=True)
-        self._write(lambda repo: repo.delete(id), "delete")
+
+        def work(repo: Repository) -> None:
+            if repo.delete(id) and self.vector_index is not None:
+                vectors.apply(repo, self.vector_index, [(Operation.DELETE, id, None)])
+
+        self._write(work, "delete")
 
     def query(
         self,
@@ -424,6 +448,8 @@ class SQLStorage:
         def work(repo: Repository) -> list[str]:
             ids = [f.id for f in repo.session_facts(session_id, lock=True)]
             repo.delete_many(ids)
+            if self.vector_index is not None:
+                vectors.apply(repo, self.vector_index, [(Operation.DELETE, i, None) for i in ids])
             return ids
 
         return self._write(work, "delete_session")
@@ -475,7 +501,7 @@ class SQLStorage:
         this namespace runs (the background sweepers of `memstate_sql.sweeper` use it).
         """
         return self.sweep_with(
-            operations.Operations(HookSet(), self.constraints, self.max_payload_bytes),
+            self.make_operations(),
             limit,
             batch_size,
             exclusive=exclusive,
@@ -492,7 +518,7 @@ class SQLStorage:
         if horizon is None:
             raise ValidationFailed("compact_log needs a horizon (a datetime or an ISO 8601 string)")
         check_batch(batch_size)
-        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        ops = self.make_operations()
         done, after = 0, 0
         while True:
             removed, last = self.transaction(
