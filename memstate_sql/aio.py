@@ -504,6 +504,14 @@ class AsyncMemoryStore:
         """
         return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size, exclusive=exclusive)
 
+    async def reindex(self, batch_size: int = 500) -> int:
+        """Embed the facts that have no vector at their current version (stored before the storage's
+        `vector_index` was configured, imported, or written by code without it), `batch_size` at a time:
+        each batch is embedded outside any transaction, then written in one. Returns how many facts
+        were indexed (docs/search.md).
+        """
+        return await _spawn(self.sync_store.reindex, batch_size)
+
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         return await _spawn(self.sync_store.get, fact_id)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -260,6 +261,32 @@ class MemoryStore:
         """`SQLStorage.sweep` with this store's hooks told DELETE for each swept fact (so an external
         index drops it); returns how many facts were deleted."""
         return self.storage.sweep_with(self._ops, limit, batch_size, exclusive=exclusive)
+
+    def reindex(self, batch_size: int = 500) -> int:
+        """Embed the facts that have no vector at their current version (stored before the storage's
+        `vector_index` was configured, imported, or written by code without it), `batch_size` at a time:
+        each batch is embedded outside any transaction, then written in one. Returns how many facts
+        were indexed (docs/search.md)."""
+        index = self.storage.vector_index
+        if index is None:
+            raise ValidationFailed("reindex() needs a storage with a vector_index (docs/search.md)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationFailed("batch_size must be a positive integer")
+        done, after = 0, ""
+        while True:
+            batch = self.storage.transaction(
+                functools.partial(vectors.unindexed, index=index, after=after, limit=batch_size),
+                write=False,
+                name="reindex",
+            )
+            if not batch:
+                return done
+            ids = [f.id for f in batch]
+            with vectors.prepared(index, [(f.type, f.payload) for f in batch]):
+                done += self.storage.transaction(
+                    functools.partial(vectors.reindex, index=index, fact_ids=ids), name="reindex"
+                )
+            after = ids[-1]
 
     # ------------------------------------------------------------------ reads
 

@@ -41,6 +41,7 @@ from memstate_sql.facts import Operation
 from memstate_sql.hooks import Notification, invoke
 from memstate_sql.models import Models
 from memstate_sql.repository import Repository
+from memstate_sql.validation import query_spec
 
 _np: Any
 try:  # optional: the exact scan is several times faster with it
@@ -55,6 +56,7 @@ MAX_DIM = 16000
 #: Scores are rounded to this many decimals, so float64 summation order never reorders a tie.
 SCORE_DECIMALS = 12
 _CHUNK = 500  # ids per IN (...) list
+_ALL = query_spec(None, None, None)
 _REMOVING = frozenset({Operation.DELETE, Operation.DISCARD_SESSION, Operation.EXPIRE})
 
 #: Embeddings computed before the operation's transaction, by text hash (`prepared`).
@@ -158,23 +160,30 @@ class VectorIndex:
 
 
 def pack(values: Any, dim: int) -> bytes:
-    """A vector as stored: checked (length `dim`, finite, not all zero), unit length, little-endian float32."""
+    """A vector as stored: checked (length `dim`, finite, not all zero), unit length, little-endian float32.
+
+    The same arithmetic (float64, `math.fsum`) with or without numpy, so every process stores the same bytes."""
     try:
-        numbers = [float(x) for x in values]
+        numbers = [float(x) for x in (values.tolist() if hasattr(values, "tolist") else values)]
     except (TypeError, ValueError) as err:
         raise EmbeddingError(f"the embedding function must return a sequence of numbers, got {values!r:.80}") from err
     if len(numbers) != dim:
         raise EmbeddingError(f"the embedding function returned {len(numbers)} numbers for an index of dimension {dim}")
-    if not all(math.isfinite(x) for x in numbers):
+    if not all(map(math.isfinite, numbers)):
         raise EmbeddingError("the embedding function returned NaN or infinite numbers")
-    norm = math.sqrt(math.fsum(x * x for x in numbers))
+    norm = math.sqrt(math.fsum([x * x for x in numbers]))
     if norm == 0.0 or not math.isfinite(norm):
         raise EmbeddingError("the embedding function returned a zero vector (it has no direction to compare)")
-    return struct.pack(f"<{dim}f", *(x / norm for x in numbers))
+    return _layout(dim).pack(*[x / norm for x in numbers])
+
+
+@functools.cache
+def _layout(dim: int) -> struct.Struct:
+    return struct.Struct(f"<{dim}f")
 
 
 def unpack(blob: bytes, dim: int) -> tuple[float, ...]:
-    return struct.unpack(f"<{dim}f", blob)
+    return _layout(dim).unpack(blob)
 
 
 @contextlib.contextmanager
@@ -264,8 +273,10 @@ def apply(repo: Repository, index: VectorIndex, calls: Sequence[Notification]) -
         # aiomysql 0.3 cannot bind bytes with PyMySQL >= 1.1 (it calls a helper PyMySQL removed): send hex.
         for r in rows:
             r["vector"] = func.unhex(r["vector"].hex())
-    for start in range(0, len(rows), _CHUNK):
-        repo.conn.execute(insert(table).values(rows[start : start + _CHUNK]))  # one multi-row INSERT per chunk
+        for start in range(0, len(rows), _CHUNK):
+            repo.conn.execute(insert(table).values(rows[start : start + _CHUNK]))
+    elif rows:
+        repo.conn.execute(insert(table), rows)  # executemany of one cached statement
     if bumps:
         bump = (
             update(table)
@@ -284,7 +295,7 @@ def _scores_numpy(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> l
 
 
 def _scores_python(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> list[float]:
-    layout = struct.Struct(f"<{dim}f")
+    layout = _layout(dim)
     return [
         round(math.fsum(a * b for a, b in zip(layout.unpack(blob), query, strict=True)), SCORE_DECIMALS)
         for blob in blobs
@@ -353,6 +364,34 @@ def scan(
             break
         after = ids[-1]
     return [(fact_id, s) for s, fact_id in best]
+
+
+def unindexed(repo: Repository, index: VectorIndex, after: str, limit: int) -> list[Any]:
+    """Up to `limit` live facts of the namespace (ids after `after`, in id order) of the types `index`
+    embeds that have no vector at their current version: facts written before the index was configured,
+    imported, or changed by a writer without it (`MemoryStore.reindex`)."""
+    table = table_of(repo.models)
+    facts = repo.facts
+    joined = facts.outerjoin(
+        table,
+        and_(table.c.namespace == facts.c.namespace, table.c.fact_id == facts.c.id, table.c.version == facts.c.version),
+    )
+    where = repo.filter_where(_ALL, None) & table.c.fact_id.is_(None) & (facts.c.id > after)
+    if index.text is None:
+        where = where & facts.c.type.in_(sorted(index.fields))
+    stmt = select(facts).select_from(joined).where(where).order_by(facts.c.id).limit(limit)
+    return [repo._fact(row) for row in repo.conn.execute(stmt)]
+
+
+def reindex(repo: Repository, index: VectorIndex, fact_ids: Sequence[str]) -> int:
+    """Write the vectors of these facts as they are now (locked); returns how many facts there were."""
+    facts = repo.facts
+    stmt = select(facts).where(repo.filter_where(_ALL, None) & facts.c.id.in_(list(fact_ids)))
+    if repo.dialect.row_locks:
+        stmt = stmt.with_for_update()
+    states = [repo._fact(row) for row in repo.conn.execute(stmt)]
+    apply(repo, index, [(Operation.UPDATE, f.id, f) for f in states])
+    return len(states)
 
 
 def count(repo: Repository) -> int:

@@ -88,7 +88,7 @@ def hits(results: list[ms.ScoredFact]) -> list[tuple[str, float]]:
 def assert_same(got: list[tuple[str, float]], want: list[tuple[str, float]]) -> None:
     assert [g[0] for g in got] == [w[0] for w in want]
     for (_, a), (_, b) in zip(got, want, strict=True):
-        assert a == pytest.approx(b, abs=1e-9)
+        assert a == pytest.approx(b, abs=1e-6)
 
 
 def make_corpus(embed: TableEmbedder, n: int = 120) -> dict[str, dict[str, Any]]:
@@ -264,6 +264,25 @@ def test_a_vector_written_without_the_index_is_never_returned_stale(db_url: str,
         assert store.search("alpha") == []
         store.update(fid, {"payload": {"text": "alpha"}})  # written through the index again
         assert hits(store.search("alpha", limit=1))[0] == (fid, pytest.approx(1.0))
+
+
+def test_reindex_embeds_facts_written_without_the_index(make_store: Any, db_url: str, prefix: str) -> None:
+    embed = TableEmbedder()
+    plain = make_store()
+    ids = plain.commit_many([Fact(type="doc", payload={"text": f"t{i}"}) for i in range(7)])
+    plain.commit(Fact(type="note", payload={"text": "not indexed"}))
+    store = make_store(vector_index=index_for(embed))
+    assert store.search("t3") == []
+    assert store.reindex(batch_size=3) == 7
+    assert count_rows(db_url, prefix, "vectors") == 7
+    assert hits(store.search("t3", limit=1))[0] == (ids[3], pytest.approx(1.0))
+    assert store.reindex() == 0
+    plain.update(ids[0], {"payload": {"text": "changed"}})
+    calls = len(embed.calls)
+    assert store.reindex() == 1
+    assert embed.calls[calls:] == ["changed"]
+    with pytest.raises(ms.ValidationFailed, match="vector_index"):
+        plain.reindex()
 
 
 def test_namespaces_are_isolated(make_store: Any) -> None:
