@@ -505,10 +505,11 @@ class AsyncMemoryStore:
         return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size, exclusive=exclusive)
 
     async def reindex(self, batch_size: int = 500) -> int:
-        """Embed the facts that have no vector at their current version (stored before the storage's
-        `vector_index` was configured, imported, or written by code without it), `batch_size` at a time:
-        each batch is embedded outside any transaction, then written in one. Returns how many facts
-        were indexed (docs/search.md).
+        """Repair the vector index of this store's namespace: embed the facts whose vector is missing, at
+        another version or of another text (stored before the storage's `vector_index` was configured,
+        imported, or written by code without it), `batch_size` facts examined at a time — each batch's
+        texts embedded outside any transaction, then written in one — and delete the vectors of facts
+        that no longer exist. Returns how many facts were (re)indexed (docs/search.md).
         """
         return await _spawn(self.sync_store.reindex, batch_size)
 

@@ -263,10 +263,11 @@ class MemoryStore:
         return self.storage.sweep_with(self._ops, limit, batch_size, exclusive=exclusive)
 
     def reindex(self, batch_size: int = 500) -> int:
-        """Embed the facts that have no vector at their current version (stored before the storage's
-        `vector_index` was configured, imported, or written by code without it), `batch_size` at a time:
-        each batch is embedded outside any transaction, then written in one. Returns how many facts
-        were indexed (docs/search.md)."""
+        """Repair the vector index of this store's namespace: embed the facts whose vector is missing, at
+        another version or of another text (stored before the storage's `vector_index` was configured,
+        imported, or written by code without it), `batch_size` facts examined at a time — each batch's
+        texts embedded outside any transaction, then written in one — and delete the vectors of facts
+        that no longer exist. Returns how many facts were (re)indexed (docs/search.md)."""
         index = self.storage.vector_index
         if index is None:
             raise ValidationFailed("reindex() needs a storage with a vector_index (docs/search.md)")
@@ -274,19 +275,22 @@ class MemoryStore:
             raise ValidationFailed("batch_size must be a positive integer")
         done, after = 0, ""
         while True:
-            batch = self.storage.transaction(
+            stale, last = self.storage.transaction(
                 functools.partial(vectors.unindexed, index=index, after=after, limit=batch_size),
                 write=False,
                 name="reindex",
             )
-            if not batch:
-                return done
-            ids = [f.id for f in batch]
-            with vectors.prepared(index, [(f.type, f.payload) for f in batch]):
-                done += self.storage.transaction(
-                    functools.partial(vectors.reindex, index=index, fact_ids=ids), name="reindex"
-                )
-            after = ids[-1]
+            if last is None:
+                break
+            if stale:
+                ids = [f.id for f in stale]
+                with vectors.prepared(index, [(f.type, f.payload) for f in stale]):
+                    done += self.storage.transaction(
+                        functools.partial(vectors.reindex, index=index, fact_ids=ids), name="reindex"
+                    )
+            after = last
+        self.storage.transaction(vectors.drop_orphans, name="reindex")
+        return done
 
     # ------------------------------------------------------------------ reads
 

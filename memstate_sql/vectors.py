@@ -366,21 +366,48 @@ def scan(
     return [(fact_id, s) for s, fact_id in best]
 
 
-def unindexed(repo: Repository, index: VectorIndex, after: str, limit: int) -> list[Any]:
-    """Up to `limit` live facts of the namespace (ids after `after`, in id order) of the types `index`
-    embeds that have no vector at their current version: facts written before the index was configured,
-    imported, or changed by a writer without it (`MemoryStore.reindex`)."""
+def unindexed(repo: Repository, index: VectorIndex, after: str, limit: int) -> tuple[list[Any], str | None]:
+    """Examine up to `limit` live facts of the namespace (ids after `after`, in id order) of the types
+    `index` embeds; return those whose vector is missing, at another version or of another text (written
+    before the index was configured, imported, changed or re-created by code without it), and the last id
+    examined (None: no more facts). For `MemoryStore.reindex`."""
     table = table_of(repo.models)
     facts = repo.facts
-    joined = facts.outerjoin(
-        table,
-        and_(table.c.namespace == facts.c.namespace, table.c.fact_id == facts.c.id, table.c.version == facts.c.version),
-    )
-    where = repo.filter_where(_ALL, None) & table.c.fact_id.is_(None) & (facts.c.id > after)
+    joined = facts.outerjoin(table, and_(table.c.namespace == facts.c.namespace, table.c.fact_id == facts.c.id))
+    where = repo.filter_where(_ALL, None) & (facts.c.id > after)
     if index.text is None:
         where = where & facts.c.type.in_(sorted(index.fields))
-    stmt = select(facts).select_from(joined).where(where).order_by(facts.c.id).limit(limit)
-    return [repo._fact(row) for row in repo.conn.execute(stmt)]
+    stmt = (
+        select(facts, table.c.version, table.c.text_hash)
+        .select_from(joined)
+        .where(where)
+        .order_by(facts.c.id)
+        .limit(limit)
+    )
+    rows = repo.conn.execute(stmt).all()
+    if not rows:
+        return [], None
+    n = len(facts.c)
+    stale = []
+    for row in rows:
+        state = repo._fact(row)
+        text = index.text_for(state.type, state.payload)
+        version, digest = row[n], row[n + 1]
+        if text is None:
+            if version is not None:
+                stale.append(state)  # a vector for a fact that has nothing to embed: apply() drops it
+        elif version != state.version or digest != text_hash(text):
+            stale.append(state)
+    return stale, rows[-1][1]
+
+
+def drop_orphans(repo: Repository) -> int:
+    """Delete the vectors of the namespace whose fact no longer exists (deleted by code without the index)."""
+    table = table_of(repo.models)
+    facts = repo.facts
+    alive = select(facts.c.id).where((facts.c.namespace == table.c.namespace) & (facts.c.id == table.c.fact_id))
+    stmt = delete(table).where((table.c.namespace == repo.namespace) & ~alive.exists())
+    return int(repo.conn.execute(stmt).rowcount or 0)
 
 
 def reindex(repo: Repository, index: VectorIndex, fact_ids: Sequence[str]) -> int:

@@ -281,6 +281,15 @@ def test_reindex_embeds_facts_written_without_the_index(make_store: Any, db_url:
     calls = len(embed.calls)
     assert store.reindex() == 1
     assert embed.calls[calls:] == ["changed"]
+    # deleted and re-created at the same version by code without the index: the old vector is repaired
+    plain.delete(None, ids[1])
+    assert count_rows(db_url, prefix, "vectors") == 7  # the plain store cannot know about vectors
+    plain.commit(Fact(id=ids[1], type="doc", payload={"text": "reborn"}))
+    plain.delete(None, ids[2])
+    assert store.reindex() == 1
+    assert count_rows(db_url, prefix, "vectors") == 6
+    assert hits(store.search("reborn", limit=1))[0] == (ids[1], pytest.approx(1.0))
+    assert all(r.score < 0.999 for r in store.search("t1", limit=10) if r.fact.id == ids[1])
     with pytest.raises(ms.ValidationFailed, match="vector_index"):
         plain.reindex()
 
