@@ -13,6 +13,7 @@ from memstate_sql._version import __version__
 from memstate_sql.errors import (
     ConflictError,
     ConnectionLost,
+    EmbeddingError,
     FactNotFound,
     HookError,
     MemoryStoreError,
@@ -32,6 +33,7 @@ from memstate_sql.records import RollbackAction, RollbackConflict, RollbackPlan
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
+from memstate_sql.vectors import VectorIndex
 from memstate_sql.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -74,6 +76,7 @@ __all__ = [
     "ConflictError",
     "ConnectionLost",
     "Constraint",
+    "EmbeddingError",
     "Fact",
     "FactNotFound",
     "HookError",
@@ -98,6 +101,7 @@ __all__ = [
     "TransientStorageError",
     "TxEntry",
     "ValidationFailed",
+    "VectorIndex",
     "VerifyReport",
     "__version__",
     "metadata",

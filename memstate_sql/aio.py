@@ -35,6 +35,7 @@ from memstate_sql.models import DEFAULT_PREFIX
 from memstate_sql.registry import Constraint
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
+from memstate_sql.vectors import VectorIndex
 
 # START GENERATED IMPORTS
 # code within this block is **programmatically, statically generated** by tools/generate_async.py
@@ -118,14 +119,9 @@ class AsyncSQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
-        read_your_writes: bool = False,
+        vector_index: VectorIndex | None = None,
     ) -> None:
         bound: Callable[[], Connection] | None = None
-        if read_your_writes and not isinstance(url_or_async_engine, str | URL):
-            raise ValidationFailed(
-                "read_your_writes configures an engine memstate_sql creates (from a URL); on your own engine "
-                "run SET SESSION wsrep_sync_wait = 3 on each connection (e.g. connect_args init_command)"
-            )
         if sqlite_synchronous is not None and not isinstance(url_or_async_engine, str | URL):
             raise ValidationFailed(
                 "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
@@ -133,12 +129,7 @@ class AsyncSQLStorage:
             )
         if isinstance(url_or_async_engine, str | URL):
             self.engine, self._owns = (
-                async_engine_for(
-                    url_or_async_engine,
-                    engine_options,
-                    sqlite_synchronous=sqlite_synchronous,
-                    read_your_writes=read_your_writes,
-                ),
+                async_engine_for(url_or_async_engine, engine_options, sqlite_synchronous=sqlite_synchronous),
                 True,
             )
         elif isinstance(url_or_async_engine, AsyncEngine):
@@ -168,7 +159,13 @@ class AsyncSQLStorage:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             indexed_paths=indexed_paths,
+            vector_index=vector_index,
         )
+
+    @property
+    def vector_index(self) -> VectorIndex | None:
+        """The in-database vector index (`SQLStorage.vector_index`); its embedding function may be async."""
+        return self.sync_storage.vector_index
 
     def for_namespace(self, namespace: str | None) -> AsyncSQLStorage:
         """A storage for another namespace on the same engine and tables (`SQLStorage.for_namespace`)."""
@@ -512,6 +509,15 @@ class AsyncMemoryStore:
         """
         return await _spawn(self.sync_store.sweep, limit, batch_size=batch_size, exclusive=exclusive)
 
+    async def reindex(self, batch_size: int = 500) -> int:
+        """Repair the vector index of this store's namespace: embed the facts whose vector is missing, at
+        another version or of another text (stored before the storage's `vector_index` was configured,
+        imported, or written by code without it), `batch_size` facts examined at a time — each batch's
+        texts embedded outside any transaction, then written in one — and delete the vectors of facts
+        that no longer exist. Returns how many facts were (re)indexed (docs/search.md).
+        """
+        return await _spawn(self.sync_store.reindex, batch_size)
+
     async def get(self, fact_id: str) -> dict[str, Any] | None:
         return await _spawn(self.sync_store.get, fact_id)
 
@@ -566,9 +572,13 @@ class AsyncMemoryStore:
     async def search(
         self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[ScoredFact]:
-        """Ask the hooks that can search, then read the hits' current state from the database.
+        """The facts most similar to `query`, best score first (ties by fact id).
 
-        Hits whose fact no longer exists are dropped; best score first.
+        With the storage's `vector_index` (docs/search.md): an exact cosine search over the vectors
+        stored beside the facts, among the facts `filters` selects (the `query` filter language,
+        compiled into the same SQL), in one read transaction; `score_threshold` is the lowest cosine
+        similarity kept. Without one: memstate's way, asking the hooks that can search and reading
+        the hits' current state from the database (hits whose fact no longer exists are dropped).
         """
         return await _spawn(self.sync_store.search, query, limit, filters, score_threshold)
 

@@ -27,6 +27,11 @@ class ConflictError(MemoryStoreError):
     """The operation would violate a constraint or conflicts with other work."""
 
 
+class EmbeddingError(ValidationFailed):
+    """The embedding function of a `VectorIndex` failed or returned an unusable vector (wrong
+    dimension, NaN or infinite numbers, all zeros); the operation's transaction was rolled back."""
+
+
 class HookError(MemoryStoreError):
     """A hook raised; the operation's database transaction was rolled back."""
 

@@ -28,7 +28,9 @@ from sqlalchemy import (
     Dialect,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     String,
     Text,
     UniqueConstraint,
@@ -172,6 +174,21 @@ class TxColumns:
     document: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
 
 
+class VectorColumns:
+    """Columns of the vector index (`memstate_sql.vectors`): one embedding per fact, written in the
+    transaction that writes the fact. A row serves searches only while its `version` is the fact's."""
+
+    namespace: Mapped[str] = mapped_column(KeyString(), primary_key=True, server_default="")
+    fact_id: Mapped[str] = mapped_column(KeyString(), primary_key=True)
+    #: The fact version the embedding was computed for (a search joins on it: never a stale vector).
+    version: Mapped[int] = mapped_column(Integer)
+    dim: Mapped[int] = mapped_column(Integer)
+    #: SHA-256 (hex) of the embedded text: a write whose text is unchanged keeps the vector.
+    text_hash: Mapped[str] = mapped_column(String(64))
+    #: The unit-length embedding, packed little-endian float32 (4 * dim bytes).
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 @dataclass(frozen=True)
 class Models:
     """The mapped classes and metadata for one table prefix (and optional schema)."""
@@ -181,6 +198,7 @@ class Models:
     metadata: MetaData
     Fact: type[FactColumns]
     Tx: type[TxColumns]
+    Vector: type[VectorColumns]
 
     @property
     def version_table(self) -> str:
@@ -221,7 +239,7 @@ def exists_on(item: Any, dialect_name: str) -> bool:
 def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Models:
     """Build (once) the declarative models for a table prefix."""
     check_prefix(prefix)
-    facts, log = f"{prefix}_facts", f"{prefix}_tx"
+    facts, log, vectors = f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_vectors"
 
     class Base(DeclarativeBase):
         metadata = MetaData(schema=schema)
@@ -247,7 +265,14 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
             Index(f"ix_{log}_ns_fact_id", "namespace", "fact_id"),
         )
 
-    return Models(prefix=prefix, schema=schema, metadata=Base.metadata, Fact=FactRow, Tx=TxRow)
+    class VectorRow(VectorColumns, Base):
+        __tablename__ = vectors
+        __table_args__ = (
+            PrimaryKeyConstraint("namespace", "fact_id", name=f"pk_{vectors}"),
+            CheckConstraint("dim >= 1", name=f"ck_{vectors}_dim"),
+        )
+
+    return Models(prefix=prefix, schema=schema, metadata=Base.metadata, Fact=FactRow, Tx=TxRow, Vector=VectorRow)
 
 
 #: The default store's metadata, for host applications' Alembic environments.

@@ -20,6 +20,7 @@ from typing import Any
 
 from memstate_sql import jsondoc, logentry
 from memstate_sql import rollback as rb
+from memstate_sql import vectors as vx
 from memstate_sql.errors import (
     ConflictError,
     FactNotFound,
@@ -114,11 +115,25 @@ class Operations:
     """The semantics of every store operation, given the store's schemas (`registry`), the storage's
     constraints (shared by every store on it) and the store's hooks."""
 
-    def __init__(self, hooks: HookSet, constraints: dict[str, Constraint], max_bytes: int) -> None:
+    def __init__(
+        self,
+        hooks: HookSet,
+        constraints: dict[str, Constraint],
+        max_bytes: int,
+        vectors: vx.VectorIndex | None = None,
+    ) -> None:
         self.hooks = hooks
         self.registry = SchemaRegistry()
         self.constraints = constraints
         self.max_bytes = max_bytes
+        #: The storage's in-database vector index (`memstate_sql.vectors`), kept in each operation's transaction.
+        self.vectors = vectors
+
+    def _deliver(self, repo: Repository, calls: list[Notification]) -> None:
+        """After an operation's writes, before COMMIT: its vectors, then its hooks."""
+        if self.vectors is not None:
+            vx.apply(repo, self.vectors, calls)
+        self.hooks.deliver(calls)
 
     # ------------------------------------------------------------------ writes
 
@@ -171,7 +186,7 @@ class Operations:
             new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
         written = write(repo, existing, new, allow_immutable=replacing)
         log(repo, op, requested, written.id, existing, written, actor, reason)
-        self.hooks.deliver([(op, written.id, written)])
+        self._deliver(repo, [(op, written.id, written)])
         return written.id
 
     def commit_many(
@@ -252,7 +267,7 @@ class Operations:
                 raise RetryUnitOfWork()  # a row changed between the locked read and the write
         repo.insert_facts(inserts)
         repo.insert_log(entries)
-        self.hooks.deliver(calls)
+        self._deliver(repo, calls)
         return [fact_id for _, fact_id, _ in calls]
 
     def _new_state(self, repo: Repository, fact: Fact, session_id: str | None, ttl: Any, expires_at: Any) -> FactState:
@@ -307,7 +322,7 @@ class Operations:
         new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at).carry(existing)
         written = write(repo, existing, new)
         log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
-        self.hooks.deliver([(Operation.UPDATE, fact_id, written)])
+        self._deliver(repo, [(Operation.UPDATE, fact_id, written)])
         return fact_id
 
     def delete(
@@ -331,7 +346,7 @@ class Operations:
         if not repo.delete(fact_id, expected_version=existing.version):
             raise RetryUnitOfWork()
         log(repo, Operation.DELETE, session_id, fact_id, existing, None, actor, reason)
-        self.hooks.deliver([(Operation.DELETE, fact_id, existing)])
+        self._deliver(repo, [(Operation.DELETE, fact_id, existing)])
         return fact_id
 
     def promote_session(
@@ -351,7 +366,7 @@ class Operations:
             written = write(repo, existing, existing.evolve(session_id=None), allow_immutable=True)
             log(repo, Operation.PROMOTE, session_id, existing.id, existing, written, actor, reason)
             calls.append((Operation.PROMOTE, existing.id, written))
-        self.hooks.deliver(calls)
+        self._deliver(repo, calls)
         return [fact_id for _, fact_id, _ in calls]
 
     def discard_session(self, repo: Repository, session_id: str, actor: str | None, reason: str | None) -> int:
@@ -372,7 +387,7 @@ class Operations:
             reason or f"Session {session_id} cleared ({len(facts)} facts)",
             documents=[f.doc() for f in facts],
         )
-        self.hooks.deliver([(Operation.DISCARD_SESSION, f.id, f) for f in facts])
+        self._deliver(repo, [(Operation.DISCARD_SESSION, f.id, f) for f in facts])
         return len(facts)
 
     # ------------------------------------------------------------------ rollback
@@ -478,7 +493,7 @@ class Operations:
             discarded=logentry.rollback_record(changes.values()),
             reverted_by=rollback_id,  # outside the active log: it cannot itself be rolled back
         )
-        self.hooks.deliver(calls)
+        self._deliver(repo, calls)
         return entries
 
     def _restore(self, repo: Repository, current: FactState | None, doc: Mapping[str, Any]) -> FactState:
@@ -520,7 +535,7 @@ class Operations:
             for f in facts
         ]
         repo.insert_log(entries)
-        self.hooks.deliver([(Operation.DELETE, f.id, f) for f in facts])
+        self._deliver(repo, [(Operation.DELETE, f.id, f) for f in facts])
         return [f.id for f in facts]
 
     # ------------------------------------------------------------------ log retention

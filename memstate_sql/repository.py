@@ -193,6 +193,10 @@ class Repository:
             lock,
         )
 
+    def filter_where(self, spec: QuerySpec, indexed: flt.IndexLookup | None) -> ColumnElement[bool]:
+        """The WHERE clause of `spec` over the live facts of the namespace (`query`, `count`, vector search)."""
+        return self._filter_where(spec, indexed)
+
     def _filter_where(self, spec: QuerySpec, indexed: flt.IndexLookup | None) -> ColumnElement[bool]:
         where = self._live() & flt.compile_filter(spec.node, self.facts.c.payload, dict(self.facts.c.items()), indexed)
         if spec.type_filter is not None:

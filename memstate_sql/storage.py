@@ -17,9 +17,10 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session
 
-from memstate_sql import indexes, jsondoc, operations
+from memstate_sql import indexes, jsondoc, operations, vectors
 from memstate_sql.dialects import DialectSupport, engine_for, support_for
 from memstate_sql.errors import ValidationFailed
+from memstate_sql.facts import Operation
 from memstate_sql.hooks import HookSet
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, models_for
@@ -89,6 +90,7 @@ class SQLStorage:
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
         read_your_writes: bool = False,
+        vector_index: vectors.VectorIndex | None = None,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
         if read_your_writes and not isinstance(url_or_engine, str | URL):
@@ -137,6 +139,7 @@ class SQLStorage:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             indexed_paths=indexed_paths,
+            vector_index=vector_index,
         )
 
     @classmethod
@@ -153,6 +156,7 @@ class SQLStorage:
         max_attempts: int = 10,
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
+        vector_index: vectors.VectorIndex | None = None,
     ) -> SQLStorage:
         """The storage an `AsyncSQLStorage` drives through SQLAlchemy's greenlet bridge: on the async
         engine's ``sync_engine`` (never disposed of here), joined to a host connection (or a callable
@@ -170,6 +174,7 @@ class SQLStorage:
             max_attempts=max_attempts,
             max_payload_bytes=max_payload_bytes,
             indexed_paths=indexed_paths,
+            vector_index=vector_index,
         )
         return storage
 
@@ -187,6 +192,7 @@ class SQLStorage:
         max_payload_bytes: int,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None,
         sleep: Callable[[float], Any] | None = None,
+        vector_index: vectors.VectorIndex | None = None,
     ) -> None:
         self.engine = engine
         #: The tenant this storage reads and writes: no operation through it sees another namespace's rows.
@@ -201,7 +207,12 @@ class SQLStorage:
             "max_attempts": max_attempts,
             "max_payload_bytes": max_payload_bytes,
             "indexed_paths": indexed_paths,
+            "vector_index": vector_index,
         }
+        if vector_index is not None and not isinstance(vector_index, vectors.VectorIndex):
+            raise ValidationFailed("vector_index must be a memstate_sql.VectorIndex")
+        #: The in-database vector index `MemoryStore.search` uses (docs/search.md); None: search asks the hooks.
+        self.vector_index = vector_index
         #: Declared payload paths with a real index on every database (`memstate_sql.indexes`).
         self.indexed_paths = indexes.declare(indexed_paths)
         self.indexed = indexes.lookup(self.indexed_paths)
@@ -280,9 +291,15 @@ class SQLStorage:
         self.schema_gate.indexed_paths = merged
         self.schema_gate.ready = False  # the next operation prepares the schema again: creates the new indexes
 
+    def make_operations(self, hooks: HookSet | None = None) -> operations.Operations:
+        """The store semantics on this storage's constraints and vector index, telling `hooks`."""
+        return operations.Operations(
+            HookSet() if hooks is None else hooks, self.constraints, self.max_payload_bytes, vectors=self.vector_index
+        )
+
     def _apply_constraints(self) -> None:
         types = sorted(self._unapplied)
-        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        ops = self.make_operations()
         self.runner.run(lambda repo: ops.apply_constraints(repo, types), name="apply_constraints")
         self._unapplied.difference_update(types)
 
@@ -319,13 +336,21 @@ class SQLStorage:
                 if current.doc() == new.doc():
                     return
                 raise immutable_error(current.type, current.id)
-            operations.write(repo, current, new)
+            written = operations.write(repo, current, new)
+            if self.vector_index is not None:
+                vectors.apply(repo, self.vector_index, [(Operation.UPDATE, written.id, written)])
 
-        self._write(work, "save")
+        with vectors.prepared(self.vector_index, [(new.type, new.payload)]):
+            self._write(work, "save")
 
     def delete(self, id: str) -> None:
         check_key("fact id", id, required=True)
-        self._write(lambda repo: repo.delete(id), "delete")
+
+        def work(repo: Repository) -> None:
+            if repo.delete(id) and self.vector_index is not None:
+                vectors.apply(repo, self.vector_index, [(Operation.DELETE, id, None)])
+
+        self._write(work, "delete")
 
     def query(
         self,
@@ -420,6 +445,8 @@ class SQLStorage:
         def work(repo: Repository) -> list[str]:
             ids = [f.id for f in repo.session_facts(session_id, lock=True)]
             repo.delete_many(ids)
+            if self.vector_index is not None:
+                vectors.apply(repo, self.vector_index, [(Operation.DELETE, i, None) for i in ids])
             return ids
 
         return self._write(work, "delete_session")
@@ -471,7 +498,7 @@ class SQLStorage:
         this namespace runs (the background sweepers of `memstate_sql.sweeper` use it).
         """
         return self.sweep_with(
-            operations.Operations(HookSet(), self.constraints, self.max_payload_bytes),
+            self.make_operations(),
             limit,
             batch_size,
             exclusive=exclusive,
@@ -488,7 +515,7 @@ class SQLStorage:
         if horizon is None:
             raise ValidationFailed("compact_log needs a horizon (a datetime or an ISO 8601 string)")
         check_batch(batch_size)
-        ops = operations.Operations(HookSet(), self.constraints, self.max_payload_bytes)
+        ops = self.make_operations()
         done, after = 0, 0
         while True:
             removed, last = self.transaction(

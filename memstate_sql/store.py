@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import BaseModel
 
+from memstate_sql import vectors
 from memstate_sql.errors import MemoryStoreError, ValidationFailed
 from memstate_sql.facts import Fact, ScoredFact
 from memstate_sql.hooks import HookSet, MemoryHook
-from memstate_sql.operations import Operations
 from memstate_sql.records import RollbackPlan
 from memstate_sql.registry import Constraint
 from memstate_sql.repository import Repository
 from memstate_sql.storage import SQLStorage
-from memstate_sql.validation import query_spec
+from memstate_sql.validation import MAX_ROWS, query_spec
 
 
 class MemoryStore:
@@ -33,7 +35,7 @@ class MemoryStore:
             raise ValidationFailed(f"MemoryStore needs a memstate_sql.SQLStorage, got {type(storage).__name__}")
         self.storage = storage
         self._hooks = HookSet(hooks or [])
-        self._ops = Operations(self._hooks, storage.constraints, storage.max_payload_bytes)
+        self._ops = storage.make_operations(self._hooks)
 
     @property
     def hooks(self) -> list[Any]:
@@ -72,10 +74,11 @@ class MemoryStore:
         no reader returns it, and `SQLStorage.sweep` deletes it. Without either, the type's
         `Constraint(ttl=...)` applies, if any; an update keeps the fact's expiry.
         """
-        return self.storage.transaction(
-            lambda repo: self._ops.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at),
-            name="commit",
-        )
+        with self._prepared([fact]):
+            return self.storage.transaction(
+                lambda repo: self._ops.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at),
+                name="commit",
+            )
 
     def commit_many(
         self,
@@ -96,11 +99,12 @@ class MemoryStore:
         if isinstance(facts, Fact | str | bytes | Mapping) or not isinstance(facts, Iterable):
             raise ValidationFailed(f"commit_many() takes an iterable of Facts, got {type(facts).__name__}")
         batch = list(facts)  # once: a retried transaction runs the same batch again
-        return self.storage.transaction(
-            lambda repo: self._ops.commit_many(repo, batch, session_id, ephemeral, actor, reason, ttl, expires_at),
-            name="commit_many",
-            session_id=session_id,
-        )
+        with self._prepared(batch):
+            return self.storage.transaction(
+                lambda repo: self._ops.commit_many(repo, batch, session_id, ephemeral, actor, reason, ttl, expires_at),
+                name="commit_many",
+                session_id=session_id,
+            )
 
     def commit_model(
         self,
@@ -144,6 +148,13 @@ class MemoryStore:
             expires_at=expires_at,
         )
 
+    def _prepared(self, facts: Sequence[Any]) -> Any:
+        """Embed the facts' texts before the transaction opens (no model call under row locks)."""
+        index = self.storage.vector_index
+        if index is None:
+            return vectors.prepared(None, [])
+        return vectors.prepared(index, [(f.type, f.payload) for f in facts if isinstance(f, Fact)])
+
     def update(
         self,
         fact_id: str,
@@ -158,11 +169,20 @@ class MemoryStore:
         With `expected_version`, raise `ConflictError` (changing nothing) unless the
         fact is still at that version (`get_version`): optimistic concurrency.
         """
-        return self.storage.transaction(
-            lambda repo: self._ops.update(repo, fact_id, patch, actor, reason, expected_version),
-            name="update",
-            fact_id=fact_id,
-        )
+        ahead: list[tuple[str, Any]] = []
+        if self.storage.vector_index is not None and isinstance(patch, Mapping):
+            current = self.storage.load(fact_id) if isinstance(fact_id, str) and fact_id else None
+            if current is not None and isinstance(patch.get("payload"), Mapping):
+                merged = {**current["payload"], **patch["payload"]}
+                index = self.storage.vector_index
+                if index.text_for(current["type"], merged) != index.text_for(current["type"], current["payload"]):
+                    ahead.append((current["type"], merged))  # an unchanged text keeps its vector
+        with vectors.prepared(self.storage.vector_index, ahead):
+            return self.storage.transaction(
+                lambda repo: self._ops.update(repo, fact_id, patch, actor, reason, expected_version),
+                name="update",
+                fact_id=fact_id,
+            )
 
     def delete(
         self,
@@ -242,6 +262,36 @@ class MemoryStore:
         index drops it); returns how many facts were deleted."""
         return self.storage.sweep_with(self._ops, limit, batch_size, exclusive=exclusive)
 
+    def reindex(self, batch_size: int = 500) -> int:
+        """Repair the vector index of this store's namespace: embed the facts whose vector is missing, at
+        another version or of another text (stored before the storage's `vector_index` was configured,
+        imported, or written by code without it), `batch_size` facts examined at a time — each batch's
+        texts embedded outside any transaction, then written in one — and delete the vectors of facts
+        that no longer exist. Returns how many facts were (re)indexed (docs/search.md)."""
+        index = self.storage.vector_index
+        if index is None:
+            raise ValidationFailed("reindex() needs a storage with a vector_index (docs/search.md)")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValidationFailed("batch_size must be a positive integer")
+        done, after = 0, ""
+        while True:
+            stale, last = self.storage.transaction(
+                functools.partial(vectors.unindexed, index=index, after=after, limit=batch_size),
+                write=False,
+                name="reindex",
+            )
+            if last is None:
+                break
+            if stale:
+                ids = [f.id for f in stale]
+                with vectors.prepared(index, [(f.type, f.payload) for f in stale]):
+                    done += self.storage.transaction(
+                        functools.partial(vectors.reindex, index=index, fact_ids=ids), name="reindex"
+                    )
+            after = last
+        self.storage.transaction(vectors.drop_orphans, name="reindex")
+        return done
+
     # ------------------------------------------------------------------ reads
 
     def get(self, fact_id: str) -> dict[str, Any] | None:
@@ -298,10 +348,17 @@ class MemoryStore:
         filters: dict[str, Any] | None = None,
         score_threshold: float | None = None,
     ) -> list[ScoredFact]:
-        """Ask the hooks that can search, then read the hits' current state from the database.
+        """The facts most similar to `query`, best score first (ties by fact id).
 
-        Hits whose fact no longer exists are dropped; best score first.
+        With the storage's `vector_index` (docs/search.md): an exact cosine search over the vectors
+        stored beside the facts, among the facts `filters` selects (the `query` filter language,
+        compiled into the same SQL), in one read transaction; `score_threshold` is the lowest cosine
+        similarity kept. Without one: memstate's way, asking the hooks that can search and reading
+        the hits' current state from the database (hits whose fact no longer exists are dropped).
         """
+        index = self.storage.vector_index
+        if index is not None:
+            return self._search_in_database(index, query, limit, filters, score_threshold)
         hits = self._hooks.search(query, limit, filters, score_threshold)
         if not hits:
             return []
@@ -309,5 +366,37 @@ class MemoryStore:
         def read(repo: Repository) -> list[ScoredFact]:
             ranked = self._ops.hydrate(repo, [(h.fact_id, h.score) for h in hits])
             return [ScoredFact(fact=Fact.model_validate(state.doc()), score=score) for state, score in ranked]
+
+        return self.storage.transaction(read, write=False, name="search")
+
+    def _search_in_database(
+        self,
+        index: vectors.VectorIndex,
+        query: str,
+        limit: int,
+        filters: dict[str, Any] | None,
+        score_threshold: float | None,
+    ) -> list[ScoredFact]:
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValidationFailed(f"search() limit must be a positive integer, got {limit!r}")
+        limit = min(limit, MAX_ROWS)
+        if score_threshold is not None:
+            if isinstance(score_threshold, bool) or not isinstance(score_threshold, int | float):
+                raise ValidationFailed(f"score_threshold must be a number or None, got {score_threshold!r}")
+            if not math.isfinite(score_threshold):
+                raise ValidationFailed("score_threshold must be a finite number")
+        spec = query_spec(None, filters, None)
+        target = index.query_vector(query)  # the model runs before the read transaction opens
+        indexed = self.storage.indexed
+
+        def read(repo: Repository) -> list[ScoredFact]:
+            where = repo.filter_where(spec, indexed)
+            hits = vectors.scan(repo, index, target, limit, where, score_threshold)
+            found = repo.get_many([fact_id for fact_id, _ in hits])
+            return [
+                ScoredFact(fact=Fact.model_validate(found[fact_id].doc()), score=score)
+                for fact_id, score in hits
+                if fact_id in found
+            ]
 
         return self.storage.transaction(read, write=False, name="search")

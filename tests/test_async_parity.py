@@ -22,6 +22,7 @@ from tools import generate_async as gen
 #: Public names of the async classes that are not twins of a sync method, and why.
 ASYNC_ONLY = {
     ("AsyncSQLStorage", "constraints"): "an instance attribute of the sync storage, read through a property",
+    ("AsyncSQLStorage", "vector_index"): "an instance attribute of the sync storage, read through a property",
     ("AsyncSQLStorage", "run_sync"): "runs sync work on the sync storage in the bridge (AsyncConnection.run_sync)",
 }
 

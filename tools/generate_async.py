@@ -108,6 +108,7 @@ FACADES: tuple[Facade, ...] = (
             "bridged": skip("builds the sync storage this facade drives"),
             "register_constraint": sync(),
             "sweep_with": skip("takes the store's operations: reached through the sync store"),
+            "make_operations": skip("builds the sync store's operations: reached through the sync store"),
             "for_namespace": skip("returns a facade, not a coroutine: written by hand in aio.py"),
             "declare_indexed_paths": sync(),
             "iter_query": aiter("batch_size"),
