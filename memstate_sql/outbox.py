@@ -59,9 +59,10 @@ UPSERT, DELETE = "upsert", "delete"
 _REMOVING = (Operation.DELETE, Operation.DISCARD_SESSION)
 
 
-def backoff(attempts: int, base: float = BACKOFF_BASE, cap: float = BACKOFF_CAP) -> float:
-    """Seconds before the next attempt after `attempts` failures (exponential, capped, jittered ±25%)."""
-    delay = min(cap, base * float(2 ** min(attempts, 30)))
+def backoff(attempts: int) -> float:
+    """Seconds before the next attempt after `attempts` failures: `BACKOFF_BASE` doubled per failure,
+    capped at `BACKOFF_CAP`, jittered ±25%."""
+    delay = min(BACKOFF_CAP, BACKOFF_BASE * float(2 ** min(attempts, 30)))
     return delay * random.uniform(0.75, 1.25)
 
 
