@@ -332,7 +332,7 @@ class _Pending:
     """What one operation's transaction recorded for one hook: delivered after its COMMIT."""
 
     def __init__(self) -> None:
-        self.mine: list[tuple[str, FactState | None, Fact | None, int]] = []  # leased to this operation
+        self.mine: list[tuple[str, FactState | None, int]] = []  # leased to this operation
         self.others: list[str] = []  # facts with older pending rows: delivered by a claim
         self.owner = str(uuid.uuid4())
 
@@ -375,16 +375,28 @@ class IndexHook:
     # -- memstate's hook protocol
 
     def __call__(self, op: Operation, fact_id: str, fact: Fact | None) -> Any:
+        """memstate's hook call (a `MemoryStore` calls `notify_state` instead, with the row itself)."""
+        repo = current_repository()
+        if repo is None:  # called by hand, outside any store operation: nothing to make atomic
+            if op in _REMOVING or fact is None:
+                return self.remove([fact_id])
+            return self.put(fact_id, fact, 0) if self.wants(fact) else None
+        state = repo.get(fact_id) if fact is not None and op not in _REMOVING else None
+        return self.notify_state(op, fact_id, state)
+
+    def notify_state(self, op: Operation, fact_id: str, state: FactState | None) -> Any:
+        """One changed fact (`state`: its row after the operation; None or a DELETE: it is gone)."""
+        removing = op in _REMOVING or state is None
         if self.delivery == "in_transaction":
-            return self._apply_now(op, fact_id, fact)
+            return self._apply_now(fact_id, None if removing else state)
         repo = current_repository()
         if repo is None:
             # Called outside a store operation (by hand): nothing to make atomic; apply it.
-            return self._apply_now(op, fact_id, fact)
-        removing = op in _REMOVING or fact is None
-        if not removing and fact is not None and self.target_types and fact.type not in self.target_types:
+            return self._apply_now(fact_id, None if removing else state)
+        if not removing and state is not None and self.target_types and state.type not in self.target_types:
             return None
-        state = None if removing else repo.get(fact_id)
+        if removing:
+            state = None
         version = state.version if state is not None else 0
         pending = self._pending.get(repo)
         first = pending is None
@@ -401,7 +413,7 @@ class IndexHook:
                 lease_owner=pending.owner,
                 lease=self.lease,
             )
-            pending.mine.append((fact_id, state, None if removing else fact, seq))
+            pending.mine.append((fact_id, state, seq))
         else:
             record(repo, self.index_name, fact_id, DELETE if removing else UPSERT, version)
             if direct:
@@ -411,14 +423,14 @@ class IndexHook:
             repo.after_commit.append(lambda: self._after_commit(repo))
         return None
 
-    def _apply_now(self, op: Operation, fact_id: str, fact: Fact | None) -> Any:
-        if op in _REMOVING or fact is None:
+    def _apply_now(self, fact_id: str, state: FactState | None) -> Any:
+        """memstate's semantics: write the index now (inside the transaction, when one runs)."""
+        if state is None:
             return self.remove([fact_id])
+        fact = Fact.model_validate(state.doc())
         if not self.wants(fact):
             return None
-        repo = current_repository()
-        found = repo.get(fact_id) if repo is not None else None
-        return self.put(fact_id, fact, found.version if found is not None else 0)
+        return self.put(fact_id, fact, state.version)
 
     def _after_commit(self, repo: Repository) -> None:
         pending = self._pending.pop(repo, None)
@@ -427,7 +439,7 @@ class IndexHook:
         storage_run = _runner_of(repo)
         done: dict[str, int] = {}
         failed: list[tuple[int, str]] = []
-        for fact_id, state, _fact, seq in pending.mine:
+        for fact_id, state, seq in pending.mine:
             try:
                 deliver_state(self, fact_id, state)
                 done[fact_id] = seq
