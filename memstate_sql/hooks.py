@@ -103,9 +103,18 @@ class HookSet:
         if not self.hooks:
             return  # no Fact models to build
         for op, fact_id, state in calls:
-            fact = None if state is None else Fact.model_validate(state.doc())
+            fact: Fact | None = None
+            built = False
             for hook in self.hooks:
                 try:
+                    notify = getattr(hook, "notify_state", None)
+                    if notify is not None:
+                        # memstate_sql's own index hooks (`memstate_sql.outbox.IndexHook`) take the row
+                        # itself (its version included): no Fact to build, no row to read again.
+                        invoke(notify, op, fact_id, state)
+                        continue
+                    if not built:
+                        fact, built = (None if state is None else Fact.model_validate(state.doc())), True
                     invoke(hook, op, fact_id, fact)
                 except RetryUnitOfWork:
                     raise

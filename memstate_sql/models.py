@@ -1,4 +1,4 @@
-"""SQLAlchemy declarative models: the facts table and the transaction log.
+"""SQLAlchemy declarative models: the facts table, the transaction log and the outbox.
 
 Both tables are named after a configurable prefix (``memstate`` by default), so
 one database can hold several independent stores. `models_for(prefix, schema)`
@@ -189,6 +189,31 @@ class VectorColumns:
     vector: Mapped[bytes] = mapped_column(LargeBinary)
 
 
+class OutboxColumns:
+    """Columns of the outbox: what an external index (a vector store) must still learn.
+
+    A hook in outbox or after-commit mode (`memstate_sql.outbox`) inserts one row per changed fact in the
+    operation's own transaction; a dispatcher deletes it once the index has the fact's state as of that
+    row. A row is leased (`lease_owner`, `lease_until`) while one dispatcher delivers its fact.
+    """
+
+    seq: Mapped[int] = mapped_column(SeqType, primary_key=True, autoincrement=True)
+    namespace: Mapped[str] = mapped_column(KeyString(), server_default="")
+    #: The external index the row is for (the hook's `index_name`, e.g. ``qdrant:memory``).
+    target: Mapped[str] = mapped_column(KeyString())
+    fact_id: Mapped[str] = mapped_column(KeyString())
+    #: ``upsert`` or ``delete``: what the operation did (delivery sends the fact's state at delivery time).
+    op: Mapped[str] = mapped_column(String(16))
+    #: The fact's version after the operation (for a delete: the version it had).
+    version: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_error: Mapped[str | None] = mapped_column(Text)
+    lease_owner: Mapped[str | None] = mapped_column(String(36))
+    lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 @dataclass(frozen=True)
 class Models:
     """The mapped classes and metadata for one table prefix (and optional schema)."""
@@ -199,6 +224,7 @@ class Models:
     Fact: type[FactColumns]
     Tx: type[TxColumns]
     Vector: type[VectorColumns]
+    Outbox: type[OutboxColumns]
 
     @property
     def version_table(self) -> str:
@@ -239,7 +265,7 @@ def exists_on(item: Any, dialect_name: str) -> bool:
 def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Models:
     """Build (once) the declarative models for a table prefix."""
     check_prefix(prefix)
-    facts, log, vectors = f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_vectors"
+    facts, log, vectors, outbox = f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_vectors", f"{prefix}_outbox"
 
     class Base(DeclarativeBase):
         metadata = MetaData(schema=schema)
@@ -272,7 +298,22 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
             CheckConstraint("dim >= 1", name=f"ck_{vectors}_dim"),
         )
 
-    return Models(prefix=prefix, schema=schema, metadata=Base.metadata, Fact=FactRow, Tx=TxRow, Vector=VectorRow)
+    class OutboxRow(OutboxColumns, Base):
+        __tablename__ = outbox
+        __table_args__ = (
+            Index(f"ix_{outbox}_fact", "namespace", "target", "fact_id", "seq"),
+            Index(f"ix_{outbox}_due", "namespace", "target", "next_attempt_at"),
+        )
+
+    return Models(
+        prefix=prefix,
+        schema=schema,
+        metadata=Base.metadata,
+        Fact=FactRow,
+        Tx=TxRow,
+        Vector=VectorRow,
+        Outbox=OutboxRow,
+    )
 
 
 #: The default store's metadata, for host applications' Alembic environments.

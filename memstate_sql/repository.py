@@ -8,7 +8,7 @@ commits: the unit of work (`memstate_sql.uow`) owns the transaction.
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -109,6 +109,10 @@ class Repository:
         #: turns out dead at its first statement (nothing of it can have been applied).
         self.statements = 0
         self._hot = _hot(self.facts, self.log, dialect.row_locks)
+        #: Called, in order, once this repository's transaction has committed (the unit of work runs them;
+        #: None where it cannot: inside a host application's transaction, which the host commits).
+        #: `memstate_sql.outbox` delivers to external indexes from here.
+        self.after_commit: list[Callable[[], None]] | None = []
 
     def _execute(self, stmt: Executable, params: Any = None) -> CursorResult[Any]:
         """`Connection.execute`, counted."""

@@ -55,6 +55,13 @@ log.addHandler(logging.NullHandler())
 _ACTIVE: ContextVar[tuple[object, Repository] | None] = ContextVar("memstate_sql_active_uow", default=None)
 
 
+def current_repository() -> Repository | None:
+    """The repository of the operation running in this context, whichever storage runs it (None outside
+    one): a hook reaches the operation's transaction through it (`memstate_sql.outbox`)."""
+    current = _ACTIVE.get()
+    return None if current is None else current[1]
+
+
 def default_sleep(seconds: float) -> None:
     """Sleep between attempts; inside the asyncio bridge, yield to the event loop instead."""
     if in_greenlet():
@@ -248,6 +255,8 @@ class TransactionRunner:
                         self.dialect.begin_write(conn)
                     result = self._call(conn, fn, repo)
                     committing = True  # leaving the block sends COMMIT
+                if repo.after_commit:
+                    run_after_commit(repo.after_commit, name)
                 return result
             except RetryUnitOfWork:
                 kind = ErrorKind.RETRY
@@ -293,16 +302,21 @@ class TransactionRunner:
     def _run_bound(self, fn: Callable[[Repository], T], write: bool, name: str) -> T:
         conn = self.host_connection()
         assert conn is not None
+        repo = Repository(conn, self.models, self.dialect, self.namespace)
         try:
             if conn.in_transaction():
                 if write:
                     # SQLite: a SAVEPOINT outside a real transaction would be its own transaction,
                     # committed on RELEASE; open the host's transaction for real first.
                     self.dialect.begin_write(conn)
+                repo.after_commit = None  # the host commits, later: nothing can run after it here
                 with conn.begin_nested():
-                    return self._call(conn, fn)
+                    return self._call(conn, fn, repo)
             with conn.begin():
-                return self._call(conn, fn)
+                result = self._call(conn, fn, repo)
+            if repo.after_commit:
+                run_after_commit(repo.after_commit, name)
+            return result
         except exc.DBAPIError as err:
             kind = self.dialect.classify(err)
             if kind is ErrorKind.UNIQUE:
@@ -330,6 +344,17 @@ class TransactionRunner:
                 f"{name}: database connection lost; the operation's transaction did not commit: {describe(err)}"
             )
         return StorageError(f"{name}: database error: {describe(err)}")
+
+
+def run_after_commit(callbacks: list[Callable[[], None]], name: str) -> None:
+    """Run what an operation scheduled for after its COMMIT. The operation has committed: a failing
+    callback is logged and never turns it into a failure (an outbox delivery that fails here is left to
+    the dispatcher, `memstate_sql.outbox`)."""
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.warning("%s: a post-commit step failed; the operation stays committed", name, exc_info=True)
 
 
 def describe(error: BaseException | None) -> str:

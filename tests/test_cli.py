@@ -22,6 +22,7 @@ COMMANDS = [
     "demo",
     "sweep",
     "prune-log",
+    "outbox",
     "upgrade",
     "downgrade",
     "current",

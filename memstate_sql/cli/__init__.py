@@ -23,6 +23,7 @@ from memstate_sql.cli.completion import completion_cmd
 from memstate_sql.cli.context import common_options
 from memstate_sql.cli.demo import demo_cmd
 from memstate_sql.cli.from_memstate import import_memstate_cmd
+from memstate_sql.cli.outbox_cmds import outbox_group
 from memstate_sql.cli.reading import facts_cmd, get_cmd, history_cmd, log_cmd, stats_cmd
 from memstate_sql.cli.retention import prune_log_cmd, sweep_cmd
 from memstate_sql.cli.rollback import rollback_cmd
@@ -81,6 +82,7 @@ for _command in (
     rollback_cmd,
     sweep_cmd,
     prune_log_cmd,
+    outbox_group,
     export_cmd,
     import_cmd,
     import_memstate_cmd,

@@ -1,0 +1,71 @@
+"""The outbox: what external indexes (vector stores) must still learn, written in the operation's transaction.
+
+Revision ID: ms_0007_outbox
+Revises: ms_0006_vectors
+Create Date: 2026-12-02 00:00:00
+
+Creates ``<prefix>_outbox`` (docs/search.md, "External indexes: hooks and the outbox"): one row per fact
+change an external index has not received yet, deleted once delivered. A new, empty table: the upgrade
+takes no lock on the existing tables on any database. The column types are frozen here (copies of
+`memstate_sql.models`' types as of this revision).
+
+Downgrade drops the table when it is empty, and refuses while undelivered rows remain (deliver them
+first: ``memstate-sql outbox deliver``, or delete them knowingly).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from alembic import op
+
+from memstate_sql.errors import SchemaVersionError
+from memstate_sql.migrations import target
+from memstate_sql.models import KeyString, SeqType, UTCDateTime
+
+revision: str = "ms_0007_outbox"
+down_revision: str | Sequence[str] | None = "ms_0006_vectors"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    t = target()
+    outbox = f"{t.prefix}_outbox"
+    op.create_table(
+        outbox,
+        sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
+        sa.Column("namespace", KeyString(), nullable=False, server_default=""),
+        sa.Column("target", KeyString(), nullable=False),
+        sa.Column("fact_id", KeyString(), nullable=False),
+        sa.Column("op", sa.String(16), nullable=False),
+        sa.Column("version", sa.Integer(), nullable=False),
+        sa.Column("created_at", UTCDateTime(), nullable=False),
+        sa.Column("attempts", sa.Integer(), nullable=False),
+        sa.Column("next_attempt_at", UTCDateTime(), nullable=False),
+        sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("lease_owner", sa.String(36), nullable=True),
+        sa.Column("lease_until", UTCDateTime(), nullable=True),
+        schema=t.schema,
+    )
+    op.create_index(f"ix_{outbox}_fact", outbox, ["namespace", "target", "fact_id", "seq"], schema=t.schema)
+    op.create_index(f"ix_{outbox}_due", outbox, ["namespace", "target", "next_attempt_at"], schema=t.schema)
+
+
+def downgrade() -> None:
+    t = target()
+    outbox = f"{t.prefix}_outbox"
+    ctx = op.get_context()
+    if not ctx.as_sql:
+        quote = ctx.dialect.identifier_preparer.quote
+        name = f"{quote(t.schema)}.{quote(outbox)}" if t.schema else quote(outbox)
+        pending = op.get_bind().execute(sa.text(f"SELECT COUNT(*) FROM {name}")).scalar()  # noqa: S608
+        if pending:
+            raise SchemaVersionError(
+                f"cannot downgrade below ms_0007_outbox: {outbox} holds {pending} undelivered change(s) for "
+                "external indexes; deliver them first (memstate-sql outbox deliver) or delete them knowingly"
+            )
+    op.drop_index(f"ix_{outbox}_due", table_name=outbox, schema=t.schema)
+    op.drop_index(f"ix_{outbox}_fact", table_name=outbox, schema=t.schema)
+    op.drop_table(outbox, schema=t.schema)
