@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 import memstate_sql as ms
-from memstate_sql import ValidationFailed, migrations
+from memstate_sql import ValidationFailed, migrations, schema
 from memstate_sql.transfer import load_export, write_export
 from tests.dbutil import fetch
 
@@ -513,17 +513,21 @@ def test_memstate_async_store_over_async_sqlstorage(db_url: str, prefix: str) ->
 # ---------------------------------------------------------------------------- schema
 
 
+#: The revision ms_0003_documents upgrades from.
+BELOW_DOCUMENTS = "ms_0004_galera"
+
+
 def test_downgrade_refuses_to_drop_kept_documents(db_url: str, prefix: str) -> None:
     storage = ms.SQLStorage(db_url, table_prefix=prefix)
     try:
         storage.save({"id": "x", "type": "t", "payload": {}})
         with pytest.raises(ms.SchemaVersionError, match="1 facts and 0 log entries"):
-            migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix)
+            migrations.downgrade(db_url, BELOW_DOCUMENTS, table_prefix=prefix)
         storage.save({"id": "x", "type": "t", "payload": {}, "source": None, "session_id": None, "ts": TS[:-6] + "Z"})
     finally:
         storage.close()
-    migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix)
-    assert ms.migrate(db_url, table_prefix=prefix) == "ms_0003_documents"
+    migrations.downgrade(db_url, BELOW_DOCUMENTS, table_prefix=prefix)
+    assert ms.migrate(db_url, table_prefix=prefix) == schema.HEAD_REVISION
     storage = ms.SQLStorage(db_url, table_prefix=prefix)
     try:
         assert storage.load("x")["ts"] == TS[:-6] + "Z"
