@@ -12,8 +12,10 @@ application's ``alembic_version`` is never created, read or written.
 
 `migrate` is idempotent and safe when several processes start at once: it
 holds a database lock while it runs (PostgreSQL advisory lock, MySQL/MariaDB
-``GET_LOCK``, SQLite's write lock through ``BEGIN IMMEDIATE``), waiting at
-most ``lock_timeout`` seconds for it (`MigrationLockTimeout`). Each revision is
+``GET_LOCK`` — on a Galera node also a leased row of ``memstate_sql_lock``, since
+``GET_LOCK`` is node-local there — SQLite's write lock through ``BEGIN IMMEDIATE``),
+waiting at most ``lock_timeout`` seconds for it (`MigrationLockTimeout`). DDL errors
+caused by another process migrating at the same time are waited out, not raised. Each revision is
 its own transaction on PostgreSQL; on SQLite the whole upgrade is one
 transaction; MySQL/MariaDB cannot roll DDL back.
 
