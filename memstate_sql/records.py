@@ -98,6 +98,9 @@ class TxRecord:
     fact_after: dict[str, Any] | None
     discarded: list[dict[str, Any]] | None
     reverted_by: str | None
+    session_seq: int = 0
+    """The entry's position in its session's log (1, 2, 3...; 0: not assigned yet). Unlike `seq`, it
+    follows the order in which the session's operations committed on every engine."""
 
     def doc(self) -> dict[str, Any]:
         """The memstate form of the entry (`TxEntry.model_dump(mode="json")`)."""
