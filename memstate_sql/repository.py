@@ -378,11 +378,19 @@ class Repository:
         reverted_by: str | None = None,
     ) -> None:
         """Append one log entry at the session's next position."""
-        position = self.reserve_positions(session_id, 1)
+        params: dict[str, Any] = {}
+        one = self.dialect.append_at_next_position(self.log, self.sessions)
+        if one is None:
+            stmt = self._hot.insert_log
+            params["session_seq"] = self.reserve_positions(session_id, 1)
+        else:  # one round trip: the position is taken by the INSERT itself
+            stmt = one
+            key = self._session_key(session_id)
+            params.update(p_ns=key[0], p_sid=key[1], p_none=key[2], p_n=1)
         self._execute(
-            self._hot.insert_log,
+            stmt,
             {
-                "session_seq": position,
+                **params,
                 "namespace": self.namespace,
                 "uuid": uuid,
                 "op": op,

@@ -60,7 +60,7 @@ def scratch_url(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 
 def our_tables(prefix: str) -> set[str]:
-    return {f"{prefix}_facts", f"{prefix}_tx"}
+    return {f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_sessions"}
 
 
 def autogenerate_check(url: str, prefix: str, schema: str | None = None) -> None:
@@ -276,7 +276,12 @@ def test_four_processes_migrate_a_fresh_database(scratch_url: str, tmp_path: Pat
         assert out.strip().splitlines()[-1] == HEAD
     migrations.check(scratch_url)
     autogenerate_check(scratch_url, "memstate")
-    assert table_names(scratch_url) == {"memstate_facts", "memstate_tx", "memstate_alembic_version"}
+    assert table_names(scratch_url) == {
+        "memstate_facts",
+        "memstate_tx",
+        "memstate_sessions",
+        "memstate_alembic_version",
+    }
     assert version_rows(scratch_url, "memstate_alembic_version") == [HEAD]
 
 
@@ -523,6 +528,7 @@ def test_host_application_with_its_own_alembic_history(scratch_url: str, tmp_pat
         "alembic_version",
         "memstate_facts",
         "memstate_tx",
+        "memstate_sessions",
         "memstate_alembic_version",
     }
     # Both autogenerate checks are clean, each ignoring the other's tables ...

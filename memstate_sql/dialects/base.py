@@ -153,6 +153,12 @@ class DialectSupport:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
         raise NotImplementedError
 
+    def append_at_next_position(self, log: Table, sessions: Table) -> Any:
+        """A statement that takes the session's next position (as `reserve_positions` with count 1) and
+        inserts one log entry at it, in one round trip; None where the database cannot (two statements
+        then). Parameters: ``p_ns``, ``p_sid``, ``p_none``, ``p_n`` (1) and the log columns by name."""
+        return None
+
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         """Add `count` to the last log position of a session (`key`: namespace, session id or '', whether
         the log is the one of entries without a session), creating its row at 0 first; returns the new

@@ -41,6 +41,9 @@ class PostgreSQLSupport(DialectSupport):
     aware_timestamps = True
     autocommit_reads = True
 
+    def append_at_next_position(self, log: Table, sessions: Table) -> Any:
+        return _append(log, sessions)
+
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
 
@@ -211,3 +214,15 @@ def _positions(sessions: Table) -> Any:
 def _reserve(conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
     params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
     return int(conn.execute(_positions(sessions), params).scalar_one())
+
+
+@functools.cache
+def _append(log: Table, sessions: Table) -> Any:
+    """``WITH pos AS (INSERT INTO sessions ... ON CONFLICT DO UPDATE ... RETURNING last_seq)
+    INSERT INTO tx (...) SELECT :uuid, ..., pos.last_seq FROM pos``: position and entry in one statement."""
+    from sqlalchemy import bindparam, cast, insert, select
+
+    pos = _positions(sessions).cte("pos")
+    names = [c.name for c in log.c if c.name not in ("seq", "session_seq")]
+    values = [cast(bindparam(name, type_=log.c[name].type), log.c[name].type) for name in names]
+    return insert(log).from_select([*names, "session_seq"], select(*values, pos.c.last_seq))
