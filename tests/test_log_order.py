@@ -125,7 +125,7 @@ def test_a_bad_session_seq_in_an_export_line_is_refused(storage: ms.SQLStorage) 
 # ---------------------------------------------------------------------------- real commit order
 
 
-def test_a_lower_seq_that_commits_last(db: str, db_url: str, prefix: str) -> None:
+def test_a_lower_seq_that_commits_last(db: str, db_url: str, prefix: str, tmp_path: Any) -> None:
     """Two connections: the one whose entry got the lower seq commits after the other. PostgreSQL and
     MariaDB allow it (the seq is assigned at INSERT); SQLite's single writer makes the other wait."""
     release = threading.Event()
@@ -163,6 +163,17 @@ def test_a_lower_seq_that_commits_last(db: str, db_url: str, prefix: str) -> Non
     # Whatever the commit order, an export (one snapshot) has every entry, and an import keeps them.
     out = io.StringIO()
     assert write_export(fast.storage, out).log == 2
+    out.seek(0)
+    with ms.SQLStorage(f"sqlite:///{tmp_path}/copy.db") as copy:
+        assert load_export(copy, out).log == 2
+        cstore = ms.MemoryStore(copy)
+        slow_id = done[0] if committed_first == "slow" else done[1]  # `done` is in completion order
+        assert [e["fact_id"] for e in cstore.plan_rollback("a", 5).entries] == [slow_id]
+        assert cstore.rollback("a", 1) == 1 and cstore.get(slow_id) is None
+        assert copy.verify().ok
+    # And on the source: each session's rollback undoes its own entry, whichever committed first.
+    assert fast.rollback("b", 1) == 1 and fast.rollback("a", 1) == 1
+    assert fast.storage.get_tx_log("a") == [] and fast.storage.get_tx_log("b") == []
     slow.storage.close()
     fast.storage.close()
 
