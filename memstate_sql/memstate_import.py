@@ -28,6 +28,7 @@ from typing import Any
 from sqlalchemy import Connection, Engine, column, func, inspect, select, table
 from sqlalchemy.sql.expression import TableClause
 
+from memstate_sql.dialects import support_for
 from memstate_sql.errors import ConflictError, ValidationFailed
 from memstate_sql.paging import keyset_pages
 from memstate_sql.records import FactState, TxRecord
@@ -152,7 +153,10 @@ class ImportCounts:
 
 def _copy(repo: Repository, source: Engine, layout: Layout, batch: int, report: ProgressCallback) -> ImportCounts:
     counts = ImportCounts()
-    with source.connect() as conn:
+    with source.connect() as conn, conn.begin():
+        # One snapshot of the source for every page: a memstate entry whose transaction took a lower
+        # seq but committed during the copy is either in it or not, never skipped between two pages.
+        support_for(conn.dialect).begin_snapshot(conn)
         total = int(conn.execute(select(func.count()).select_from(layout.facts)).scalar_one()) + int(
             conn.execute(select(func.count()).select_from(layout.log)).scalar_one()
         )

@@ -436,6 +436,12 @@ class Operations:
         what it restored. Returns the undone entries.
         """
         check_key("actor", actor, required=False)
+        check_key("session_id", session_id, required=False)
+        if not isinstance(steps, bool) and isinstance(steps, int) and steps > 0:
+            # First the session's row: its writers wait for this rollback (and it for them) before it
+            # reads the log, so "the newest entries" are the newest in the session's order. On Galera,
+            # a node that has not applied the session's last commit yet fails certification and retries.
+            repo.lock_session(session_id)
         entries = self._rollback_entries(repo, session_id, steps, lock=True)
         if not entries:
             return []

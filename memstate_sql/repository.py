@@ -105,6 +105,9 @@ class Repository:
         #: The instant expiry is judged at: one for the whole unit of work.
         self.now = now or utcnow()
         self.facts, self.log = _tables(models)
+        self.sessions = _sessions_table(models)
+        #: Import with kept positions: each session's last position before this transaction's entries.
+        self._bases: dict[tuple[str, str, bool], int] = {}
         #: Statements this repository has sent: the unit of work retries an operation whose connection
         #: turns out dead at its first statement (nothing of it can have been applied).
         self.statements = 0
@@ -324,7 +327,53 @@ class Repository:
             discarded=row.discarded,
             reverted_by=row.reverted_by,
             document=row.document,
+            session_seq=row.session_seq,
         )
+
+    def _session_key(self, session_id: str | None) -> tuple[str, str, bool]:
+        return (self.namespace, "" if session_id is None else session_id, session_id is None)
+
+    def reserve_positions(self, session_id: str | None, count: int) -> int:
+        """Take `count` positions in the session's log (see `DialectSupport.reserve_positions`): returns
+        the last one; the session's row stays locked until the transaction ends."""
+        return self._reserve(self._session_key(session_id), count)
+
+    def _reserve(self, key: tuple[str, str, bool], count: int) -> int:
+        self.statements += 1
+        return self.dialect.reserve_positions(self.conn, self.sessions, key, count)
+
+    def lock_session(self, session_id: str | None) -> None:
+        """Serialise with the session's other log writers until the transaction ends (a rollback takes
+        this before it reads the session's log, so it reads the log as of its own position)."""
+        self.reserve_positions(session_id, 0)
+
+    def _positions(self, entries: Sequence[TxRecord], keep: bool) -> list[int]:
+        """The session position of each entry, in list order. `keep`: the entries carry positions of
+        another store (an import): they keep their order after the session's existing entries."""
+        keys = [self._session_key(e.session_id) for e in entries]
+        if not keep:
+            counts: dict[tuple[str, str, bool], int] = {}
+            for key in keys:
+                counts[key] = counts.get(key, 0) + 1
+            nxt: dict[tuple[str, str, bool], int] = {}
+            for key in sorted(counts):  # one lock order for every writer: no deadlock between two imports
+                nxt[key] = self._reserve(key, counts[key]) - counts[key] + 1
+            out = []
+            for key in keys:
+                out.append(nxt[key])
+                nxt[key] += 1
+            return out
+        for key in sorted(set(keys) - set(self._bases)):
+            self._bases[key] = self._reserve(key, 0)
+        out = [self._bases[key] + e.session_seq for key, e in zip(keys, entries, strict=True)]
+        tops: dict[tuple[str, str, bool], int] = {}
+        for key, position in zip(keys, out, strict=True):
+            tops[key] = max(tops.get(key, 0), position)
+        c = self.sessions.c
+        for key, top in sorted(tops.items()):
+            where = (c.namespace == key[0]) & (c.session_id == key[1]) & (c.without_session == key[2])
+            self._execute(update(self.sessions).where(where & (c.last_seq < top)).values(last_seq=top))
+        return out
 
     def append(
         self,
@@ -342,9 +391,20 @@ class Repository:
         reverted_by: str | None = None,
         document: dict[str, Any] | None = None,
     ) -> None:
+        """Append one log entry at the session's next position."""
+        params: dict[str, Any] = {}
+        one = self.dialect.append_at_next_position(self.log, self.sessions)
+        if one is None:
+            stmt = self._hot.insert_log
+            params["session_seq"] = self.reserve_positions(session_id, 1)
+        else:  # one round trip: the position is taken by the INSERT itself
+            stmt = one
+            key = self._session_key(session_id)
+            params.update(p_ns=key[0], p_sid=key[1], p_none=key[2], p_n=1)
         self._execute(
-            self._hot.insert_log,
+            stmt,
             {
+                **params,
                 "namespace": self.namespace,
                 "uuid": uuid,
                 "op": op,
@@ -378,7 +438,8 @@ class Repository:
         where = self._log_in_ns & self._session_where(session_id) & self.log.c.reverted_by.is_(None)
         if exclude_ops:
             where = where & self.log.c.op.not_in(list(exclude_ops))
-        stmt = select(self.log).where(where).order_by(self.log.c.seq.desc()).limit(limit).offset(offset)
+        # The session's own order: `seq` is not commit order on every engine (docs/log-order.md).
+        stmt = select(self.log).where(where).order_by(self.log.c.session_seq.desc()).limit(limit).offset(offset)
         if lock and self.dialect.row_locks:
             stmt = stmt.with_for_update()
         return [self._tx(row) for row in self._execute(stmt)]
@@ -505,10 +566,15 @@ class Repository:
                 ],
             )
 
-    def insert_log(self, entries: Sequence[TxRecord]) -> None:
-        """Append log entries in the given order; the database assigns their `seq` (the given one is ignored)."""
+    def insert_log(self, entries: Sequence[TxRecord], *, keep_positions: bool = False) -> None:
+        """Append log entries in the given order; the database assigns their `seq` (the given one is ignored).
+
+        Each entry takes the next position of its session's log, in list order; with `keep_positions`
+        (an import), the entries' own `session_seq` values (positions in the exporting store) are
+        kept, offset past the session's entries that were in this store before the transaction."""
         if not entries:
             return
+        positions = self._positions(entries, keep_positions)
         # One executemany: every driver here runs (or, pymysql, rewrites into one multi-row
         # INSERT of) the rows in list order, so the identity follows the list order.
         self._execute(
@@ -528,8 +594,9 @@ class Repository:
                     "discarded": e.discarded,
                     "reverted_by": e.reverted_by,
                     "document": e.document,
+                    "session_seq": position,
                 }
-                for e in entries
+                for e, position in zip(entries, positions, strict=True)
             ],
         )
 
@@ -587,6 +654,12 @@ class Repository:
             .order_by(self.log.c.seq)
         )
         return [self._tx(row) for row in self._execute(stmt)]
+
+
+@functools.cache
+def _sessions_table(models: Models) -> Table:
+    table: Table = inspect(models.Session).local_table
+    return table
 
 
 @functools.cache

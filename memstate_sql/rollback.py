@@ -30,6 +30,14 @@ from memstate_sql.records import FactState, RollbackAction, RollbackConflict, Ro
 from memstate_sql.repository import Repository
 
 
+def newer(other: TxRecord, entry: TxRecord) -> bool:
+    """Whether `other` was logged after `entry`: by the session position within one session (its
+    commit order on every engine), by `seq` across sessions (see docs/log-order.md)."""
+    if other.session_id == entry.session_id:
+        return other.session_seq > entry.session_seq
+    return other.seq > entry.seq
+
+
 def later_entries(repo: Repository, entries: Sequence[TxRecord]) -> list[tuple[TxRecord, str, TxRecord]]:
     """(undone entry, fact id, newer active entry outside `entries` that touched the fact)."""
     fact_ids = sorted({e.fact_id for entry in entries for e in logentry.effects(entry)})
@@ -42,7 +50,7 @@ def later_entries(repo: Repository, entries: Sequence[TxRecord]) -> list[tuple[T
             found += [
                 (entry, effect.fact_id, other)
                 for other in later
-                if other.seq > entry.seq and logentry.touches(other, effect.fact_id)
+                if newer(other, entry) and logentry.touches(other, effect.fact_id)
             ]
     return found
 

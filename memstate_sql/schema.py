@@ -36,7 +36,7 @@ from memstate_sql.uow import default_sleep, holding
 #: The head of memstate_sql's migration history (`migrations.head_revision()`, checked by
 #: tests/test_migrations.py): a database found at it needs no Alembic at all, so a process whose
 #: schema is up to date never imports Alembic nor parses the migration scripts.
-HEAD_REVISION = "ms_0007_outbox"
+HEAD_REVISION = "ms_0005_log_order"
 #: Seconds the creation of declared path indexes waits for another process's (lock and DDL).
 PATH_INDEX_TIMEOUT = 60.0
 

@@ -2,7 +2,8 @@
 
 The file is a header line, one line per fact (``"kind": "fact"``, every
 column of the row), one line per log entry (``"kind": "tx"``, in seq order,
-rolled-back entries included) and an ``end`` line with the counts::
+rolled-back entries included, each with its ``session_seq``: its position in its
+session's log) and an ``end`` line with the counts::
 
     {"format": "memstate-sql-export", "format_version": 2, "facts": 2, "log": 3, ...}
     {"kind": "fact", "id": "...", "type": "user", "payload": {...}, "version": 2, ...}
@@ -14,7 +15,10 @@ validates a whole file without touching any database (so that a caller can
 refuse a bad file before it creates or migrates the target); `load_export` is
 one database transaction: a malformed or truncated file, or an id or log uuid
 that already exists in the target, leaves the target untouched. Log entries
-get new ``seq`` values from the target database, in the exported order. A row saved with a
+get new ``seq`` values from the target database, in the exported order, and keep
+their session order: each session's entries take the positions after the ones the
+session already has in the target, in their exported ``session_seq`` order (which
+is not always ``seq`` order: docs/log-order.md). A row saved with a
 document of its own (`SQLStorage.save`, `append_tx`: docs/contract.md) carries it as ``document``
 beside its canonical columns (format version 2; version 1 files, which have none, are still read).
 """
@@ -96,6 +100,7 @@ def fact_line(fact: FactState) -> dict[str, Any]:
 def tx_line(entry: TxRecord) -> dict[str, Any]:
     """Every column of the row, canonically; ``document`` only for a record appended in a shape of its own."""
     line = {"kind": "tx", **entry.canonical(), "discarded": entry.discarded, "reverted_by": entry.reverted_by}
+    line["session_seq"] = entry.session_seq
     if entry.document is not None:
         line["document"] = entry.document
     return line
@@ -162,6 +167,9 @@ def tx_from_line(line: dict[str, Any], where: str) -> TxRecord:
     reason = line.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise ValidationFailed(f"{where}: reason must be a string or null")
+    position = line.get("session_seq", 0)
+    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
+        raise ValidationFailed(f"{where}: session_seq must be a non-negative integer")
     assert uuid is not None
     return TxRecord(
         seq=0,
@@ -177,6 +185,7 @@ def tx_from_line(line: dict[str, Any], where: str) -> TxRecord:
         discarded=None if discarded is None else jsondoc.check_value(discarded, f"{where}: discarded"),
         reverted_by=check_key(f"{where}: reverted_by", line.get("reverted_by"), required=False),
         document=_document(line, where),
+        session_seq=position,
     )
 
 
@@ -361,7 +370,9 @@ def load_export(
                 raise ConflictError(
                     f"log entry {sorted(clash)[0]} already exists in the target ({len(clash)} clash(es))"
                 )
-            repo.insert_log(log)
+            # Positions of the exporting store are kept (a file without them, format_version 1 as
+            # written before ms_0005, gets new ones in file order, which was then seq order).
+            repo.insert_log(log, keep_positions=all(e.session_seq > 0 for e in log))
             done += len(log)
             report(done, reading[0].announced)
             log.clear()

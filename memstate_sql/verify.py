@@ -4,7 +4,8 @@
 transaction) and checks the invariants every store operation maintains:
 
 * at most one fact per (type, singleton key);
-* log sequence numbers and uuids are unique, sequence numbers positive;
+* log sequence numbers and uuids are unique, sequence numbers positive; session
+  positions (``session_seq``) are positive and unique per session;
 * the *active* log (entries no rollback undid) replays to the facts table:
   taking each fact's active entries in sequence order, every entry's before
   image is the state the previous one left (no change is missing between
@@ -73,6 +74,11 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     seqs = Counter(e.seq for e in log)
     problems += [f"log seq {s} is used {n} times" for s, n in seqs.items() if n > 1]
     problems += [f"log seq {e.seq} is not positive" for e in log if e.seq < 1]
+    positions = Counter((e.session_id, e.session_seq) for e in log)
+    problems += [
+        f"session {sid!r}: log position {pos} is used {n} times" for (sid, pos), n in positions.items() if n > 1
+    ]
+    problems += [f"log seq {e.seq} has no session position" for e in log if e.session_seq < 1]
     uuids = Counter(e.uuid for e in log)
     problems += [f"log uuid {u} is used {n} times" for u, n in uuids.items() if n > 1]
 

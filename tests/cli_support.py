@@ -73,10 +73,11 @@ def dump(url: str, prefix: str) -> tuple[list[FactState], list[TxRecord]]:
 
 
 def store_tables(url: str, prefix: str, schema: str | None = None) -> list[str]:
-    """The tables of a store's prefix that exist (its facts, log and version tables)."""
+    """The tables of a store's prefix that exist (its facts, log, sessions and version tables)."""
     engine = sa.create_engine(url)
     try:
         names = set(sa.inspect(engine).get_table_names(schema=schema))
     finally:
         engine.dispose()
-    return sorted(n for n in names if n in {f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_alembic_version"})
+    ours = {f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_sessions", f"{prefix}_alembic_version"}
+    return sorted(n for n in names if n in ours)

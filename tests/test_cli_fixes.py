@@ -200,7 +200,7 @@ def test_a_failed_import_leaves_the_target_untouched(
     assert "2**53" in cli(capsys, "import", *base(db_url, prefix), str(tmp_path / "payload.jsonl")).err
     good = tmp_path / "good.jsonl"
     assert cli(capsys, "import", *base(db_url, prefix), str(good)).code == 0
-    assert len(store_tables(db_url, prefix)) == 3
+    assert len(store_tables(db_url, prefix)) == 4
 
 
 def test_a_failed_import_creates_no_sqlite_file(tmp_path: Path) -> None:

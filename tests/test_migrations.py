@@ -60,7 +60,7 @@ def scratch_url(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[s
 
 
 def our_tables(prefix: str) -> set[str]:
-    return {f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_vectors", f"{prefix}_outbox"}
+    return {f"{prefix}_facts", f"{prefix}_tx", f"{prefix}_sessions", f"{prefix}_vectors", f"{prefix}_outbox"}
 
 
 def autogenerate_check(url: str, prefix: str, schema: str | None = None) -> None:
@@ -279,6 +279,7 @@ def test_four_processes_migrate_a_fresh_database(scratch_url: str, tmp_path: Pat
     assert table_names(scratch_url) == {
         "memstate_facts",
         "memstate_tx",
+        "memstate_sessions",
         "memstate_vectors",
         "memstate_outbox",
         "memstate_alembic_version",
@@ -529,6 +530,7 @@ def test_host_application_with_its_own_alembic_history(scratch_url: str, tmp_pat
         "alembic_version",
         "memstate_facts",
         "memstate_tx",
+        "memstate_sessions",
         "memstate_vectors",
         "memstate_outbox",
         "memstate_alembic_version",

@@ -53,3 +53,35 @@ def async_singleton_committer(url: str, prefix: str, owner: str, barrier: Any) -
             await storage.close()
 
     return asyncio.run(run())
+
+
+def log_writer(url: str, prefix: str, name: str, count: int, barrier: Any, session: str | None, aio: bool) -> int:
+    """`count` commits in `session` (None: without a session), each followed by an update of the fact
+    (logged in the fact's session), sync or through the asyncio store; all workers released at once."""
+
+    async def run_async() -> int:
+        storage = ms.AsyncSQLStorage(url, table_prefix=prefix)
+        try:
+            store = ms.AsyncMemoryStore(storage)
+            await storage.load("warm-up")
+            barrier.wait(timeout=60)
+            for i in range(count):
+                fid = await store.commit(ms.Fact(type="n", payload={"w": name, "i": i}), session_id=session)
+                await store.update(fid, {"payload": {"done": True}})
+            return count
+        finally:
+            await storage.close()
+
+    if aio:
+        return asyncio.run(run_async())
+    storage = ms.SQLStorage(url, table_prefix=prefix)
+    try:
+        store = ms.MemoryStore(storage)
+        storage.load("warm-up")
+        barrier.wait(timeout=60)
+        for i in range(count):
+            fid = store.commit(ms.Fact(type="n", payload={"w": name, "i": i}), session_id=session)
+            store.update(fid, {"payload": {"done": True}})
+        return count
+    finally:
+        storage.close()

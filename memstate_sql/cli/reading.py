@@ -243,8 +243,14 @@ def log_cmd(session: str | None, no_session: bool, limit: int, offset: int) -> i
             entries = storage.get_tx_log(session_id, limit=limit, offset=offset)
         else:
             entries = []
-            while page := storage.get_tx_log(session_id, limit=LOG_PAGE, offset=offset + len(entries)):
-                entries.extend(page)
+            seen: set[str] = set()
+            read = 0
+            # Newest first by session position: an entry committed meanwhile lands on top and shifts
+            # the pages by one (an entry read twice, skipped by uuid); none is missed.
+            while page := storage.get_tx_log(session_id, limit=LOG_PAGE, offset=offset + read):
+                read += len(page)
+                entries.extend(e for e in page if e["uuid"] not in seen)
+                seen.update(e["uuid"] for e in page)
                 if len(page) < LOG_PAGE:
                     break
     if settings().json:

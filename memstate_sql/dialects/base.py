@@ -162,6 +162,38 @@ class DialectSupport:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
         raise NotImplementedError
 
+    def append_at_next_position(self, log: Table, sessions: Table) -> Any:
+        """A statement that takes the session's next position (as `reserve_positions` with count 1) and
+        inserts one log entry at it, in one round trip; None where the database cannot (two statements
+        then). Parameters: ``p_ns``, ``p_sid``, ``p_none``, ``p_n`` (1) and the log columns by name."""
+        return None
+
+    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
+        """Add `count` to the last log position of a session (`key`: namespace, session id or '', whether
+        the log is the one of entries without a session), creating its row at 0 first; returns the new
+        last position. The row stays write-locked until the transaction ends: a session's writers take
+        their positions one transaction after the other, on every engine, and on Galera the row is part
+        of the write set, so two nodes cannot hand out the same position (certification fails one)."""
+        raise NotImplementedError
+
+
+def upsert_positions(insert: Callable[[Table], Any], sessions: Table) -> Any:
+    """``INSERT ... ON CONFLICT DO UPDATE SET last_seq = last_seq + :n RETURNING last_seq`` (PostgreSQL,
+    SQLite >= 3.35): one statement that creates or bumps a session's row and returns its new value."""
+    from sqlalchemy import bindparam
+
+    stmt = insert(sessions).values(
+        namespace=bindparam("p_ns"),
+        session_id=bindparam("p_sid"),
+        without_session=bindparam("p_none"),
+        last_seq=bindparam("p_n"),
+    )
+    c = sessions.c
+    return stmt.on_conflict_do_update(
+        index_elements=[c.namespace, c.session_id, c.without_session],
+        set_={"last_seq": c.last_seq + stmt.excluded.last_seq},
+    ).returning(c.last_seq)
+
 
 def lock_key(name: str) -> int:
     """A stable signed 64-bit key for a lock name (PostgreSQL advisory locks)."""

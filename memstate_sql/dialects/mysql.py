@@ -6,6 +6,7 @@ follow MySQL's documented JSON comparison rules but have not been run here.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -70,6 +71,13 @@ class MySQLSupport(DialectSupport):
     sync_driver = "pymysql"
     async_driver = "aiomysql"
     async_drivers = frozenset({"aiomysql", "asyncmy"})
+
+    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
+        # No RETURNING on an upsert here: LAST_INSERT_ID(expr) makes the new value the statement's
+        # insert id, which the driver reports with the result (no second round trip).
+        params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
+        result = conn.execute(_positions(sessions), params)
+        return int(result.lastrowid)
 
     def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return mysql_types.DATETIME(fsp=6)  # the default DATETIME drops microseconds
@@ -485,3 +493,19 @@ def _binary_collation(dialect: Dialect) -> str:
 @compiles(CodePointText, "mariadb")
 def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
     return f"({compiler.process(element.expr, **kw)} COLLATE {_binary_collation(compiler.dialect)})"
+
+
+@functools.cache
+def _positions(sessions: Table) -> Any:
+    """``INSERT ... VALUES (..., LAST_INSERT_ID(:n)) ON DUPLICATE KEY UPDATE last_seq =
+    LAST_INSERT_ID(last_seq + VALUES(last_seq))``: creates or bumps the row, new value as the insert id."""
+    from sqlalchemy import bindparam, func
+    from sqlalchemy.dialects.mysql import insert
+
+    stmt = insert(sessions).values(
+        namespace=bindparam("p_ns"),
+        session_id=bindparam("p_sid"),
+        without_session=bindparam("p_none"),
+        last_seq=func.last_insert_id(bindparam("p_n", type_=sessions.c.last_seq.type)),
+    )
+    return stmt.on_duplicate_key_update(last_seq=func.last_insert_id(sessions.c.last_seq + stmt.inserted.last_seq))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Dialect, Table, exc, text
 from sqlalchemy.dialects import postgresql as pg_types
+from sqlalchemy.dialects.postgresql import insert as dialect_insert
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
@@ -21,6 +23,7 @@ from memstate_sql.dialects.base import (
     lock_key,
     render_bind,
     sql_literal,
+    upsert_positions,
 )
 from memstate_sql.errors import MigrationLockTimeout
 from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
@@ -37,6 +40,12 @@ class PostgreSQLSupport(DialectSupport):
     async_drivers = frozenset({"psycopg", "asyncpg"})
     aware_timestamps = True
     autocommit_reads = True
+
+    def append_at_next_position(self, log: Table, sessions: Table) -> Any:
+        return _append(log, sessions)
+
+    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
+        return _reserve(conn, sessions, key, count)
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.JSONB(none_as_null=True)
@@ -195,3 +204,25 @@ def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) ->
 @compiles(CodePointText, "postgresql")
 def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
     return f'({compiler.process(element.expr, **kw)}) COLLATE "C"'
+
+
+@functools.cache
+def _positions(sessions: Table) -> Any:
+    return upsert_positions(dialect_insert, sessions)
+
+
+def _reserve(conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
+    params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
+    return int(conn.execute(_positions(sessions), params).scalar_one())
+
+
+@functools.cache
+def _append(log: Table, sessions: Table) -> Any:
+    """``WITH pos AS (INSERT INTO sessions ... ON CONFLICT DO UPDATE ... RETURNING last_seq)
+    INSERT INTO tx (...) SELECT :uuid, ..., pos.last_seq FROM pos``: position and entry in one statement."""
+    from sqlalchemy import bindparam, cast, insert, select
+
+    pos = _positions(sessions).cte("pos")
+    names = [c.name for c in log.c if c.name not in ("seq", "session_seq")]
+    values = [cast(bindparam(name, type_=log.c[name].type), log.c[name].type) for name in names]
+    return insert(log).from_select([*names, "session_seq"], select(*values, pos.c.last_seq))

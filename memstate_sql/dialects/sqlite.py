@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, event, exc
+from sqlalchemy.dialects.sqlite import insert as dialect_insert
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
@@ -23,6 +25,7 @@ from memstate_sql.dialects.base import (
     json_label,
     render_bind,
     sql_literal,
+    upsert_positions,
 )
 from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
 from memstate_sql.filters import JsonPredicate, JsonSortKey
@@ -48,6 +51,9 @@ class SQLiteSupport(DialectSupport):
     sync_driver = "pysqlite"
     async_driver = "aiosqlite"
     async_drivers = frozenset({"aiosqlite"})
+
+    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
+        return _reserve(conn, sessions, key, count)
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
@@ -283,3 +289,13 @@ def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) ->
     if element.part == "num":
         return f"(CASE WHEN {loc.type_sql} IN ('integer', 'real') THEN {loc.value_sql} ELSE 0 END)"
     return f"(CASE WHEN {loc.type_sql} = 'text' THEN {loc.value_sql} ELSE '' END)"
+
+
+@functools.cache
+def _positions(sessions: Table) -> Any:
+    return upsert_positions(dialect_insert, sessions)
+
+
+def _reserve(conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
+    params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
+    return int(conn.execute(_positions(sessions), params).scalar_one())
