@@ -13,9 +13,9 @@ NULL, the value of every row the store writes itself, means "the canonical rende
 
 * ``<prefix>_facts.document`` and ``<prefix>_tx.document``: nullable JSON (JSONB on PostgreSQL).
 
-Adding a nullable column without a default is a catalogue change on every database (PostgreSQL,
-MariaDB's instant ADD COLUMN, SQLite's ALTER TABLE ADD COLUMN): no table is rewritten or locked
-for long, whatever its size, and rows already stored read as canonical.
+Adding a nullable column without a default is a catalogue change on PostgreSQL and SQLite (ALTER
+TABLE ADD COLUMN, no rewrite whatever the table's size); MySQL/MariaDB run their ALTER TABLE ADD
+COLUMN (instant or in place, as the server can). Rows already stored read as canonical.
 
 Downgrade drops the columns while no row uses them; otherwise it refuses and says how many rows
 would lose their document (rewrite them with `SQLStorage.save` in canonical form first).
