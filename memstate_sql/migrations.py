@@ -242,10 +242,14 @@ include_object = _DEFAULT_HOST_FILTERS.include_object
 
 
 def _engine_for(url: str | URL) -> Engine:
-    """A short-lived engine for one migration command (no pool kept behind it)."""
+    """A short-lived engine for one migration command (no pool kept behind it). On PostgreSQL with
+    psycopg it prepares no statement server-side, so it works through a transaction-pooling proxy
+    (PgBouncer) as well as directly: a migration gains nothing from prepared statements."""
     parsed = make_url(url) if isinstance(url, str) else url
-    options = support_for(parsed.get_backend_name()).engine_options(parsed)
-    return engine_for(parsed, {} if "poolclass" in options else {"poolclass": NullPool})
+    support = support_for(parsed.get_backend_name())
+    options = support.engine_options(parsed)
+    pool = {} if "poolclass" in options else {"poolclass": NullPool}
+    return engine_for(parsed, pool, pooler=support.migration_pooler(parsed))
 
 
 @contextmanager
@@ -479,7 +483,8 @@ def _run_online(conn: Connection, tgt: Target, timeout: float, guard: bool) -> N
             include_object=filters.include_object,
             render_as_batch=support.batch_alter,
             transaction_per_migration=True,
-            memstate_external_transaction=external,
+            # PostgreSQL and SQLite: the whole migration is the migration lock's one transaction.
+            memstate_external_transaction=external or open_before,
             compare_type=True,
             compare_server_default=False,
         )

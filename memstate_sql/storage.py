@@ -50,6 +50,22 @@ T = TypeVar("T")
 Bindable = Connection | Session
 
 
+def check_engine_settings(url_or_engine: object, sqlite_synchronous: str | None, pooler: str | None) -> None:
+    """`sqlite_synchronous` and `pooler` configure an engine memstate_sql creates: refused with anything else."""
+    if isinstance(url_or_engine, str | URL):
+        return
+    if sqlite_synchronous is not None:
+        raise ValidationFailed(
+            "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
+            "set PRAGMA synchronous on your own engine's connections instead"
+        )
+    if pooler is not None:
+        raise ValidationFailed(
+            "pooler configures an engine memstate_sql creates (from a URL); on your own engine, pass "
+            "connect_args={'prepare_threshold': None} to create_engine instead (docs/poolers.md)"
+        )
+
+
 class SQLStorage:
     """memstate's storage backend on SQLite, PostgreSQL or MySQL/MariaDB.
 
@@ -69,6 +85,11 @@ class SQLStorage:
     ``"normal"`` (what memstate and Rails 8 run) keeps commits atomic and safe against application
     crashes but may lose the last commits on a power failure or an OS crash, for several times the
     write rate on disks with slow fsync (README.md, "SQLite durability").
+
+    `pooler` (PostgreSQL URLs only): ``"transaction"`` when the URL reaches PostgreSQL through a
+    transaction-pooling proxy (PgBouncer ``pool_mode = transaction``): server-side prepared statements
+    are disabled (psycopg's ``prepare_threshold=None``). Everything else memstate_sql does is
+    transaction-scoped with or without it (docs/poolers.md).
     """
 
     def __init__(
@@ -84,15 +105,13 @@ class SQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[indexes.IndexedPath | tuple[str, indexes.IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
+        pooler: str | None = None,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
-        if sqlite_synchronous is not None and not isinstance(url_or_engine, str | URL):
-            raise ValidationFailed(
-                "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
-                "set PRAGMA synchronous on your own engine's connections instead"
-            )
+        check_engine_settings(url_or_engine, sqlite_synchronous, pooler)
         if isinstance(url_or_engine, str | URL):
-            engine, owns = engine_for(url_or_engine, engine_options, sqlite_synchronous=sqlite_synchronous), True
+            engine = engine_for(url_or_engine, engine_options, sqlite_synchronous=sqlite_synchronous, pooler=pooler)
+            owns = True
         elif isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, Session):
