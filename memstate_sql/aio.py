@@ -33,7 +33,7 @@ from memstate_sql.hooks import AsyncMemoryHook
 from memstate_sql.indexes import IndexedPath, IndexKind
 from memstate_sql.models import DEFAULT_PREFIX
 from memstate_sql.registry import Constraint
-from memstate_sql.storage import SQLStorage
+from memstate_sql.storage import SQLStorage, check_engine_settings
 from memstate_sql.store import MemoryStore
 from memstate_sql.vectors import VectorIndex
 
@@ -100,7 +100,7 @@ def _session_connection(session: AsyncSession) -> Callable[[], Connection]:
 
 
 class AsyncSQLStorage:
-    """The asyncio form of `SQLStorage` (aiosqlite, psycopg 3, aiomysql).
+    """The asyncio form of `SQLStorage` (aiosqlite, psycopg 3, aiomysql); same options (`pooler`...).
 
     Takes a URL (sync URLs are mapped to the async driver), an `AsyncEngine`,
     or a host's `AsyncConnection` / `AsyncSession` to join.
@@ -119,19 +119,21 @@ class AsyncSQLStorage:
         max_payload_bytes: int = jsondoc.DEFAULT_MAX_BYTES,
         indexed_paths: Iterable[IndexedPath | tuple[str, IndexKind]] | None = None,
         sqlite_synchronous: str | None = None,
+        read_your_writes: bool = False,
         vector_index: VectorIndex | None = None,
+        pooler: str | None = None,
     ) -> None:
         bound: Callable[[], Connection] | None = None
-        if sqlite_synchronous is not None and not isinstance(url_or_async_engine, str | URL):
-            raise ValidationFailed(
-                "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
-                "set PRAGMA synchronous on your own engine's connections instead"
-            )
+        check_engine_settings(url_or_async_engine, sqlite_synchronous, pooler, read_your_writes)
         if isinstance(url_or_async_engine, str | URL):
-            self.engine, self._owns = (
-                async_engine_for(url_or_async_engine, engine_options, sqlite_synchronous=sqlite_synchronous),
-                True,
+            self.engine = async_engine_for(
+                url_or_async_engine,
+                engine_options,
+                sqlite_synchronous=sqlite_synchronous,
+                read_your_writes=read_your_writes,
+                pooler=pooler,
             )
+            self._owns = True
         elif isinstance(url_or_async_engine, AsyncEngine):
             self.engine, self._owns = url_or_async_engine, False
         elif isinstance(url_or_async_engine, AsyncConnection):

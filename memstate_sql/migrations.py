@@ -11,13 +11,18 @@ revision in its own version table, ``<prefix>_alembic_version``: a host
 application's ``alembic_version`` is never created, read or written.
 
 `migrate` is idempotent and safe when several processes start at once: it
-holds a database lock while it runs (PostgreSQL advisory lock, MySQL/MariaDB
-``GET_LOCK`` — on a Galera node also a leased row of ``memstate_sql_lock``, since
-``GET_LOCK`` is node-local there — SQLite's write lock through ``BEGIN IMMEDIATE``),
-waiting at most ``lock_timeout`` seconds for it (`MigrationLockTimeout`). DDL errors
-caused by another process migrating at the same time are waited out, not raised. Each revision is
-its own transaction on PostgreSQL; on SQLite the whole upgrade is one
-transaction; MySQL/MariaDB cannot roll DDL back.
+holds a database lock while it runs (PostgreSQL transaction-level advisory lock,
+MySQL/MariaDB ``GET_LOCK`` — on a Galera node also a leased row of ``memstate_sql_lock``,
+since ``GET_LOCK`` is node-local there —, SQLite's write lock through ``BEGIN
+IMMEDIATE``), waiting at most ``lock_timeout`` seconds for it
+(`MigrationLockTimeout`). DDL errors caused by another process migrating at the
+same time are waited out, not raised. On PostgreSQL and SQLite the whole upgrade
+is one transaction, which holds the lock (nothing session-scoped: it works through
+PgBouncer in transaction mode); work that cannot run in a transaction goes into
+a revision's ``online_prepare``, run before it. MySQL/MariaDB cannot roll DDL
+back: every revision's steps check what exists first, and a state left by a
+process killed during its migration is completed under the lock by the next run
+(`resumable`).
 
 For a host's own Alembic environment: `VERSION_TABLE`, `include_name` and
 `include_object` (or `host_filters` for other prefixes) keep its autogenerate
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import enum
 import functools
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,7 +47,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, inspect, make_url
+from sqlalchemy import Connection, Engine, exc, inspect, make_url
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
@@ -62,6 +68,8 @@ VERSION_TABLE = models_for(DEFAULT_PREFIX).version_table
 DEFAULT_LOCK_TIMEOUT = 60.0
 #: What to tell people whose database needs migrating.
 UPGRADE_HINT = "run `memstate-sql upgrade` (or call memstate_sql.migrate(<url or engine>))"
+
+log = logging.getLogger("memstate_sql")
 
 #: Alembic's `context` is module-global state: one command at a time per process (and per
 #: event loop: coroutines of one thread wait for it cooperatively, see `holding`).
@@ -249,10 +257,14 @@ include_object = _DEFAULT_HOST_FILTERS.include_object
 
 
 def _engine_for(url: str | URL) -> Engine:
-    """A short-lived engine for one migration command (no pool kept behind it)."""
+    """A short-lived engine for one migration command (no pool kept behind it). On PostgreSQL with
+    psycopg it prepares no statement server-side, so it works through a transaction-pooling proxy
+    (PgBouncer) as well as directly: a migration gains nothing from prepared statements."""
     parsed = make_url(url) if isinstance(url, str) else url
-    options = support_for(parsed.get_backend_name()).engine_options(parsed)
-    return engine_for(parsed, {} if "poolclass" in options else {"poolclass": NullPool})
+    support = support_for(parsed.get_backend_name())
+    options = support.engine_options(parsed)
+    pool = {} if "poolclass" in options else {"poolclass": NullPool}
+    return engine_for(parsed, pool, pooler=support.migration_pooler(parsed))
 
 
 @contextmanager
@@ -294,6 +306,7 @@ class State(enum.Enum):
     BEHIND = "behind"
     AHEAD = "ahead"  # a revision this version does not know: written by a newer memstate_sql
     UNMANAGED = "unmanaged"  # our tables exist, but no version table
+    INTERRUPTED = "interrupted"  # our tables exist, the version table too, but it records no revision yet
 
 
 @dataclass(frozen=True)
@@ -320,10 +333,18 @@ class SchemaState:
             )
         if self.state is State.UNMANAGED:
             return SchemaVersionError(
-                f"memstate_sql tables for {where} exist but have no version table "
+                f"memstate_sql tables for {where} exist but there is no version table "
                 f"({self.target.version_table}): they were not created by the migrations. Check that they match "
                 f"revision {self.head!r} and stamp it (`alembic -x table_prefix={self.target.prefix} stamp "
                 f"{self.head}`), or move them away"
+            )
+        if self.state is State.INTERRUPTED:
+            return SchemaVersionError(
+                f"memstate_sql tables for {where} exist and the version table {self.target.version_table} exists "
+                "but records no revision: a first migration was interrupted before it finished. On MySQL/MariaDB "
+                f"(no transactional DDL) {UPGRADE_HINT} completes it; on a database with transactional DDL no "
+                "migration leaves this state (was the version row deleted?): check that the tables match "
+                f"revision {self.head!r} and stamp it, or move them away"
             )
         return SchemaVersionError(f"the memstate_sql schema for {where} is current")
 
@@ -345,12 +366,25 @@ def schema_state(conn: Connection, table_prefix: str = DEFAULT_PREFIX, schema: s
         state = State.CURRENT
     elif current is None:
         with _read_only(conn):
-            facts = tgt.models.Fact.__table__.name  # type: ignore[attr-defined]
-            exists = inspect(conn).has_table(facts, schema=schema)
-        state = State.UNMANAGED if exists else State.MISSING
+            insp = inspect(conn)
+            # The tables of revision 1 (facts first, then the log): what a killed first migration leaves.
+            first = (tgt.models.Fact.__table__, tgt.models.Tx.__table__)  # type: ignore[attr-defined]
+            ours = any(insp.has_table(table.name, schema=schema) for table in first)
+            versioned = insp.has_table(tgt.version_table, schema=schema)
+        state = (State.INTERRUPTED if versioned else State.UNMANAGED) if ours else State.MISSING
     else:
         state = State.BEHIND if _known(current) else State.AHEAD
     return SchemaState(state, current, head, tgt)
+
+
+def resumable(found: SchemaState, transactional_ddl: bool) -> bool:
+    """Whether a migration run under the migration lock completes `found` by itself: every state but a
+    newer revision and foreign tables, and, without transactional DDL (MySQL/MariaDB), the state a
+    first migration killed half-way leaves (some tables, an empty version table). Each revision's
+    steps check what exists before they run there, so running the revisions again completes them."""
+    if found.state is State.INTERRUPTED:
+        return not transactional_ddl
+    return found.state not in (State.AHEAD, State.UNMANAGED)
 
 
 # ---------------------------------------------------------------------------- commands
@@ -392,6 +426,8 @@ def migrate(
         with holding(_ALEMBIC), connection_for(url_or_engine_or_connection) as conn:
             cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
             cfg.attributes["memstate_guard"] = True  # refuse unknown revisions and unmanaged tables, under the lock
+            if revision == "head":
+                _online_prepare(conn, tgt)
             try:
                 command.upgrade(cfg, revision)
             except CommandError as err:
@@ -426,6 +462,30 @@ def _waiting_out_concurrent_ddl(bind: Bind, run: Callable[[], T], timeout: float
                 ) from err
             default_sleep(delay)
             delay = min(delay * 2, 2.0)
+
+
+def _online_prepare(conn: Connection, tgt: Target) -> None:
+    """Before the migration's one transaction: the next revision's ``online_prepare(conn, prefix, schema)``
+    if it has one (ms_0002: PostgreSQL's ``CREATE INDEX CONCURRENTLY`` of its new indexes), on a store
+    that exists already and only on our own connection (never inside a caller's transaction). Best
+    effort: what it could not do, the revision does inside the transaction."""
+    if conn.in_transaction():
+        return
+    current = _current(conn, tgt)
+    if current is None or not _known(current):
+        return
+    for script in _scripts().walk_revisions():
+        if script.down_revision == current:
+            prepare = getattr(script.module, "online_prepare", None)
+            if prepare is None:
+                return
+            try:
+                prepare(conn, tgt.prefix, tgt.schema)
+            except exc.DBAPIError as err:
+                if conn.in_transaction():
+                    conn.rollback()
+                log.warning("online preparation of %s for %s skipped: %s", script.revision, tgt.describe(), err.orig)
+            return
 
 
 def downgrade(
@@ -498,9 +558,10 @@ def _run_online(conn: Connection, tgt: Target, timeout: float, guard: bool) -> N
         open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
         if guard:
             # Read under the lock: outside it, another process's half-done migration (MySQL/MariaDB
-            # DDL is not transactional) would look like unmanaged tables.
+            # DDL is not transactional) would look interrupted. Under it, an interrupted one (a process
+            # killed during its migration) is completed by running the revisions again (`resumable`).
             found = schema_state(conn, tgt.prefix, tgt.schema)
-            if found.state in (State.AHEAD, State.UNMANAGED):
+            if not resumable(found, support.transactional_ddl):
                 raise found.error()
         if tgt.schema is not None:
             support.ensure_schema(conn, tgt.schema)
@@ -517,7 +578,8 @@ def _run_online(conn: Connection, tgt: Target, timeout: float, guard: bool) -> N
             include_object=filters.include_object,
             render_as_batch=support.batch_alter,
             transaction_per_migration=True,
-            memstate_external_transaction=external,
+            # PostgreSQL and SQLite: the whole migration is the migration lock's one transaction.
+            memstate_external_transaction=external or open_before,
             compare_type=True,
             compare_server_default=False,
         )

@@ -49,6 +49,30 @@ T = TypeVar("T")
 Bindable = Connection | Session
 
 
+def check_engine_settings(
+    url_or_engine: object, sqlite_synchronous: str | None, pooler: str | None, read_your_writes: bool = False
+) -> None:
+    """`sqlite_synchronous`, `pooler` and `read_your_writes` configure an engine memstate_sql creates:
+    refused with anything else."""
+    if isinstance(url_or_engine, str | URL):
+        return
+    if read_your_writes:
+        raise ValidationFailed(
+            "read_your_writes configures an engine memstate_sql creates (from a URL); on your own engine "
+            "run SET SESSION wsrep_sync_wait = 3 on each connection (e.g. connect_args init_command)"
+        )
+    if sqlite_synchronous is not None:
+        raise ValidationFailed(
+            "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
+            "set PRAGMA synchronous on your own engine's connections instead"
+        )
+    if pooler is not None:
+        raise ValidationFailed(
+            "pooler configures an engine memstate_sql creates (from a URL); on your own engine, pass "
+            "connect_args={'prepare_threshold': None} to create_engine instead (docs/poolers.md)"
+        )
+
+
 class SQLStorage:
     """memstate's storage backend on SQLite, PostgreSQL or MySQL/MariaDB.
 
@@ -74,6 +98,11 @@ class SQLStorage:
     when it was sent (``wsrep_sync_wait = 3``), so a fact committed through another node is found.
     Costs about one cluster round trip per statement (docs/scaling.md). Elsewhere a no-op: one
     server, or a PostgreSQL primary, always reads its own commits.
+
+    `pooler` (PostgreSQL URLs only): ``"transaction"`` when the URL reaches PostgreSQL through a
+    transaction-pooling proxy (PgBouncer ``pool_mode = transaction``): server-side prepared statements
+    are disabled (psycopg's ``prepare_threshold=None``). Everything else memstate_sql does is
+    transaction-scoped with or without it (docs/poolers.md).
     """
 
     def __init__(
@@ -91,28 +120,19 @@ class SQLStorage:
         sqlite_synchronous: str | None = None,
         read_your_writes: bool = False,
         vector_index: vectors.VectorIndex | None = None,
+        pooler: str | None = None,
     ) -> None:
         bound: Connection | Callable[[], Connection] | None = None
-        if read_your_writes and not isinstance(url_or_engine, str | URL):
-            raise ValidationFailed(
-                "read_your_writes configures an engine memstate_sql creates (from a URL); on your own engine "
-                "run SET SESSION wsrep_sync_wait = 3 on each connection (e.g. connect_args init_command)"
-            )
-        if sqlite_synchronous is not None and not isinstance(url_or_engine, str | URL):
-            raise ValidationFailed(
-                "sqlite_synchronous configures an engine memstate_sql creates (from a URL); "
-                "set PRAGMA synchronous on your own engine's connections instead"
-            )
+        check_engine_settings(url_or_engine, sqlite_synchronous, pooler, read_your_writes)
         if isinstance(url_or_engine, str | URL):
-            engine, owns = (
-                engine_for(
-                    url_or_engine,
-                    engine_options,
-                    sqlite_synchronous=sqlite_synchronous,
-                    read_your_writes=read_your_writes,
-                ),
-                True,
+            engine = engine_for(
+                url_or_engine,
+                engine_options,
+                sqlite_synchronous=sqlite_synchronous,
+                read_your_writes=read_your_writes,
+                pooler=pooler,
             )
+            owns = True
         elif isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
         elif isinstance(url_or_engine, Session):

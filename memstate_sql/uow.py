@@ -332,8 +332,9 @@ class TransactionRunner:
             return ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}")
         return self._translate(self.dialect.classify(err), err, name)
 
-    @staticmethod
-    def _translate(kind: ErrorKind, err: exc.DBAPIError, name: str, *, committing: bool = False) -> MemoryStoreError:
+    def _translate(
+        self, kind: ErrorKind, err: exc.DBAPIError, name: str, *, committing: bool = False
+    ) -> MemoryStoreError:
         if kind is ErrorKind.DISCONNECT and committing:
             return ConnectionLost(
                 f"{name}: database connection lost during COMMIT: the operation was applied entirely or not "
@@ -343,7 +344,8 @@ class TransactionRunner:
             return ConnectionLost(
                 f"{name}: database connection lost; the operation's transaction did not commit: {describe(err)}"
             )
-        return StorageError(f"{name}: database error: {describe(err)}")
+        hint = self.dialect.pooler_hint(err)
+        return StorageError(f"{name}: database error: {describe(err)}" + (f" ({hint})" if hint else ""))
 
 
 def run_after_commit(callbacks: list[Callable[[], None]], name: str) -> None:

@@ -35,7 +35,7 @@ import pytest
 import sqlalchemy as sa
 
 import memstate_sql as ms
-from tests.servers import MARIADB_HINT, SessionServers, find_mariadb, find_pg_bin
+from tests.servers import MARIADB_HINT, PgBouncer, SessionServers, find_mariadb, find_pg_bin, find_pgbouncer
 
 DATABASES = ("sqlite", "postgresql", "mysql")
 ENV = {"postgresql": "MEMSTATE_SQL_TEST_POSTGRES_URL", "mysql": "MEMSTATE_SQL_TEST_MYSQL_URL"}
@@ -218,6 +218,26 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("db", _selected(metafunc.config), scope="session")
     if "mode" in metafunc.fixturenames:
         metafunc.parametrize("mode", ["sync", "async"])
+
+
+@pytest.fixture(scope="module")
+def pgbouncer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PgBouncer]:
+    """PgBouncer in ``pool_mode = transaction`` (3 server connections) in front of the suite's PostgreSQL,
+    started by the suite and stopped by its PID. Without a ``pgbouncer`` binary the tests skip, except
+    under ``MEMSTATE_SQL_REQUIRE_DATABASES=1`` or in CI (``CI`` set), where they fail."""
+    binary = find_pgbouncer()
+    if binary is None:
+        reason = "no pgbouncer binary (Debian: apt-get install pgbouncer; or set MEMSTATE_SQL_PGBOUNCER)"
+        if REQUIRE or os.environ.get("CI"):
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    backend = database_url("postgresql", tmp_path_factory)
+    bouncer = PgBouncer(binary, backend, pool_size=3, ports=os.environ.get("MEMSTATE_SQL_TEST_PORTS"))
+    try:
+        bouncer.start()
+        yield bouncer
+    finally:
+        bouncer.destroy()
 
 
 @pytest.fixture

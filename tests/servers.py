@@ -741,3 +741,100 @@ def watch(owner: int, directory: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) == 4 and sys.argv[1] == "watch":
         watch(int(sys.argv[2]), Path(sys.argv[3]))
+
+
+# ---------------------------------------------------------------------------- PgBouncer
+
+
+def find_pgbouncer() -> str | None:
+    """The ``pgbouncer`` binary (``MEMSTATE_SQL_PGBOUNCER``, the PATH, ``/usr/sbin``), or None."""
+    found = os.environ.get("MEMSTATE_SQL_PGBOUNCER") or shutil.which("pgbouncer")
+    if found is None and Path("/usr/sbin/pgbouncer").exists():
+        found = "/usr/sbin/pgbouncer"
+    return found
+
+
+def free_port_in(spec: str | None) -> int:
+    """A free loopback port, from the range ``"LOW-HIGH"`` when one is given (``MEMSTATE_SQL_TEST_PORTS``)."""
+    if not spec:
+        return free_port()
+    low, _, high = spec.partition("-")
+    for port in range(int(low), int(high or low) + 1):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {spec}")
+
+
+class PgBouncer:
+    """PgBouncer in ``pool_mode = transaction`` in front of a PostgreSQL URL: an ini file in a temp dir,
+    127.0.0.1 on a free port, started in the foreground (its own PID, as the ``postgres`` user when the
+    tests run as root: it refuses to run as root) and stopped by that PID."""
+
+    def __init__(self, binary: str, backend_url: str, *, pool_size: int = 3, ports: str | None = None) -> None:
+        backend = sa.make_url(backend_url)
+        self.binary = binary
+        self.root = Path(tempfile.mkdtemp(prefix="memstate-pgbouncer-"))
+        self.port = free_port_in(ports)
+        self.database = backend.database or "postgres"
+        user = backend.username or "postgres"
+        entry = [f"host={backend.host or '127.0.0.1'}", f"port={backend.port or 5432}", f"dbname={self.database}"]
+        entry.append(f"user={user}")
+        if backend.password:
+            entry.append(f"password={backend.password}")
+        (self.root / "userlist.txt").write_text(f'"{user}" ""\n')
+        (self.root / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"{self.database} = {' '.join(entry)}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {self.port}\n"
+            f"unix_socket_dir = {self.root}\n"
+            "auth_type = trust\n"
+            f"auth_file = {self.root / 'userlist.txt'}\n"
+            "pool_mode = transaction\n"
+            f"default_pool_size = {pool_size}\n"
+            "max_client_conn = 200\n"
+            f"logfile = {self.root / 'pgbouncer.log'}\n"
+            "admin_users = postgres\n"
+            "ignore_startup_parameters = extra_float_digits,options\n"
+        )
+        self.run_as: str | None = None
+        if os.geteuid() == 0:
+            self.run_as = _unprivileged_user()
+            entry_pw = pwd.getpwnam(self.run_as)
+            for path in (self.root, *self.root.iterdir()):
+                os.chown(path, entry_pw.pw_uid, entry_pw.pw_gid)
+        self.url = backend.set(host="127.0.0.1", port=self.port).render_as_string(hide_password=False)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with (self.root / "stdout.log").open("ab") as log:
+            self.proc = subprocess.Popen(
+                [self.binary, str(self.root / "pgbouncer.ini")], stdout=log, stderr=log, user=self.run_as, cwd=self.root
+            )
+        wait_until_up(self.url, timeout=30)
+
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def log(self) -> str:
+        path = self.root / "pgbouncer.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # immediate shutdown of this PID
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(15)
+        self.proc = None
+
+    def destroy(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -309,3 +309,52 @@ def test_read_your_writes_on_another_node(galera_cluster: Any, gprefix: str) -> 
     finally:
         writer.storage.close()
         reader.storage.close()
+
+
+def _eventually(check: Callable[[], Any], timeout: float = 10.0) -> Any:
+    """`check()` once it is truthy (a node applies the other nodes' commits after a lag)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
+
+
+def test_rollback_undoes_the_sessions_last_operation_across_nodes(galera_cluster: Any, gprefix: str) -> None:
+    """A session's later, acknowledged commit made on another node than its earlier one (where it may get
+    the lower ``seq``), rolled back from the third node, which may not have applied either yet: the rollback
+    undoes exactly the later commit (docs/log-order.md). 20 rounds, each in a session of its own, with a
+    background writer on every node keeping the appliers busy."""
+    urls = galera_cluster.urls
+    ms.migrate(urls[0], table_prefix=gprefix)
+    stores = [ms.MemoryStore(ms.SQLStorage(url, table_prefix=gprefix)) for url in urls]
+    noise = [ms.MemoryStore(ms.SQLStorage(url, table_prefix=gprefix)) for url in urls]
+    stop = threading.Event()
+
+    def busy(store: ms.MemoryStore, node: int) -> None:
+        k = 0
+        while not stop.is_set():
+            store.commit(ms.Fact(type="noise", payload={"node": node, "k": k}), session_id=f"noise{node}")
+            k += 1
+
+    threads = [threading.Thread(target=busy, args=(s, i), daemon=True) for i, s in enumerate(noise)]
+    for t in threads:
+        t.start()
+    try:
+        n = len(stores)
+        for r in range(20):
+            session = f"s{r}"
+            earlier = stores[r % n].commit(ms.Fact(type="note", payload={"round": r, "n": 1}), session_id=session)
+            later = stores[(r + 1) % n].commit(ms.Fact(type="note", payload={"round": r, "n": 2}), session_id=session)
+            assert stores[(r + 2) % n].rollback(session, 1) == 1
+            for store in stores:
+                assert _eventually(lambda s=store, f=later: s.get(f) is None), f"round {r}: the later commit stayed"
+                assert store.get(earlier) is not None, f"round {r}: the earlier commit was undone"
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+        for store in stores + noise:
+            store.storage.close()
+    check_tables(urls[0], gprefix)

@@ -85,3 +85,74 @@ def log_writer(url: str, prefix: str, name: str, count: int, barrier: Any, sessi
         return count
     finally:
         storage.close()
+
+
+def pooled_worker(
+    url: str, prefix: str, wid: int, ops: int, seed: int, mode: str, pooler: str | None
+) -> dict[str, Any]:
+    """A mixed workload (tests/workload.py's operations, plus reads) through one storage; returns how many
+    operations succeeded, how many were refused as the API says (conflict, not found) and the messages of
+    the ones that failed."""
+    import random
+
+    from tests import workload
+
+    rng = random.Random(seed)
+    result: dict[str, Any] = {"ok": 0, "refused": 0, "failed": []}
+
+    def outcome(error: BaseException | None) -> None:
+        if error is None:
+            result["ok"] += 1
+        elif isinstance(error, ms.ConflictError | ms.FactNotFound):
+            result["refused"] += 1
+        else:
+            result["failed"].append(f"{type(error).__name__}: {error}")
+
+    if mode == "sync":
+        store = ms.MemoryStore(ms.SQLStorage(url, table_prefix=prefix, pooler=pooler))
+        store.register_schema("user", workload.User, ms.Constraint(singleton_key="email"))
+        try:
+            for n in range(ops):
+                try:
+                    if n % 3 == 2:
+                        store.query("note", {"payload.w": wid}, limit=5)
+                        store.get(f"n{rng.randrange(workload.IDS)}")
+                    else:
+                        workload.one_operation(store, rng, wid, n)
+                except Exception as error:  # counted, not raised
+                    outcome(error)
+                else:
+                    outcome(None)
+        finally:
+            store.storage.close()
+        return result
+
+    async def run() -> None:
+        storage = ms.AsyncSQLStorage(url, table_prefix=prefix, pooler=pooler)
+        store = ms.AsyncMemoryStore(storage)
+        try:
+            for n in range(ops):
+                fid = f"a{wid}-{rng.randrange(10)}"
+                session = f"as{wid}"
+                try:
+                    step = n % 5
+                    if step == 0:
+                        await store.commit(ms.Fact(id=fid, type="note", payload={"w": wid, "n": n}), session_id=session)
+                    elif step == 1:
+                        await store.query("note", {"payload.w": wid}, limit=5)
+                    elif step == 2:
+                        if await store.get(fid) is not None:
+                            await store.update(fid, {"payload": {"n": n}})
+                    elif step == 3:
+                        await store.count("note")
+                    else:
+                        await store.rollback(session, 1)
+                except Exception as error:  # counted, not raised
+                    outcome(error)
+                else:
+                    outcome(None)
+        finally:
+            await storage.close()
+
+    asyncio.run(run())
+    return result

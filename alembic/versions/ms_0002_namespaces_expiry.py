@@ -16,12 +16,14 @@ the default namespace (``''``) and keep their ids, order and history.
   prices it by the index itself.
 
 Large tables on PostgreSQL: the column additions are metadata-only (a constant
-default), the new unique and plain indexes are built ``CONCURRENTLY`` outside a
-transaction (writers are not blocked), and the primary key and the singleton
-constraint are then swapped onto the ready indexes in one short transaction
-(``ADD CONSTRAINT ... USING INDEX``). Inside a host application's transaction,
-and in offline ``--sql`` scripts, the plain forms are used instead (no
-``CONCURRENTLY`` is possible there). MySQL/MariaDB change the primary key with
+default). When an ``ms_0001`` store is upgraded, `online_prepare` first builds the
+new unique and plain indexes ``CONCURRENTLY`` (outside any transaction: writers are
+not blocked); the revision itself then runs inside the migration's one transaction
+(under its transaction-level lock) and only moves the primary key and the
+singleton constraint onto the ready indexes (``ADD CONSTRAINT ... USING INDEX``),
+building there whatever is missing (an interrupted or skipped concurrent build).
+A fresh store (ms_0001 and ms_0002 in one transaction) needs no concurrent build.
+Offline ``--sql`` scripts use the plain forms. MySQL/MariaDB change the primary key with
 online DDL (in place, no table lock); each step checks what exists first, so a
 migration interrupted there (DDL is not transactional) completes when run again.
 SQLite rebuilds the facts table (new table, rows copied, names swapped; one transaction).
@@ -64,12 +66,6 @@ def _dialect() -> str:
     return op.get_context().dialect.name
 
 
-def _online_ddl() -> bool:
-    """Whether PostgreSQL's CONCURRENTLY forms can run: our own connection, not a script."""
-    ctx = op.get_context()
-    return _dialect() == "postgresql" and not ctx.as_sql and not ctx.opts.get("memstate_external_transaction")
-
-
 def _inspector() -> sa.Inspector | None:
     ctx = op.get_context()
     return None if ctx.as_sql else sa.inspect(ctx.bind)
@@ -99,11 +95,9 @@ def _qualified(name: str, schema: str | None) -> str:
     return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
 
 
-def _pg_index(name: str, table: str, columns: list[str], schema: str | None, *, unique: bool) -> None:
-    """CREATE [UNIQUE] INDEX CONCURRENTLY, replacing an invalid leftover of an interrupted build."""
-    quote = op.get_context().dialect.identifier_preparer.quote
-    bind = op.get_bind()
-    state = bind.execute(
+def _pg_index_state(bind: Any, name: str, schema: str | None) -> bool | None:
+    """Whether a PostgreSQL index is valid (None: it does not exist)."""
+    found = bind.execute(
         sa.text(
             "SELECT i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relname = :name AND n.nspname = "
@@ -111,13 +105,71 @@ def _pg_index(name: str, table: str, columns: list[str], schema: str | None, *, 
         ),
         {"name": name, "schema": schema},
     ).scalar()
-    if state is True:
-        return
-    if state is False:
-        op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(name, schema)}")
+    return None if found is None else bool(found)
+
+
+def _pg_new_indexes(facts: str, log: str) -> list[tuple[str, str, list[str], bool]]:
+    """(name, table, columns, unique) of the indexes this revision builds on PostgreSQL."""
+    return [
+        (f"pk_{facts}", facts, ["namespace", "id"], True),
+        (f"uq_{facts}_ns_singleton", facts, ["namespace", "type", "singleton"], True),
+        *((f"ix_{facts}_{suffix}", facts, cols, False) for suffix, cols in FACT_INDEXES_V2.items()),
+        *((f"ix_{log}_{suffix}", log, cols, False) for suffix, cols in LOG_INDEXES_V2.items()),
+        (f"uq_{log}_ns_uuid", log, ["namespace", "uuid"], True),
+    ]
+
+
+def _pg_create_index(
+    execute: Any, quote: Any, name: str, table: str, columns: list[str], schema: str | None, *, unique: bool, how: str
+) -> None:
     cols = ", ".join(quote(c) for c in columns)
     kind = "UNIQUE INDEX" if unique else "INDEX"
-    op.execute(f"CREATE {kind} CONCURRENTLY {quote(name)} ON {_qualified(table, schema)} ({cols})")
+    target = f"{quote(schema)}.{quote(table)}" if schema else quote(table)
+    execute(f"CREATE {kind} {how}{quote(name)} ON {target} ({cols})")
+
+
+def online_prepare(conn: Any, prefix: str, schema: str | None) -> None:
+    """PostgreSQL, upgrading an ``ms_0001`` store: add the columns and build this revision's indexes
+    ``CONCURRENTLY`` before the migration's transaction (`memstate_sql.migrations` calls it on a
+    connection in autocommit, outside the migration lock, when ms_0001 is the current revision). Writers
+    keep going meanwhile. Best effort: an index it could not build (another process building it, a lock
+    timeout) is built by `upgrade` inside the migration's transaction."""
+    if conn.dialect.name != "postgresql":
+        return  # MySQL/MariaDB: online DDL in the revision itself; SQLite: a rebuild
+    facts, log = f"{prefix}_facts", f"{prefix}_tx"
+    quote = conn.dialect.identifier_preparer.quote
+
+    def qualified(name: str) -> str:
+        return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
+
+    columns = [
+        (facts, sa.Column("namespace", KeyString(), nullable=False, server_default="")),
+        (facts, sa.Column("expires_at", UTCDateTime(), nullable=True)),
+        (log, sa.Column("namespace", KeyString(), nullable=False, server_default="")),
+    ]
+    with conn.begin():  # metadata-only ADD COLUMNs (constant defaults), one short transaction
+        conn.execute(sa.text("SET LOCAL lock_timeout = '10s'"))
+        for table, column in columns:
+            spec = sa.schema.CreateColumn(column).compile(dialect=conn.dialect)
+            conn.execute(sa.text(f"ALTER TABLE {qualified(table)} ADD COLUMN IF NOT EXISTS {spec}"))
+    with conn.engine.connect() as own:  # CONCURRENTLY runs outside any transaction: autocommit
+        auto = own.execution_options(isolation_level="AUTOCOMMIT")
+        for name, table, columns, unique in _pg_new_indexes(facts, log):
+            if _pg_index_state(auto, name, schema) is not None:
+                continue  # built, or an interrupted build that `upgrade` replaces under the lock
+            try:
+                _pg_create_index(
+                    lambda sql: auto.execute(sa.text(sql)),
+                    quote,
+                    name,
+                    table,
+                    columns,
+                    schema,
+                    unique=unique,
+                    how="CONCURRENTLY IF NOT EXISTS ",
+                )
+            except sa.exc.DBAPIError:
+                continue  # left to `upgrade`, inside the migration's transaction
 
 
 def upgrade() -> None:
@@ -134,46 +186,48 @@ def upgrade() -> None:
     if "namespace" not in _columns(log, schema):
         op.add_column(log, sa.Column("namespace", KeyString(), nullable=False, server_default=""), schema=schema)
 
-    if _online_ddl():
-        ctx = op.get_context()
-        with ctx.autocommit_block():
-            _pg_index(f"pk_{facts}", facts, ["namespace", "id"], schema, unique=True)
-            _pg_index(f"uq_{facts}_ns_singleton", facts, ["namespace", "type", "singleton"], schema, unique=True)
-            for suffix, cols in FACT_INDEXES_V2.items():
-                _pg_index(f"ix_{facts}_{suffix}", facts, cols, schema, unique=False)
-            for suffix, cols in LOG_INDEXES_V2.items():
-                _pg_index(f"ix_{log}_{suffix}", log, cols, schema, unique=False)
-            _pg_index(f"uq_{log}_ns_uuid", log, ["namespace", "uuid"], schema, unique=True)
-        # One short transaction: the constraints move onto the indexes built above.
-        quote = op.get_context().dialect.identifier_preparer.quote
-        if _primary_key(facts, schema) != ["namespace", "id"]:
-            op.execute(
-                f"ALTER TABLE {_qualified(facts, schema)} DROP CONSTRAINT {quote(facts + '_pkey')}, "
-                f"ADD CONSTRAINT {quote(facts + '_pkey')} PRIMARY KEY USING INDEX {quote('pk_' + facts)}"
-            )
-        if f"uq_{facts}_singleton" in _indexes(facts, schema):
-            op.execute(
-                f"ALTER TABLE {_qualified(facts, schema)} DROP CONSTRAINT {quote(f'uq_{facts}_singleton')}, "
-                f"ADD CONSTRAINT {quote(f'uq_{facts}_singleton')} UNIQUE USING INDEX "
-                f"{quote(f'uq_{facts}_ns_singleton')}"
-            )
-        if _unique_columns(log, f"uq_{log}_uuid", schema) == ["uuid"]:
-            op.execute(
-                f"ALTER TABLE {_qualified(log, schema)} DROP CONSTRAINT {quote(f'uq_{log}_uuid')}, "
-                f"ADD CONSTRAINT {quote(f'uq_{log}_uuid')} UNIQUE USING INDEX {quote(f'uq_{log}_ns_uuid')}"
-            )
-        _gin_without_pending_list(facts, schema)
-        with ctx.autocommit_block():
-            for suffix in FACT_INDEXES_V1:
-                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(f'ix_{facts}_{suffix}', schema)}")
-            for suffix in LOG_INDEXES_V1:
-                op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(f'ix_{log}_{suffix}', schema)}")
-        return
-
-    if _dialect() == "postgresql":
+    if _dialect() == "postgresql" and not op.get_context().as_sql:
+        _upgrade_postgresql(facts, log, schema)
+    elif _dialect() == "postgresql":
         _upgrade_postgresql_in_transaction(facts, log, schema)
     else:
         _upgrade_mysql(facts, log, schema)
+
+
+def _upgrade_postgresql(facts: str, log: str, schema: str | None) -> None:
+    """Inside the migration's transaction: the new indexes (built concurrently beforehand by
+    `online_prepare` when the store already existed; built here otherwise), then one short swap of
+    the constraints onto them."""
+    quote = op.get_context().dialect.identifier_preparer.quote
+    bind = op.get_bind()
+    for name, table, columns, unique in _pg_new_indexes(facts, log):
+        state = _pg_index_state(bind, name, schema)
+        if state is True:
+            continue
+        if state is False:  # an interrupted concurrent build
+            op.execute(f"DROP INDEX {_qualified(name, schema)}")
+        _pg_create_index(op.execute, quote, name, table, columns, schema, unique=unique, how="")
+    if _primary_key(facts, schema) != ["namespace", "id"]:
+        op.execute(
+            f"ALTER TABLE {_qualified(facts, schema)} DROP CONSTRAINT {quote(facts + '_pkey')}, "
+            f"ADD CONSTRAINT {quote(facts + '_pkey')} PRIMARY KEY USING INDEX {quote('pk_' + facts)}"
+        )
+    if f"uq_{facts}_singleton" in _indexes(facts, schema):
+        op.execute(
+            f"ALTER TABLE {_qualified(facts, schema)} DROP CONSTRAINT {quote(f'uq_{facts}_singleton')}, "
+            f"ADD CONSTRAINT {quote(f'uq_{facts}_singleton')} UNIQUE USING INDEX "
+            f"{quote(f'uq_{facts}_ns_singleton')}"
+        )
+    if _unique_columns(log, f"uq_{log}_uuid", schema) == ["uuid"]:
+        op.execute(
+            f"ALTER TABLE {_qualified(log, schema)} DROP CONSTRAINT {quote(f'uq_{log}_uuid')}, "
+            f"ADD CONSTRAINT {quote(f'uq_{log}_uuid')} UNIQUE USING INDEX {quote(f'uq_{log}_ns_uuid')}"
+        )
+    _gin_without_pending_list(facts, schema)
+    for suffix in FACT_INDEXES_V1:
+        op.execute(f"DROP INDEX IF EXISTS {_qualified(f'ix_{facts}_{suffix}', schema)}")
+    for suffix in LOG_INDEXES_V1:
+        op.execute(f"DROP INDEX IF EXISTS {_qualified(f'ix_{log}_{suffix}', schema)}")
 
 
 def _gin_without_pending_list(facts: str, schema: str | None) -> None:

@@ -3,8 +3,10 @@
 The database comes from ``--url``, else the ``MEMSTATE_SQL_URL`` environment
 variable, else the embedded SQLite file ``memstate.db`` in the working
 directory. A ``--url`` without ``://`` is taken as the path of a SQLite file.
-``--url``, ``--prefix``, ``--schema`` and ``--json`` are accepted before and
-after the command name (`common_options`); the value given last wins.
+``--url``, ``--prefix``, ``--schema``, ``--pooler`` and ``--json`` are accepted
+before and after the command name (`common_options`); the value given last wins.
+``--pooler transaction`` (or ``MEMSTATE_SQL_POOLER=transaction``) says that the
+URL reaches PostgreSQL through a transaction-pooling proxy such as PgBouncer.
 """
 
 from __future__ import annotations
@@ -20,11 +22,13 @@ from sqlalchemy import Engine, exc, inspect, make_url
 from sqlalchemy.engine import URL
 
 from memstate_sql.cli.errors import UNREACHABLE, USAGE, CliError
+from memstate_sql.dialects import POOLERS
 from memstate_sql.errors import StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX
 from memstate_sql.storage import SQLStorage
 
 ENV_URL = "MEMSTATE_SQL_URL"
+ENV_POOLER = "MEMSTATE_SQL_POOLER"
 DEFAULT_FILE = "memstate.db"
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -38,6 +42,7 @@ class Settings:
     prefix: str = DEFAULT_PREFIX
     schema: str | None = None
     namespace: str | None = None
+    pooler: str | None = None
     json: bool = False
 
 
@@ -84,6 +89,14 @@ def common_options(f: F) -> F:
             expose_value=False,
             callback=_keep("namespace"),
             help="the tenant whose facts the command sees and changes (default: the default namespace)",
+        ),
+        click.option(
+            "--pooler",
+            type=click.Choice(list(POOLERS)),
+            expose_value=False,
+            callback=_keep("pooler"),
+            help=f"a connection pooler in front of PostgreSQL: transaction = PgBouncer pool_mode=transaction "
+            f"(default: ${ENV_POOLER})",
         ),
         click.option(
             "--json",
@@ -168,6 +181,7 @@ class Target:
     prefix: str
     schema: str | None
     namespace: str | None = None
+    pooler: str | None = None
 
     @classmethod
     def current(cls) -> Target:
@@ -179,7 +193,14 @@ class Target:
             raw, origin = os.environ[ENV_URL], ENV_URL
         else:
             raw, origin = str(Path.cwd() / DEFAULT_FILE), "default"
-        return cls(url=parse_url(raw), origin=origin, prefix=opts.prefix, schema=opts.schema, namespace=opts.namespace)
+        return cls(
+            url=parse_url(raw),
+            origin=origin,
+            prefix=opts.prefix,
+            schema=opts.schema,
+            namespace=opts.namespace,
+            pooler=opts.pooler or os.environ.get(ENV_POOLER) or None,
+        )
 
     @property
     def shown(self) -> str:
@@ -216,6 +237,7 @@ class Target:
                 schema=self.schema,
                 auto_migrate=create,
                 max_attempts=max_attempts,
+                pooler=self.pooler,
             )
         except ImportError as error:
             raise driver_problem(error, self.url) from None

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Dialect, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
-from memstate_sql.dialects.base import DialectSupport, ErrorKind
+from memstate_sql.dialects.base import POOLERS, DialectSupport, ErrorKind, check_pooler, merge_options
 from memstate_sql.errors import StorageError, ValidationFailed
 
 if TYPE_CHECKING:
@@ -48,19 +48,26 @@ def support_for(dialect: Dialect | str) -> DialectSupport:
     return _SUPPORT[name]
 
 
+def _options(support: DialectSupport, url: URL, engine_options: Mapping[str, Any] | None, pooler: str | None) -> Any:
+    defaults = merge_options(support.engine_options(url), support.pooler_options(url, pooler))
+    return merge_options(defaults, dict(engine_options or {}))
+
+
 def engine_for(
     url: str | URL,
     engine_options: Mapping[str, Any] | None = None,
     *,
     sqlite_synchronous: str | None = None,
     read_your_writes: bool = False,
+    pooler: str | None = None,
 ) -> Engine:
     """The one way memstate_sql creates a sync engine: the database's defaults
-    (`DialectSupport.engine_options`), the caller's options over them, and the database's
-    per-connection settings (`DialectSupport.configure_engine`; `sqlite_synchronous`: SQLite's durability)."""
+    (`DialectSupport.engine_options`, and `DialectSupport.pooler_options` for a connection pooler
+    in between), the caller's options over them, and the database's per-connection settings
+    (`DialectSupport.configure_engine`; `sqlite_synchronous`: SQLite's durability)."""
     parsed = make_url(url) if isinstance(url, str) else url
     support = support_for(parsed.get_backend_name())
-    engine = create_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
+    engine = create_engine(parsed, **_options(support, parsed, engine_options, pooler))
     try:
         support.configure_engine(engine, sqlite_synchronous=sqlite_synchronous, read_your_writes=read_your_writes)
     except BaseException:
@@ -75,13 +82,14 @@ def async_engine_for(
     *,
     sqlite_synchronous: str | None = None,
     read_your_writes: bool = False,
+    pooler: str | None = None,
 ) -> AsyncEngine:
     """`engine_for` for asyncio: the URL mapped to the database's asyncio driver (`async_url`)."""
     from sqlalchemy.ext.asyncio import create_async_engine  # the asyncio extension: on first use
 
     parsed = async_url(url)
     support = support_for(parsed.get_backend_name())
-    engine = create_async_engine(parsed, **{**support.engine_options(parsed), **(engine_options or {})})
+    engine = create_async_engine(parsed, **_options(support, parsed, engine_options, pooler))
     try:
         support.configure_engine(
             engine.sync_engine, sqlite_synchronous=sqlite_synchronous, read_your_writes=read_your_writes
@@ -104,4 +112,13 @@ def async_url(url: str | URL) -> URL:
     return support_for(backend).async_url(parsed)
 
 
-__all__ = ["DialectSupport", "ErrorKind", "async_engine_for", "async_url", "engine_for", "support_for"]
+__all__ = [
+    "POOLERS",
+    "DialectSupport",
+    "ErrorKind",
+    "async_engine_for",
+    "async_url",
+    "check_pooler",
+    "engine_for",
+    "support_for",
+]

@@ -116,6 +116,26 @@ class DialectSupport:
         # operation is replaced and the operation re-run by the unit of work (`memstate_sql.uow`).
         return {}
 
+    def pooler_options(self, url: URL, pooler: str | None) -> dict[str, Any]:
+        """`create_engine` keyword arguments for a database reached through a connection pooler
+        (`POOLERS`; None: a direct connection, or a session-pooling proxy). Refused where not supported."""
+        pooler = check_pooler(pooler)
+        if pooler is not None:
+            raise ValidationFailed(
+                f"pooler={pooler!r} applies to PostgreSQL (PgBouncer and other transaction-pooling proxies), "
+                f"not to {self.name}"
+            )
+        return {}
+
+    def migration_pooler(self, url: URL) -> str | None:
+        """The ``pooler=`` setting of the short-lived engines `memstate_sql.migrations` opens from a URL:
+        one that works both directly and through a pooler, where there is such a setting."""
+        return None
+
+    def pooler_hint(self, error: BaseException) -> str:
+        """A sentence to add to a database error that a transaction-pooling proxy causes ('' if none)."""
+        return ""
+
     def configure_engine(
         self, engine: Engine, *, sqlite_synchronous: str | None = None, read_your_writes: bool = False
     ) -> None:
@@ -193,6 +213,28 @@ def upsert_positions(insert: Callable[[Table], Any], sessions: Table) -> Any:
         index_elements=[c.namespace, c.session_id, c.without_session],
         set_={"last_seq": c.last_seq + stmt.excluded.last_seq},
     ).returning(c.last_seq)
+
+
+#: Values of the storages' ``pooler=`` option: ``"transaction"`` is a proxy that hands the server
+#: connection to another client after every transaction (PgBouncer ``pool_mode = transaction``).
+POOLERS = ("transaction",)
+
+
+def check_pooler(pooler: str | None) -> str | None:
+    """A valid ``pooler=`` value (`POOLERS`) or None."""
+    if pooler is None:
+        return None
+    if not isinstance(pooler, str) or pooler.lower() not in POOLERS:
+        raise ValidationFailed(f"pooler must be None or one of {', '.join(map(repr, POOLERS))}, not {pooler!r}")
+    return pooler.lower()
+
+
+def merge_options(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """`create_engine` options with `extra` over `base`; their ``connect_args`` are merged, not replaced."""
+    merged = {**base, **extra}
+    if "connect_args" in base and "connect_args" in extra:
+        merged["connect_args"] = {**base["connect_args"], **extra["connect_args"]}
+    return merged
 
 
 def lock_key(name: str) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Table, exc, text
 from sqlalchemy.dialects import postgresql as pg_types
 from sqlalchemy.dialects.postgresql import insert as dialect_insert
+from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
@@ -18,6 +19,7 @@ from sqlalchemy.types import TypeEngine
 from memstate_sql.dialects.base import (
     DialectSupport,
     ErrorKind,
+    check_pooler,
     ddl_literal,
     ddl_names,
     lock_key,
@@ -25,12 +27,21 @@ from memstate_sql.dialects.base import (
     sql_literal,
     upsert_positions,
 )
-from memstate_sql.errors import MigrationLockTimeout
+from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
 from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
 from memstate_sql.indexes import IndexedPath
 
 _RETRY_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
 _DISCONNECT_CLASSES = ("08", "57P")  # connection exceptions, admin shutdown / crash shutdown
+#: What a transaction-pooling proxy does to server-side prepared statements: a statement prepared on
+#: one server connection is missing (26000), already there (42P05) or bound with another client's
+#: parameters (08P01) on the next one.
+_POOLER_STATES = {"26000", "42P05", "08P01"}
+POOLER_HINT = (
+    "a connection pooler in transaction mode (PgBouncer pool_mode=transaction, before 1.21) does not "
+    'keep server-side prepared statements: open the storage with pooler="transaction" '
+    '(SQLStorage(url, pooler="transaction"), memstate-sql --pooler transaction), which disables them'
+)
 
 
 class PostgreSQLSupport(DialectSupport):
@@ -53,10 +64,32 @@ class PostgreSQLSupport(DialectSupport):
     def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.TIMESTAMP(timezone=True)
 
+    def pooler_options(self, url: URL, pooler: str | None) -> dict[str, Any]:
+        if check_pooler(pooler) is None:
+            return {}
+        driver = url.get_driver_name()
+        if driver == "psycopg":
+            # psycopg 3 prepares a statement server-side after 5 executions; None: never (each
+            # statement is sent as one unnamed Parse/Bind/Execute, which a pooler forwards intact).
+            return {"connect_args": {"prepare_threshold": None}}
+        raise ValidationFailed(
+            f"pooler={pooler!r} is supported with the psycopg 3 driver (postgresql+psycopg://, the default for "
+            f"sync and asyncio storages), not with {driver!r}: asyncpg prepares every statement it runs"
+        )
+
+    def migration_pooler(self, url: URL) -> str | None:
+        return "transaction" if url.get_driver_name() == "psycopg" else None
+
+    def pooler_hint(self, error: BaseException) -> str:
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+        return POOLER_HINT if state in _POOLER_STATES else ""
+
     def classify(self, error: BaseException) -> ErrorKind:
+        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
+        if state in _POOLER_STATES:
+            return ErrorKind.OTHER  # the connection works; the statement was prepared elsewhere (pooler_hint)
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
             return ErrorKind.DISCONNECT
-        state = getattr(getattr(error, "orig", None), "sqlstate", None) or ""
         if state in _RETRY_STATES:
             return ErrorKind.RETRY
         if state == "23505":
@@ -72,11 +105,14 @@ class PostgreSQLSupport(DialectSupport):
     def migration_lock(
         self, conn: Connection, name: str, timeout: float, sleep: Callable[[float], Any]
     ) -> Iterator[None]:
-        # A session-level advisory lock survives the per-revision commits; inside a caller's
-        # transaction, a transaction-level one is released with it.
+        # Transaction-level only, always: the whole migration is one transaction holding
+        # pg_advisory_xact_lock, with SET LOCAL lock_timeout. Nothing session-scoped is ever left on the
+        # server connection, so a transaction-pooling proxy (PgBouncer pool_mode=transaction) cannot hand
+        # a held lock or a changed setting to another client, and a killed migrator's lock ends with its
+        # transaction. Inside a caller's transaction, the lock ends with the caller's transaction.
         external = conn.in_transaction()
         key = lock_key(name)
-        take = text("SELECT pg_try_advisory_xact_lock(:k)" if external else "SELECT pg_try_advisory_lock(:k)")
+        take = text("SELECT pg_try_advisory_xact_lock(:k)")
         deadline = time.monotonic() + timeout
         delay = 0.01
         while not conn.execute(take, {"k": key}).scalar():
@@ -85,23 +121,22 @@ class PostgreSQLSupport(DialectSupport):
             if time.monotonic() >= deadline:
                 raise MigrationLockTimeout(
                     f"could not take the migration lock {name!r} within {timeout:g}s: another process is migrating "
-                    "this database (or died holding the lock: see pg_locks)"
+                    "this database (see pg_locks)"
                 )
             sleep(delay)
             delay = min(delay * 2, 0.25)
         if external:
             yield
             return
-        # Bound the wait for table locks held by running applications, too.
-        conn.execute(text(f"SET lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
-        conn.commit()
+        # Bound the wait for table locks held by running applications, too (for this transaction only).
+        conn.execute(text(f"SET LOCAL lock_timeout = '{max(1, int(timeout * 1000))}ms'"))
         try:
             yield
-        finally:
+        except BaseException:
             if conn.in_transaction():
                 conn.rollback()
-            conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            conn.execute(text("RESET lock_timeout"))
+            raise
+        if conn.in_transaction():
             conn.commit()
 
     @contextmanager
