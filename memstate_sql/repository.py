@@ -188,10 +188,11 @@ class Repository:
         sent on the DB-API cursor of this unit of work's connection, which skips SQLAlchemy's per-call
         execution layer (it costs more than the statement on SQLite). Database errors go through
         SQLAlchemy's own handling (wrapped, disconnects invalidating the pool), as `_execute`'s do. With
-        event listeners on the engine (instrumentation, tests) the statement runs through `_execute`, so
-        that every listener sees it."""
+        event listeners on the engine (instrumentation, tests) or ``echo`` on, the statement runs through
+        `_execute`, so that every listener (and the echo log) sees it."""
         conn = self.conn
-        sent = None if conn._has_events or conn.engine._has_events else _sent(stmt, conn.dialect, frozenset(params))
+        traced = conn._has_events or conn.engine._has_events or conn._echo
+        sent = None if traced else _sent(stmt, conn.dialect, frozenset(params))
         if sent is None:
             result = self._execute(stmt, params)
             return (list(result) if result.returns_rows else []), result.rowcount

@@ -117,3 +117,24 @@ def test_hot_path_database_errors_are_translated(db_url: str, prefix: str) -> No
         assert store.get("e1") is not None
     finally:
         storage.close()
+
+
+def test_echo_takes_sqlalchemys_path(db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``echo`` on (or the sqlalchemy.engine logger at INFO) the statements are logged: the hot ones too."""
+    executed: list[str] = []
+    real = Connection.execute
+
+    def counting(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        executed.append(type(statement).__name__)
+        return real(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", counting)
+    storage = ms.SQLStorage(db_url, table_prefix=prefix, engine_options={"echo": True})
+    try:
+        store = ms.MemoryStore(storage)
+        store.count()
+        executed.clear()
+        assert store.get("nothing") is None
+        assert executed == ["Select"]
+    finally:
+        storage.close()
