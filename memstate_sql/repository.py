@@ -191,7 +191,10 @@ class Repository:
         event listeners on the engine (instrumentation, tests) or ``echo`` on, the statement runs through
         `_execute`, so that every listener (and the echo log) sees it."""
         conn = self.conn
-        traced = conn._has_events or conn.engine._has_events or conn._echo
+        traced = conn._echo
+        if not traced and (conn._has_events or conn.engine._has_events):  # some listener was ever added
+            d = conn.dispatch
+            traced = bool(d.before_execute or d.after_execute or d.before_cursor_execute or d.after_cursor_execute)
         sent = None if traced else _sent(stmt, conn.dialect, frozenset(params))
         if sent is None:
             result = self._execute(stmt, params)

@@ -86,7 +86,11 @@ def test_hot_path_and_sqlalchemy_path_agree(db_url: str, prefix: str, monkeypatc
 
     slow = ms.SQLStorage(db_url, table_prefix=prefix + "b")
     sent: list[str] = []
-    sa.event.listen(slow.engine, "before_cursor_execute", lambda *a: sent.append(a[2]))
+
+    def listener(*args: Any) -> None:
+        sent.append(args[2])
+
+    sa.event.listen(slow.engine, "before_cursor_execute", listener)
     try:
         slow_store = ms.MemoryStore(slow)
         slow_store.count()
@@ -95,6 +99,10 @@ def test_hot_path_and_sqlalchemy_path_agree(db_url: str, prefix: str, monkeypatc
         slow_store.get("nothing")
         assert len(sent) == 1 and executed == ["Select"], "with a listener the read takes SQLAlchemy's path"
         assert _workload(slow_store) == fast_result
+        sa.event.remove(slow.engine, "before_cursor_execute", listener)
+        executed.clear()
+        slow_store.get("nothing")
+        assert executed == [], "the listener removed, point reads are back on the DB-API cursor"
     finally:
         with slow.engine.begin() as conn:
             for table in (f"{prefix}b_tx", f"{prefix}b_facts", f"{prefix}b_version"):
