@@ -17,6 +17,7 @@ from sqlalchemy import (
     Connection,
     Delete,
     Insert,
+    Integer,
     Row,
     Select,
     Table,
@@ -29,7 +30,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.sql import ColumnElement, Executable
 
 from memstate_sql import filters as flt
@@ -52,6 +53,11 @@ class _Hot:
     delete: dict[bool, Delete]
     insert_fact: Insert
     insert_log: Insert
+    #: The log reads and writes of a rollback: a session's active entries (keyed by whether the
+    #: session is None, lock, whether ops are excluded), later active entries of some facts, marking undone.
+    tx_log: dict[tuple[bool, bool, bool], Select[Any]]
+    active_after: Select[Any]
+    mark_reverted: Update
 
 
 @functools.cache
@@ -69,6 +75,25 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
         return found
 
     versioned = in_ns & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
+    t = log.c
+    log_ns = t.namespace == bindparam("w_ns")
+    tx_logs: dict[tuple[bool, bool, bool], Select[Any]] = {}
+    for no_session in (False, True):
+        for lock in (False, True):
+            for excluding in (False, True):
+                where = log_ns & (t.session_id.is_(None) if no_session else t.session_id == bindparam("w_session"))
+                where = where & t.reverted_by.is_(None)
+                if excluding:
+                    where = where & t.op.not_in(bindparam("w_ops", expanding=True))
+                stmt = (
+                    select(log)
+                    .where(where)
+                    # The session's own order: `seq` is not commit order on every engine (docs/log-order.md).
+                    .order_by(t.session_seq.desc(), t.seq.desc())
+                    .limit(bindparam("w_limit", type_=Integer))
+                    .offset(bindparam("w_offset", type_=Integer))
+                )
+                tx_logs[no_session, lock, excluding] = stmt.with_for_update() if lock and row_locks else stmt
     return _Hot(
         by_id=selects(c.id == bindparam("w_id")),
         by_singleton=selects((c.type == bindparam("w_type")) & (c.singleton_slot == bindparam("w_token"))),
@@ -83,7 +108,50 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
         },
         insert_fact=insert(facts),
         insert_log=insert(log),
+        tx_log=tx_logs,
+        active_after=select(log)
+        .where(
+            log_ns
+            & (t.seq > bindparam("w_seq"))
+            & t.reverted_by.is_(None)
+            & (t.fact_id.in_(bindparam("w_ids", expanding=True)) | (t.op == "DISCARD_SESSION"))
+        )
+        .order_by(t.seq),
+        mark_reverted=update(log)
+        .where(log_ns & t.uuid.in_(bindparam("w_uuids", expanding=True)))
+        .values(reverted_by=bindparam("w_by")),
     )
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """A hot statement compiled once by SQLAlchemy for one dialect and set of parameter names, run on the
+    DB-API cursor of the unit of work's connection (same connection, same transaction): the SQL text,
+    its parameters in order with their bind processors, and the result processors of its columns."""
+
+    sql: str
+    names: tuple[str, ...]
+    binds: tuple[Any, ...]
+    defaults: dict[str, Any]
+    positional: bool
+    results: tuple[Any, ...]
+
+
+@functools.lru_cache(maxsize=256)
+def _sent(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Sent | None:
+    """`stmt` compiled for `dialect` with parameters `keys` (None: it needs SQLAlchemy's own execution,
+    e.g. renamed or expanding parameters)."""
+    compiled: Any = stmt.compile(dialect=dialect, column_keys=sorted(keys))  # type: ignore[attr-defined]
+    if compiled.escaped_bind_names or getattr(compiled, "literal_execute_params", None):
+        return None
+    if any(b.expanding for b in compiled.binds.values()):
+        return None
+    names = tuple(compiled.positiontup) if dialect.positional else tuple(compiled.binds)
+    binds = tuple(compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names)
+    defaults = {n: b.effective_value for n, b in compiled.binds.items() if n not in keys}
+    columns = getattr(stmt, "selected_columns", ())
+    results = tuple(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns)
+    return _Sent(compiled.string, names, binds, defaults, bool(dialect.positional), results)
 
 
 class Repository:
@@ -122,6 +190,46 @@ class Repository:
         self.statements += 1
         return self.conn.execute(stmt, params)
 
+    def _send(self, stmt: Executable, params: dict[str, Any]) -> tuple[list[Any], int]:
+        """Run one of the hot statements (`_hot`) with one set of parameters: its rows (result processors
+        applied) and its row count. The SQL is compiled once by SQLAlchemy for the dialect (`_sent`) and
+        sent on the DB-API cursor of this unit of work's connection, which skips SQLAlchemy's per-call
+        execution layer (it costs more than the statement on SQLite). Database errors go through
+        SQLAlchemy's own handling (wrapped, disconnects invalidating the pool), as `_execute`'s do. With
+        event listeners on the engine (instrumentation, tests) or ``echo`` on, the statement runs through
+        `_execute`, so that every listener (and the echo log) sees it."""
+        conn = self.conn
+        traced = conn._echo
+        if not traced and (conn._has_events or conn.engine._has_events):  # some listener was ever added
+            d = conn.dispatch
+            traced = bool(d.before_execute or d.after_execute or d.before_cursor_execute or d.after_cursor_execute)
+        sent = None if traced else _sent(stmt, conn.dialect, frozenset(params))
+        if sent is None:
+            result = self._execute(stmt, params)
+            return (list(result) if result.returns_rows else []), result.rowcount
+        self.statements += 1
+        values = [params[n] if n in params else sent.defaults[n] for n in sent.names]
+        for i, process in enumerate(sent.binds):
+            if process is not None and values[i] is not None:
+                values[i] = process(values[i])
+        args: Any = values if sent.positional else dict(zip(sent.names, values, strict=True))
+        dbapi = conn.connection
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute(sent.sql, args)
+            rows: list[Any] = list(cursor.fetchall()) if cursor.description is not None else []
+            count = cursor.rowcount
+        except Exception as err:
+            conn._handle_dbapi_exception(err, sent.sql, args, cursor, None)
+        finally:
+            cursor.close()
+        if rows and any(sent.results):
+            procs = sent.results
+            rows = [
+                tuple(v if p is None or v is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows
+            ]
+        return rows, count
+
     @functools.cached_property
     def _in_ns(self) -> ColumnElement[bool]:
         return self.facts.c.namespace == self.namespace
@@ -151,7 +259,7 @@ class Repository:
         params["w_ns"] = self.namespace
         if not expired:
             params["w_now"] = self.now
-        for row in self._execute(stmts[lock, expired], params):
+        for row in self._send(stmts[lock, expired], params)[0]:
             return self._fact(row)
         return None
 
@@ -252,7 +360,7 @@ class Repository:
         part of the statement, so it holds whichever process writes.
         """
         params = self._update_params(fact, expected_version)
-        return self._execute(self._hot.update[allow_immutable], params).rowcount == 1
+        return self._send(self._hot.update[allow_immutable], params)[1] == 1
 
     def _update_params(self, fact: FactState, expected_version: int) -> dict[str, Any]:
         """The parameters of the hot UPDATE for one row (`update`, `update_many`)."""
@@ -287,7 +395,7 @@ class Repository:
         params: dict[str, Any] = {"w_ns": self.namespace, "w_id": fact_id}
         if expected_version is not None:
             params["w_version"] = expected_version
-        return self._execute(self._hot.delete[expected_version is not None], params).rowcount == 1
+        return self._send(self._hot.delete[expected_version is not None], params)[1] == 1
 
     def delete_many(self, fact_ids: Iterable[str]) -> int:
         ids = list(fact_ids)
@@ -401,7 +509,7 @@ class Repository:
             stmt = one
             key = self._session_key(session_id)
             params.update(p_ns=key[0], p_sid=key[1], p_none=key[2], p_n=1)
-        self._execute(
+        self._send(
             stmt,
             {
                 **params,
@@ -435,14 +543,14 @@ class Repository:
         exclude_ops: Iterable[str] = (),
     ) -> list[TxRecord]:
         """The session's active entries (not undone by a rollback), newest first."""
-        where = self._log_in_ns & self._session_where(session_id) & self.log.c.reverted_by.is_(None)
-        if exclude_ops:
-            where = where & self.log.c.op.not_in(list(exclude_ops))
-        # The session's own order: `seq` is not commit order on every engine (docs/log-order.md).
-        stmt = select(self.log).where(where).order_by(self.log.c.session_seq.desc()).limit(limit).offset(offset)
-        if lock and self.dialect.row_locks:
-            stmt = stmt.with_for_update()
-        return [self._tx(row) for row in self._execute(stmt)]
+        ops = sorted(exclude_ops)
+        params: dict[str, Any] = {"w_ns": self.namespace, "w_limit": limit, "w_offset": offset}
+        if session_id is not None:
+            params["w_session"] = session_id
+        if ops:
+            params["w_ops"] = ops
+        stmt = self._hot.tx_log[session_id is None, lock, bool(ops)]
+        return [self._tx(row) for row in self._execute(stmt, params)]
 
     def fact_history(self, fact_id: str) -> list[TxRecord]:
         """The entries that name the fact in ``fact_id``, oldest first."""
@@ -486,8 +594,7 @@ class Repository:
 
     def mark_reverted(self, uuids: Sequence[str], by: str) -> None:
         if uuids:
-            where = self._log_in_ns & self.log.c.uuid.in_(list(uuids))
-            self._execute(update(self.log).where(where).values(reverted_by=by))
+            self._execute(self._hot.mark_reverted, {"w_ns": self.namespace, "w_uuids": list(uuids), "w_by": by})
 
     def delete_txs(self, uuids: Sequence[str]) -> int:
         if not uuids:
@@ -544,27 +651,28 @@ class Repository:
     def insert_facts(self, facts: Sequence[FactState]) -> None:
         """Insert fact rows as given (version, immutable and singleton included), in one statement."""
         if facts:
-            self._execute(
-                self._hot.insert_fact,
-                [
-                    {
-                        "namespace": self.namespace,
-                        "id": f.id,
-                        "type": f.type,
-                        "payload": f.payload,
-                        "session_id": f.session_id,
-                        "source": f.source,
-                        "ts": f.ts,
-                        "version": f.version,
-                        "immutable": f.immutable,
-                        "singleton": f.singleton,
-                        "singleton_slot": singleton_slot(f.id, f.singleton),
-                        "expires_at": f.expires_at,
-                        "document": f.document,
-                    }
-                    for f in facts
-                ],
-            )
+            rows = [
+                {
+                    "namespace": self.namespace,
+                    "id": f.id,
+                    "type": f.type,
+                    "payload": f.payload,
+                    "session_id": f.session_id,
+                    "source": f.source,
+                    "ts": f.ts,
+                    "version": f.version,
+                    "immutable": f.immutable,
+                    "singleton": f.singleton,
+                    "singleton_slot": singleton_slot(f.id, f.singleton),
+                    "expires_at": f.expires_at,
+                    "document": f.document,
+                }
+                for f in facts
+            ]
+            if len(rows) == 1:
+                self._send(self._hot.insert_fact, rows[0])
+            else:
+                self._execute(self._hot.insert_fact, rows)
 
     def insert_log(self, entries: Sequence[TxRecord], *, keep_positions: bool = False) -> None:
         """Append log entries in the given order; the database assigns their `seq` (the given one is ignored).
@@ -647,13 +755,8 @@ class Repository:
         """Active entries newer than `seq` that name one of `fact_ids` or discard a session, oldest first."""
         if not fact_ids:
             return []
-        touches = self.log.c.fact_id.in_(list(fact_ids)) | (self.log.c.op == "DISCARD_SESSION")
-        stmt = (
-            select(self.log)
-            .where(self._log_in_ns & (self.log.c.seq > seq) & self.log.c.reverted_by.is_(None) & touches)
-            .order_by(self.log.c.seq)
-        )
-        return [self._tx(row) for row in self._execute(stmt)]
+        params = {"w_ns": self.namespace, "w_seq": seq, "w_ids": list(fact_ids)}
+        return [self._tx(row) for row in self._execute(self._hot.active_after, params)]
 
 
 @functools.cache

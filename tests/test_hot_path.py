@@ -1,0 +1,148 @@
+"""The hot statements on the DB-API cursor (`Repository._send`) behave exactly as SQLAlchemy's execution.
+
+Without event listeners the point reads, versioned writes and single-row inserts skip `Connection.execute`;
+with a listener they take SQLAlchemy's path so that the listener sees them. Both paths must give the same
+documents, versions, expiry handling and errors, on every database.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+import memstate_sql as ms
+from memstate_sql.errors import ConflictError
+
+
+def _workload(store: ms.MemoryStore) -> list[Any]:
+    """A fixed sequence of operations over the hot statements; everything observable it produces."""
+    seen: list[Any] = []
+    store.storage.register_constraint("pinned", ms.Constraint(immutable=True))
+    store.storage.register_constraint("single", ms.Constraint(singleton_key="k"))
+    fid = store.commit(
+        ms.Fact(id="h1", type="note", payload={"n": 1, "nested": {"a": [1, 2.5, None, "x"]}, "t": True}),
+        session_id="s",
+    )
+    seen.append(store.get(fid))
+    seen.append(store.get_with_version(fid))
+    store.update(fid, {"payload": {"n": 2}})
+    seen.append(store.get_with_version(fid))
+    store.commit(ms.Fact(id="h2", type="note", payload={"n": 3}), session_id="s")
+    store.commit(ms.Fact(id="h2", type="note", payload={"n": 4}), session_id="s")  # replaces: versioned UPDATE
+    seen.append(store.get_with_version("h2"))
+    store.commit(ms.Fact(id="h3", type="pinned", payload={"n": 5}), session_id="s")
+    with pytest.raises(ConflictError):
+        store.update("h3", {"payload": {"n": 6}})
+    seen.append(store.get_with_version("h3"))
+    store.commit(ms.Fact(id="k1", type="single", payload={"k": "a", "v": 1}), session_id="s")
+    store.commit(ms.Fact(id="k2", type="single", payload={"k": "a", "v": 2}), session_id="s")  # by singleton key
+    seen.append([store.get("k1"), store.get_with_version("k2")])
+    past = (datetime.now(timezone.utc) - timedelta(seconds=5)).isoformat()
+    store.storage.save({"id": "h4", "type": "note", "payload": {}, "ts": "2026-01-01T00:00:00Z", "expires_at": past})
+    seen.append(store.get("h4"))  # expired: invisible to the point read
+    store.delete("s", "h2", expected_version=store.get_version("h2"))
+    seen.append(store.get("h2"))
+    seen.append([e["op"] for e in store.storage.get_tx_log("s")])
+    store.rollback("s", 2)
+    seen.append(store.get_with_version("h2"))
+    seen.append(store.get("h3"))
+    seen.append(sorted((e["op"], e["fact_id"]) for e in store.storage.get_tx_log("s")))
+    seen.append(store.get("missing"))
+    return [_strip(x) for x in seen]
+
+
+def _strip(value: Any) -> Any:
+    """Timestamps differ between two runs; everything else must not."""
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in ("ts",)}
+    if isinstance(value, list | tuple):
+        return type(value)(_strip(v) for v in value)
+    return value
+
+
+def test_hot_path_and_sqlalchemy_path_agree(db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    executed: list[str] = []
+    real = Connection.execute
+
+    def counting(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        executed.append(type(statement).__name__)
+        return real(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", counting)
+    fast = ms.SQLStorage(db_url, table_prefix=prefix)
+    try:
+        fast_store = ms.MemoryStore(fast)
+        fast_store.count()
+        executed.clear()
+        fast_store.get("nothing")
+        assert executed == [], "a point read without listeners runs on the DB-API cursor"
+        fast_result = _workload(fast_store)
+    finally:
+        fast.close()
+
+    slow = ms.SQLStorage(db_url, table_prefix=prefix + "b")
+    sent: list[str] = []
+
+    def listener(*args: Any) -> None:
+        sent.append(args[2])
+
+    sa.event.listen(slow.engine, "before_cursor_execute", listener)
+    try:
+        slow_store = ms.MemoryStore(slow)
+        slow_store.count()
+        sent.clear()
+        executed.clear()
+        slow_store.get("nothing")
+        assert len(sent) == 1 and executed == ["Select"], "with a listener the read takes SQLAlchemy's path"
+        assert _workload(slow_store) == fast_result
+        sa.event.remove(slow.engine, "before_cursor_execute", listener)
+        executed.clear()
+        slow_store.get("nothing")
+        assert executed == [], "the listener removed, point reads are back on the DB-API cursor"
+    finally:
+        with slow.engine.begin() as conn:
+            for table in (f"{prefix}b_tx", f"{prefix}b_facts", f"{prefix}b_version"):
+                conn.exec_driver_sql(f"DROP TABLE IF EXISTS {table}")
+        slow.close()
+
+
+def test_hot_path_database_errors_are_translated(db_url: str, prefix: str) -> None:
+    """A failing hot statement is wrapped by SQLAlchemy's error handling and reported by the unit of work
+    as a storage error; the operation leaves nothing behind."""
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    try:
+        store = ms.MemoryStore(storage)
+        store.commit(ms.Fact(id="e1", type="note", payload={"n": 1}))
+        with storage.engine.begin() as conn:
+            conn.exec_driver_sql(f"DROP TABLE {prefix}_tx")
+        with pytest.raises(ms.errors.StorageError):
+            store.commit(ms.Fact(id="e2", type="note", payload={"n": 2}))
+        assert store.get("e2") is None
+        assert store.get("e1") is not None
+    finally:
+        storage.close()
+
+
+def test_echo_takes_sqlalchemys_path(db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``echo`` on (or the sqlalchemy.engine logger at INFO) the statements are logged: the hot ones too."""
+    executed: list[str] = []
+    real = Connection.execute
+
+    def counting(self: Connection, statement: Any, *args: Any, **kwargs: Any) -> Any:
+        executed.append(type(statement).__name__)
+        return real(self, statement, *args, **kwargs)
+
+    monkeypatch.setattr(Connection, "execute", counting)
+    storage = ms.SQLStorage(db_url, table_prefix=prefix, engine_options={"echo": True})
+    try:
+        store = ms.MemoryStore(storage)
+        store.count()
+        executed.clear()
+        assert store.get("nothing") is None
+        assert executed == ["Select"]
+    finally:
+        storage.close()
