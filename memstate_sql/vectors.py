@@ -28,6 +28,7 @@ import hashlib
 import heapq
 import json
 import math
+import operator
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -296,10 +297,8 @@ def _scores_numpy(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> l
 
 def _scores_python(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> list[float]:
     layout = _layout(dim)
-    return [
-        round(math.fsum(a * b for a, b in zip(layout.unpack(blob), query, strict=True)), SCORE_DECIMALS)
-        for blob in blobs
-    ]
+    unpack_one, mul = layout.unpack, operator.mul
+    return [round(sum(map(mul, unpack_one(blob), query)), SCORE_DECIMALS) for blob in blobs]
 
 
 def scorer(use_numpy: bool | None = None) -> Callable[[Sequence[bytes], Sequence[float], int], list[float]]:
