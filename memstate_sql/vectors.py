@@ -28,6 +28,7 @@ import hashlib
 import heapq
 import json
 import math
+import operator
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -296,10 +297,8 @@ def _scores_numpy(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> l
 
 def _scores_python(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> list[float]:
     layout = _layout(dim)
-    return [
-        round(math.fsum(a * b for a, b in zip(layout.unpack(blob), query, strict=True)), SCORE_DECIMALS)
-        for blob in blobs
-    ]
+    unpack_one, mul = layout.unpack, operator.mul
+    return [round(sum(map(mul, unpack_one(blob), query)), SCORE_DECIMALS) for blob in blobs]
 
 
 def scorer(use_numpy: bool | None = None) -> Callable[[Sequence[bytes], Sequence[float], int], list[float]]:
@@ -324,8 +323,8 @@ def scan(
     """The exact top-`limit` ``(fact id, score)`` among the facts `where` selects (the store's filter,
     compiled to SQL), best first, ties by fact id; `score_threshold`: the lowest score kept.
 
-    The vectors are read in keyset pages of `index.scan_batch` joined to their facts (same namespace,
-    id and version), so memory stays bounded whatever the number of candidates."""
+    The vectors joined to their facts (same namespace, id and version) are read in one streamed query,
+    `index.scan_batch` rows at a time, so memory stays bounded whatever the number of candidates."""
     table = table_of(repo.models)
     facts = repo.facts
     if use_numpy is None and index.scanner != "auto":
@@ -339,30 +338,22 @@ def scan(
             facts.c.version == table.c.version,
         ),
     )
-    base = (table.c.namespace == repo.namespace) & (table.c.dim == index.dim) & where
+    cond = (table.c.namespace == repo.namespace) & (table.c.dim == index.dim) & where
+    # One pass over the candidates, fetched `scan_batch` rows at a time from a server-side cursor where the
+    # driver has one (keyset pages made PostgreSQL join every page anew: quadratic at 100k candidates).
+    stmt = select(table.c.fact_id, table.c.vector).select_from(joined).where(cond)
+    result = repo.conn.execute(stmt.execution_options(yield_per=index.scan_batch))
     best: list[tuple[float, str]] = []  # the best `limit` so far as (score, id)
-    after: str | None = None
-    while True:
-        cond = base if after is None else base & (table.c.fact_id > after)
-        stmt = (
-            select(table.c.fact_id, table.c.vector)
-            .select_from(joined)
-            .where(cond)
-            .order_by(table.c.fact_id)
-            .limit(index.scan_batch)
-        )
-        rows = repo.conn.execute(stmt).all()
-        if not rows:
-            break
-        ids = [row[0] for row in rows]
-        scores = score([bytes(row[1]) for row in rows], query, index.dim)
-        candidates = [
-            (s, i) for s, i in zip(scores, ids, strict=True) if score_threshold is None or s >= score_threshold
-        ]
-        best = heapq.nsmallest(limit, best + candidates, key=lambda pair: (-pair[0], pair[1]))
-        if len(rows) < index.scan_batch:
-            break
-        after = ids[-1]
+    try:
+        for rows in result.partitions():
+            ids = [row[0] for row in rows]
+            scores = score([bytes(row[1]) for row in rows], query, index.dim)
+            candidates = [
+                (s, i) for s, i in zip(scores, ids, strict=True) if score_threshold is None or s >= score_threshold
+            ]
+            best = heapq.nsmallest(limit, best + candidates, key=lambda pair: (-pair[0], pair[1]))
+    finally:
+        result.close()
     return [(fact_id, s) for s, fact_id in best]
 
 
