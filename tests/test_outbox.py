@@ -547,3 +547,25 @@ def test_cli_outbox_status_deliver_reconcile(db_url: str, prefix: str, capsys: p
     assert "is empty" in capsys.readouterr().out
     assert main(["outbox", "deliver", *base, "--index", "nope"]) == 2
     storage.close()
+
+
+def test_the_migration_refuses_to_drop_undelivered_rows(db_url: str, prefix: str) -> None:
+    from memstate_sql import migrations
+
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    index = RecordingIndex(delivery="outbox")
+    ms.MemoryStore(storage, [index]).commit(ms.Fact(type="note", payload={"text": "pending"}))
+    storage.close()
+    with pytest.raises(ms.SchemaVersionError, match="undelivered"):
+        migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix)
+    side = ms.SQLStorage(db_url, table_prefix=prefix)
+    assert Dispatcher(side, [index]).deliver().delivered == 1
+    side.close()
+    assert migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix) == "ms_0002_namespaces_expiry"
+    engine = sa.create_engine(db_url)
+    try:
+        assert f"{prefix}_outbox" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    assert migrations.migrate(db_url, table_prefix=prefix) == "ms_0007_outbox"
+    assert count_rows(db_url, prefix, "outbox") == 0
