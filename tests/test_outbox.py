@@ -569,3 +569,18 @@ def test_the_migration_refuses_to_drop_undelivered_rows(db_url: str, prefix: str
         engine.dispose()
     assert migrations.migrate(db_url, table_prefix=prefix) == "ms_0007_outbox"
     assert count_rows(db_url, prefix, "outbox") == 0
+
+
+def test_other_hooks_still_get_memstates_call(storage: ms.SQLStorage) -> None:
+    """Only index hooks take the row (`notify_state`, asked of the class): any other hook, a mock
+    included, is called as memstate calls it."""
+    from unittest.mock import MagicMock
+
+    mock = MagicMock()
+    index = RecordingIndex()
+    store = ms.MemoryStore(storage, [mock, index])
+    fid = store.commit(ms.Fact(type="note", payload={"text": "x"}))
+    assert mock.call_count == 1
+    op, called_id, fact = mock.call_args.args
+    assert (op, called_id, fact.payload) == (ms.Operation.COMMIT, fid, {"text": "x"})
+    assert index.held == {fid: 1}
