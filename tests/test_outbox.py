@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 import memstate_sql as ms
 from memstate_sql import outbox
-from memstate_sql.dispatcher import AsyncDispatcher, Dispatcher, outbox_status, reconcile
+from memstate_sql.dispatcher import AsyncDispatcher, Dispatcher, areconcile, outbox_status, reconcile
 from tests.conftest import Blocking, count_rows
 from tests.outbox_support import RecordingIndex, hash_embedding
 
@@ -443,6 +443,10 @@ def test_async_dispatcher_and_async_qdrant_hook(db_url: str, prefix: str, no_bac
                 await asyncio.sleep(0.05)
         assert set(await hook.entries()) == set(ids[1:])
         assert await AsyncDispatcher(store, [hook]).status() == []
+        await hook.remove([ids[1]])  # behind our back
+        report = await areconcile(store, hook)
+        assert report.missing == [ids[1]] and report.repaired
+        assert set(await hook.entries()) == set(ids[1:])
         await storage.close()
 
     asyncio.run(main())
