@@ -326,3 +326,9 @@ def reconcile(target: Any, index: Any, *, dry_run: bool = False) -> ReconcileRep
 
 def reconcile_many(target: Any, indexes: Sequence[Any], *, dry_run: bool = False) -> list[ReconcileReport]:
     return [reconcile(target, index, dry_run=dry_run) for index in _indexes(indexes)]
+
+
+async def areconcile(target: Any, index: Any, *, dry_run: bool = False) -> ReconcileReport:
+    """`reconcile` for `AsyncMemoryStore` / `AsyncSQLStorage` and async index clients (`AsyncQdrantSyncHook`)."""
+    report: ReconcileReport = await greenlet_spawn(functools.partial(reconcile, target, index, dry_run=dry_run))
+    return report

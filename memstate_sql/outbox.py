@@ -26,6 +26,7 @@ Delivery modes of an `IndexHook` (``delivery=``):
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import uuid
@@ -35,14 +36,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import Table, delete, func, insert, select, update
+from sqlalchemy import Delete, Insert, Select, Table, bindparam, delete, func, insert, select, update
 
 from memstate_sql.errors import ValidationFailed
 from memstate_sql.facts import Fact, Operation
 from memstate_sql.hooks import invoke
 from memstate_sql.records import FactState
 from memstate_sql.repository import Repository
-from memstate_sql.uow import current_repository
+from memstate_sql.uow import TransactionRunner, current_repository
 
 log = logging.getLogger("memstate_sql")
 
@@ -71,6 +72,32 @@ def table(repo: Repository) -> Table:
     return outbox
 
 
+@dataclass(frozen=True)
+class _Statements:
+    """The statements of the per-commit path, built once per table (values are bound parameters, so each
+    compiles once per engine)."""
+
+    insert: Insert
+    pending: Select[Any]
+    finish: Delete
+
+
+@functools.cache
+def _statements(t: Table, row_locks: bool) -> _Statements:
+    fact = (t.c.namespace == bindparam("o_ns")) & (t.c.target == bindparam("o_target"))
+    fact = fact & (t.c.fact_id == bindparam("o_fact"))
+    pending = select(t.c.seq).where(fact).limit(1)
+    return _Statements(
+        insert=insert(t),
+        pending=pending.with_for_update() if row_locks else pending,
+        finish=delete(t).where(fact & (t.c.seq <= bindparam("o_upto"))),
+    )
+
+
+def statements(repo: Repository) -> _Statements:
+    return _statements(table(repo), repo.dialect.row_locks)
+
+
 # ---------------------------------------------------------------------------- rows
 
 
@@ -85,22 +112,22 @@ def record(
     lease: float = DEFAULT_LEASE,
 ) -> int:
     """Insert one outbox row (in `repo`'s transaction); returns its seq."""
-    t = table(repo)
     now = repo.now
     result = repo.conn.execute(
-        insert(t).values(
-            namespace=repo.namespace,
-            target=target,
-            fact_id=fact_id,
-            op=op,
-            version=version,
-            created_at=now,
-            attempts=0,
-            next_attempt_at=now,
-            last_error=None,
-            lease_owner=lease_owner,
-            lease_until=None if lease_owner is None else now + timedelta(seconds=lease),
-        )
+        statements(repo).insert,
+        {
+            "namespace": repo.namespace,
+            "target": target,
+            "fact_id": fact_id,
+            "op": op,
+            "version": version,
+            "created_at": now,
+            "attempts": 0,
+            "next_attempt_at": now,
+            "last_error": None,
+            "lease_owner": lease_owner,
+            "lease_until": None if lease_owner is None else now + timedelta(seconds=lease),
+        },
     )
     pk = result.inserted_primary_key
     assert pk is not None
@@ -109,11 +136,8 @@ def record(
 
 def has_pending(repo: Repository, target: str, fact_id: str) -> bool:
     """Whether the fact has an undelivered row for `target` (a locking read: the newest committed rows)."""
-    t = table(repo)
-    stmt = select(t.c.seq).where((t.c.namespace == repo.namespace) & (t.c.target == target) & (t.c.fact_id == fact_id))
-    if repo.dialect.row_locks:
-        stmt = stmt.with_for_update()
-    return repo.conn.execute(stmt.limit(1)).first() is not None
+    params = {"o_ns": repo.namespace, "o_target": target, "o_fact": fact_id}
+    return repo.conn.execute(statements(repo).pending, params).first() is not None
 
 
 @dataclass(frozen=True)
@@ -187,15 +211,11 @@ def covered(repo: Repository, target: str, fact_ids: Sequence[str]) -> dict[str,
 
 def finish(repo: Repository, target: str, upto: dict[str, int]) -> int:
     """Delete the delivered rows: each fact's rows up to the seq its delivered state covers."""
-    t = table(repo)
+    stmt = statements(repo).finish
     done = 0
     for fact_id, seq in upto.items():
-        result = repo.conn.execute(
-            delete(t).where(
-                (t.c.namespace == repo.namespace) & (t.c.target == target) & (t.c.fact_id == fact_id) & (t.c.seq <= seq)
-            )
-        )
-        done += int(result.rowcount or 0)
+        params = {"o_ns": repo.namespace, "o_target": target, "o_fact": fact_id, "o_upto": seq}
+        done += int(repo.conn.execute(stmt, params).rowcount or 0)
     return done
 
 
@@ -493,10 +513,7 @@ class IndexHook:
 
 def _runner_of(repo: Repository) -> Any:
     """Run `fn(repo)` in a new transaction on the same engine, tables and namespace as `repo`."""
-    from memstate_sql.uow import TransactionRunner
-
-    engine = repo.conn.engine
-    runner = TransactionRunner(engine, repo.models, repo.dialect, owner=object(), namespace=repo.namespace)
+    runner = TransactionRunner(repo.conn.engine, repo.models, repo.dialect, owner=object(), namespace=repo.namespace)
 
     def run(fn: Any, write: bool) -> Any:
         return runner.run(fn, write=write, name="outbox")

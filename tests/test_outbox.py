@@ -25,7 +25,7 @@ from pydantic import BaseModel
 
 import memstate_sql as ms
 from memstate_sql import outbox
-from memstate_sql.dispatcher import AsyncDispatcher, Dispatcher, outbox_status, reconcile
+from memstate_sql.dispatcher import AsyncDispatcher, Dispatcher, areconcile, outbox_status, reconcile
 from tests.conftest import Blocking, count_rows
 from tests.outbox_support import RecordingIndex, hash_embedding
 
@@ -443,6 +443,10 @@ def test_async_dispatcher_and_async_qdrant_hook(db_url: str, prefix: str, no_bac
                 await asyncio.sleep(0.05)
         assert set(await hook.entries()) == set(ids[1:])
         assert await AsyncDispatcher(store, [hook]).status() == []
+        await hook.remove([ids[1]])  # behind our back
+        report = await areconcile(store, hook)
+        assert report.missing == [ids[1]] and report.repaired
+        assert set(await hook.entries()) == set(ids[1:])
         await storage.close()
 
     asyncio.run(main())
@@ -547,3 +551,40 @@ def test_cli_outbox_status_deliver_reconcile(db_url: str, prefix: str, capsys: p
     assert "is empty" in capsys.readouterr().out
     assert main(["outbox", "deliver", *base, "--index", "nope"]) == 2
     storage.close()
+
+
+def test_the_migration_refuses_to_drop_undelivered_rows(db_url: str, prefix: str) -> None:
+    from memstate_sql import migrations
+
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    index = RecordingIndex(delivery="outbox")
+    ms.MemoryStore(storage, [index]).commit(ms.Fact(type="note", payload={"text": "pending"}))
+    storage.close()
+    with pytest.raises(ms.SchemaVersionError, match="undelivered"):
+        migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix)
+    side = ms.SQLStorage(db_url, table_prefix=prefix)
+    assert Dispatcher(side, [index]).deliver().delivered == 1
+    side.close()
+    assert migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix) == "ms_0002_namespaces_expiry"
+    engine = sa.create_engine(db_url)
+    try:
+        assert f"{prefix}_outbox" not in sa.inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
+    assert migrations.migrate(db_url, table_prefix=prefix) == "ms_0007_outbox"
+    assert count_rows(db_url, prefix, "outbox") == 0
+
+
+def test_other_hooks_still_get_memstates_call(storage: ms.SQLStorage) -> None:
+    """Only index hooks take the row (`notify_state`, asked of the class): any other hook, a mock
+    included, is called as memstate calls it."""
+    from unittest.mock import MagicMock
+
+    mock = MagicMock()
+    index = RecordingIndex()
+    store = ms.MemoryStore(storage, [mock, index])
+    fid = store.commit(ms.Fact(type="note", payload={"text": "x"}))
+    assert mock.call_count == 1
+    op, called_id, fact = mock.call_args.args
+    assert (op, called_id, fact.payload) == (ms.Operation.COMMIT, fid, {"text": "x"})
+    assert index.held == {fid: 1}
