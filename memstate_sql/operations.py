@@ -615,14 +615,14 @@ class Operations:
 
     @staticmethod
     def hydrate(repo: Repository, hits: Sequence[tuple[str, float]]) -> list[tuple[FactState, float]]:
-        best: dict[str, float] = {}
+        """The current rows of the hooks' hits, as memstate's `search` gives them: in the hooks' order
+        (a hook's scores may be similarities or distances: its own order is the ranking), one per fact
+        at its first place with its last score; hits whose fact no longer exists are dropped."""
+        scores: dict[str, float] = {}
         for fact_id, score in hits:
-            if fact_id not in best or score > best[fact_id]:
-                best[fact_id] = score
-        found = repo.get_many(list(best))
-        ranked = [(found[fid], score) for fid, score in best.items() if fid in found]
-        ranked.sort(key=lambda pair: -pair[1])
-        return ranked
+            scores[fact_id] = score
+        found = repo.get_many(list(scores))
+        return [(found[fid], score) for fid, score in scores.items() if fid in found]
 
 
 def _batch_plan(

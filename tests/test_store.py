@@ -371,7 +371,8 @@ def test_search_hydrates_from_the_database_and_drops_ghosts(make_store: Any) -> 
     store.commit(Fact(id="a", type="t", payload={"v": "a"}))
     store.commit(Fact(id="b", type="t", payload={"v": "b"}))
     results = store.search("anything")
-    assert [(r.fact.id, r.score) for r in results] == [("b", 0.7), ("a", 0.5)]
+    # memstate's order: the hooks' own (a Chroma hook's scores are distances, lower is better).
+    assert [(r.fact.id, r.score) for r in results] == [("a", 0.5), ("b", 0.7)]
 
 
 def test_search_without_search_hooks_is_empty(store: Any) -> None:
