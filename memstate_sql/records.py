@@ -98,9 +98,10 @@ class TxRecord:
     fact_after: dict[str, Any] | None
     discarded: list[dict[str, Any]] | None
     reverted_by: str | None
-    session_seq: int = 0
-    """The entry's position in its session's log (1, 2, 3...; 0: not assigned yet). Unlike `seq`, it
-    follows the order in which the session's operations committed on every engine."""
+    session_seq: int | None = None
+    """The entry's position in its session's log (1, 2, 3...); None for an entry without a session
+    (those take no position) or one not stored yet. Unlike `seq`, it follows the order in which the
+    session's operations committed on every engine."""
 
     def doc(self) -> dict[str, Any]:
         """The memstate form of the entry (`TxEntry.model_dump(mode="json")`)."""
