@@ -574,13 +574,15 @@ class AsyncMemoryStore:
     async def search(
         self, query: str, limit: int = 5, filters: dict[str, Any] | None = None, score_threshold: float | None = None
     ) -> list[ScoredFact]:
-        """The facts most similar to `query`, best score first (ties by fact id).
+        """The facts most similar to `query`.
 
         With the storage's `vector_index` (docs/search.md): an exact cosine search over the vectors
         stored beside the facts, among the facts `filters` selects (the `query` filter language,
         compiled into the same SQL), in one read transaction; `score_threshold` is the lowest cosine
-        similarity kept. Without one: memstate's way, asking the hooks that can search and reading
-        the hits' current state from the database (hits whose fact no longer exists are dropped).
+        similarity kept; best score first, ties by fact id. Without one: memstate's way, asking the
+        hooks that can search and reading the hits' current state from the database, in the hooks'
+        order (their scores may be similarities or distances); hits whose fact no longer exists are
+        dropped.
         """
         return await _spawn(self.sync_store.search, query, limit, filters, score_threshold)
 

@@ -496,8 +496,16 @@ def downgrade(
     schema: str | None = None,
     lock_timeout: float = DEFAULT_LOCK_TIMEOUT,
 ) -> str | None:
-    """Downgrade the database to `revision` (``"base"`` removes memstate_sql's tables; the data goes too)."""
+    """Downgrade the database to `revision` (``"base"`` removes memstate_sql's tables; the data goes too).
+
+    Refuses before it changes anything when a revision on the path down would refuse (see
+    `downgrade_refusals`): each revision's downgrade runs in its own transaction on PostgreSQL and
+    MySQL/MariaDB, so a refusal found only on the way would leave the database half way down.
+    """
     with holding(_ALEMBIC), connection_for(url_or_engine_or_connection) as conn:
+        refusal = downgrade_refusals(conn, revision, table_prefix=table_prefix, schema=schema)
+        if refusal is not None:
+            raise SchemaVersionError(refusal)
         cfg = make_config(table_prefix, schema, connection=conn, lock_timeout=lock_timeout)
         try:
             command.downgrade(cfg, revision)
@@ -506,6 +514,43 @@ def downgrade(
                 f"cannot downgrade {Target(table_prefix, schema).describe()} to {revision!r}: {err}"
             ) from err
         return _current(conn, Target(table_prefix, schema))
+
+
+def downgrade_refusals(
+    conn: Connection, revision: str, *, table_prefix: str = DEFAULT_PREFIX, schema: str | None = None
+) -> str | None:
+    """The message of the first revision on the path from the database's revision down to `revision`
+    (newest first) whose downgrade would refuse; None when none would (or the path is not known here:
+    the downgrade itself then reports it).
+
+    The convention (docs/migrations.md): a revision module whose downgrade can refuse defines
+    ``downgrade_refusal(bind, facts_table, log_table, schema) -> str | None`` and its ``downgrade()``
+    calls it too (so the Alembic CLI refuses as well); a module without it is not pre-checked. The
+    check reads on `conn` and leaves no transaction open that it began.
+    """
+    tgt = Target(check_prefix(table_prefix), schema)
+    began = not conn.in_transaction()
+    try:
+        current = _current(conn, tgt)
+        if current is None:
+            return None
+        try:
+            path = list(_scripts().iterate_revisions(current, revision))
+        except Exception:  # unknown revisions: left to Alembic's own errors
+            return None
+        facts = tgt.models.Fact.__table__.name  # type: ignore[attr-defined]
+        log = tgt.models.Tx.__table__.name  # type: ignore[attr-defined]
+        for script in path:
+            check = getattr(script.module, "downgrade_refusal", None)
+            if check is None:
+                continue
+            refusal: str | None = check(conn, facts, log, schema)
+            if refusal:
+                return refusal
+        return None
+    finally:
+        if began and conn.in_transaction():
+            conn.rollback()
 
 
 # ---------------------------------------------------------------------------- env.py
@@ -600,6 +645,7 @@ __all__ = [
     "connection_for",
     "current_revision",
     "downgrade",
+    "downgrade_refusals",
     "head_revision",
     "host_filters",
     "include_name",

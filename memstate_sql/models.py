@@ -172,21 +172,23 @@ class TxColumns:
     #: The record `SQLStorage.append_tx` was given, without seq and without the images held above,
     #: when the columns cannot render it exactly; NULL: their canonical rendering (docs/contract.md).
     document: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument())
-    #: The entry's position in its session's log (entries without a session form one more log per
-    #: namespace): 1, 2, 3... in the order the session's operations committed, assigned in the entry's
-    #: transaction under the session's row in the sessions table (docs/log-order.md). ``seq`` is unique
-    #: but follows neither commit order nor a session's order on every engine.
-    session_seq: Mapped[int] = mapped_column(SeqType, server_default="0")
+    #: The entry's position in its session's log: 1, 2, 3... in the order the session's operations
+    #: committed, assigned in the entry's transaction under the session's row in the sessions table
+    #: (docs/log-order.md). NULL for entries without a session: they take no position, so their writers
+    #: are not serialised. ``seq`` is unique but follows neither commit order nor a session's order on
+    #: every engine.
+    session_seq: Mapped[int | None] = mapped_column(SeqType)
 
 
 class SessionColumns:
-    """Columns of the sessions table: one row per session (and one per namespace for entries without a
-    session) holding the last position handed out; writing it serialises (and, on Galera, certifies)
-    the session's log writers."""
+    """Columns of the sessions table: one row per session holding the last position handed out; writing
+    it serialises (and, on Galera, certifies) the session's log writers. Entries without a session have
+    no row (and no position)."""
 
     namespace: Mapped[str] = mapped_column(KeyString(), primary_key=True)
-    #: The session id ('' for the log of entries without a session, told apart by `without_session`).
+    #: The session id.
     session_id: Mapped[str] = mapped_column(KeyString(), primary_key=True)
+    #: Always false since entries without a session take no position (kept in the key for the schema).
     without_session: Mapped[bool] = mapped_column(Boolean(create_constraint=False), primary_key=True)
     last_seq: Mapped[int] = mapped_column(SeqType)
 
@@ -307,7 +309,10 @@ def models_for(prefix: str = DEFAULT_PREFIX, schema: str | None = None) -> Model
             UniqueConstraint("namespace", "uuid", name=f"uq_{log}_uuid"),
             Index(f"ix_{log}_ns_session_seq", "namespace", "session_id", "seq"),
             Index(f"ix_{log}_ns_fact_id", "namespace", "fact_id"),
-            Index(f"uq_{log}_session_seq", "namespace", "session_id", "session_seq", unique=True),
+            # Not UNIQUE: Galera certifies a unique key holding NULLs as a shared key, so concurrent inserts
+            # without a session (session_seq NULL) would conflict. The session's row lock keeps a
+            # session's positions unique; `verify` checks it.
+            Index(f"ix_{log}_session_position", "namespace", "session_id", "session_seq"),
         )
 
     class SessionRow(SessionColumns, Base):

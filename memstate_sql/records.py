@@ -161,9 +161,10 @@ class TxRecord:
     document: dict[str, Any] | None = None
     """The record `append_tx` was given, without seq and without the images held in `fact_before` /
     `fact_after`, when the columns cannot render it (missing keys, another ts spelling); None: canonical."""
-    session_seq: int = 0
-    """The entry's position in its session's log (1, 2, 3...; 0: not assigned yet). Unlike `seq`, it
-    follows the order in which the session's operations committed on every engine."""
+    session_seq: int | None = None
+    """The entry's position in its session's log (1, 2, 3...); None for an entry without a session
+    (those take no position) or one not stored yet. Unlike `seq`, it follows the order in which the
+    session's operations committed on every engine."""
 
     def doc(self) -> dict[str, Any]:
         """The memstate form of the entry: the record `append_tx` was given (with the database's seq), or

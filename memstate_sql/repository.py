@@ -88,8 +88,10 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
                 stmt = (
                     select(log)
                     .where(where)
-                    # The session's own order: `seq` is not commit order on every engine (docs/log-order.md).
-                    .order_by(t.session_seq.desc(), t.seq.desc())
+                    # A session's own order: `seq` is not commit order on every engine (docs/log-order.md).
+                    # Entries without a session have no positions: `seq` (on one server, a caller's
+                    # consecutive operations).
+                    .order_by((t.seq if no_session else t.session_seq).desc())
                     .limit(bindparam("w_limit", type_=Integer))
                     .offset(bindparam("w_offset", type_=Integer))
                 )
@@ -438,12 +440,13 @@ class Repository:
             session_seq=row.session_seq,
         )
 
-    def _session_key(self, session_id: str | None) -> tuple[str, str, bool]:
-        return (self.namespace, "" if session_id is None else session_id, session_id is None)
+    def _session_key(self, session_id: str) -> tuple[str, str, bool]:
+        return (self.namespace, session_id, False)
 
-    def reserve_positions(self, session_id: str | None, count: int) -> int:
+    def reserve_positions(self, session_id: str, count: int) -> int:
         """Take `count` positions in the session's log (see `DialectSupport.reserve_positions`): returns
-        the last one; the session's row stays locked until the transaction ends."""
+        the last one; the session's row stays locked until the transaction ends. Entries without a
+        session take no position (and no lock): never call this for them."""
         return self._reserve(self._session_key(session_id), count)
 
     def _reserve(self, key: tuple[str, str, bool], count: int) -> int:
@@ -452,31 +455,44 @@ class Repository:
 
     def lock_session(self, session_id: str | None) -> None:
         """Serialise with the session's other log writers until the transaction ends (a rollback takes
-        this before it reads the session's log, so it reads the log as of its own position)."""
-        self.reserve_positions(session_id, 0)
+        this before it reads the session's log, so it reads the log as of its own position). Nothing
+        for entries without a session: they have no positions, so their writers are not serialised."""
+        if session_id is not None:
+            self.reserve_positions(session_id, 0)
 
-    def _positions(self, entries: Sequence[TxRecord], keep: bool) -> list[int]:
-        """The session position of each entry, in list order. `keep`: the entries carry positions of
-        another store (an import): they keep their order after the session's existing entries."""
-        keys = [self._session_key(e.session_id) for e in entries]
+    def _positions(self, entries: Sequence[TxRecord], keep: bool) -> list[int | None]:
+        """The session position of each entry, in list order (None for an entry without a session).
+        `keep`: the entries carry positions of another store (an import): they keep their order after
+        the session's existing entries."""
+        keys = [None if e.session_id is None else self._session_key(e.session_id) for e in entries]
+        wanted = [key for key in keys if key is not None]
         if not keep:
             counts: dict[tuple[str, str, bool], int] = {}
-            for key in keys:
+            for key in wanted:
                 counts[key] = counts.get(key, 0) + 1
             nxt: dict[tuple[str, str, bool], int] = {}
             for key in sorted(counts):  # one lock order for every writer: no deadlock between two imports
                 nxt[key] = self._reserve(key, counts[key]) - counts[key] + 1
-            out = []
-            for key in keys:
-                out.append(nxt[key])
-                nxt[key] += 1
+            out: list[int | None] = []
+            for maybe in keys:
+                if maybe is None:
+                    out.append(None)
+                    continue
+                out.append(nxt[maybe])
+                nxt[maybe] += 1
             return out
-        for key in sorted(set(keys) - set(self._bases)):
+        for key in sorted(set(wanted) - set(self._bases)):
             self._bases[key] = self._reserve(key, 0)
-        out = [self._bases[key] + e.session_seq for key, e in zip(keys, entries, strict=True)]
+        out = []
         tops: dict[tuple[str, str, bool], int] = {}
-        for key, position in zip(keys, out, strict=True):
-            tops[key] = max(tops.get(key, 0), position)
+        for maybe, e in zip(keys, entries, strict=True):
+            if maybe is None:
+                out.append(None)
+                continue
+            assert e.session_seq is not None  # keep: every session entry carries its position
+            position = self._bases[maybe] + e.session_seq
+            out.append(position)
+            tops[maybe] = max(tops.get(maybe, 0), position)
         c = self.sessions.c
         for key, top in sorted(tops.items()):
             where = (c.namespace == key[0]) & (c.session_id == key[1]) & (c.without_session == key[2])
@@ -499,13 +515,15 @@ class Repository:
         reverted_by: str | None = None,
         document: dict[str, Any] | None = None,
     ) -> None:
-        """Append one log entry at the session's next position."""
+        """Append one log entry: at the session's next position, or (no session) without a position,
+        taking no lock beyond the INSERT's own."""
         params: dict[str, Any] = {}
-        one = self.dialect.append_at_next_position(self.log, self.sessions)
+        one = None if session_id is None else self.dialect.append_at_next_position(self.log, self.sessions)
         if one is None:
             stmt = self._hot.insert_log
-            params["session_seq"] = self.reserve_positions(session_id, 1)
+            params["session_seq"] = None if session_id is None else self.reserve_positions(session_id, 1)
         else:  # one round trip: the position is taken by the INSERT itself
+            assert session_id is not None
             stmt = one
             key = self._session_key(session_id)
             params.update(p_ns=key[0], p_sid=key[1], p_none=key[2], p_n=1)

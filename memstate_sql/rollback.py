@@ -32,8 +32,9 @@ from memstate_sql.repository import Repository
 
 def newer(other: TxRecord, entry: TxRecord) -> bool:
     """Whether `other` was logged after `entry`: by the session position within one session (its
-    commit order on every engine), by `seq` across sessions (see docs/log-order.md)."""
-    if other.session_id == entry.session_id:
+    commit order on every engine), by `seq` across sessions and between entries without a session,
+    which have no positions (see docs/log-order.md)."""
+    if other.session_seq is not None and entry.session_seq is not None and other.session_id == entry.session_id:
         return other.session_seq > entry.session_seq
     return other.seq > entry.seq
 

@@ -3,7 +3,7 @@
 The file is a header line, one line per fact (``"kind": "fact"``, every
 column of the row), one line per log entry (``"kind": "tx"``, in seq order,
 rolled-back entries included, each with its ``session_seq``: its position in its
-session's log) and an ``end`` line with the counts::
+session's log, null for an entry without a session) and an ``end`` line with the counts::
 
     {"format": "memstate-sql-export", "format_version": 2, "facts": 2, "log": 3, ...}
     {"kind": "fact", "id": "...", "type": "user", "payload": {...}, "version": 2, ...}
@@ -167,9 +167,9 @@ def tx_from_line(line: dict[str, Any], where: str) -> TxRecord:
     reason = line.get("reason")
     if reason is not None and not isinstance(reason, str):
         raise ValidationFailed(f"{where}: reason must be a string or null")
-    position = line.get("session_seq", 0)
-    if isinstance(position, bool) or not isinstance(position, int) or position < 0:
-        raise ValidationFailed(f"{where}: session_seq must be a non-negative integer")
+    position = line.get("session_seq")
+    if position is not None and (isinstance(position, bool) or not isinstance(position, int) or position < 1):
+        raise ValidationFailed(f"{where}: session_seq must be a positive integer or null")
     assert uuid is not None
     return TxRecord(
         seq=0,
@@ -372,7 +372,8 @@ def load_export(
                 )
             # Positions of the exporting store are kept (a file without them, format_version 1 as
             # written before ms_0005, gets new ones in file order, which was then seq order).
-            repo.insert_log(log, keep_positions=all(e.session_seq > 0 for e in log))
+            # (entries without a session have none and get none).
+            repo.insert_log(log, keep_positions=all(e.session_seq is not None for e in log if e.session_id))
             done += len(log)
             report(done, reading[0].announced)
             log.clear()

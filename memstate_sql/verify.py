@@ -5,7 +5,8 @@ transaction) and checks the invariants every store operation maintains:
 
 * at most one fact per (type, singleton key);
 * log sequence numbers and uuids are unique, sequence numbers positive; session
-  positions (``session_seq``) are positive and unique per session;
+  positions (``session_seq``) are positive and unique per session, and absent
+  on entries without a session;
 * the *active* log (entries no rollback undid) replays to the facts table:
   taking each fact's active entries in sequence order, every entry's before
   image is the state the previous one left (no change is missing between
@@ -74,11 +75,21 @@ def check(facts: list[FactState], log: list[TxRecord]) -> VerifyReport:
     seqs = Counter(e.seq for e in log)
     problems += [f"log seq {s} is used {n} times" for s, n in seqs.items() if n > 1]
     problems += [f"log seq {e.seq} is not positive" for e in log if e.seq < 1]
-    positions = Counter((e.session_id, e.session_seq) for e in log)
+    # Positions of a session are unique (the session's row lock hands them out; the index is not UNIQUE,
+    # docs/log-order.md). Entries without a session take none.
+    in_sessions = [e for e in log if e.session_id is not None]
+    positions = Counter((e.session_id, e.session_seq) for e in in_sessions)
     problems += [
         f"session {sid!r}: log position {pos} is used {n} times" for (sid, pos), n in positions.items() if n > 1
     ]
-    problems += [f"log seq {e.seq} has no session position" for e in log if e.session_seq < 1]
+    problems += [
+        f"log seq {e.seq} has no session position" for e in in_sessions if e.session_seq is None or e.session_seq < 1
+    ]
+    problems += [
+        f"log seq {e.seq} has a session position but no session"
+        for e in log
+        if e.session_id is None and e.session_seq is not None
+    ]
     uuids = Counter(e.uuid for e in log)
     problems += [f"log uuid {u} is used {n} times" for u, n in uuids.items() if n > 1]
 

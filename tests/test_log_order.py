@@ -39,15 +39,26 @@ def raise_seq(url: str, prefix: str, entry_uuid: str, by: int = 1_000_000) -> No
     execute(url, f"UPDATE {prefix}_tx SET seq = seq + {by} WHERE uuid = :u", {"u": entry_uuid})
 
 
-def positions(url: str, prefix: str, session: str | None) -> list[tuple[int, int, str]]:
+def positions(url: str, prefix: str, session: str) -> list[tuple[int, int, str]]:
     """(session_seq, seq, op) of the session's entries, in position order."""
-    where = "namespace = '' AND " + ("session_id IS NULL" if session is None else "session_id = :s")
     return [
         (int(p), int(s), str(o))
         for p, s, o in fetch(
             url,
-            f"SELECT session_seq, seq, op FROM {prefix}_tx WHERE {where} ORDER BY session_seq",
+            f"SELECT session_seq, seq, op FROM {prefix}_tx WHERE namespace = '' AND session_id = :s "
+            "ORDER BY session_seq",
             {"s": session},
+        )
+    ]
+
+
+def sessionless(url: str, prefix: str) -> list[tuple[int | None, int, str]]:
+    """(session_seq, seq, op) of the entries without a session, in seq order."""
+    return [
+        (p, int(s), str(o))
+        for p, s, o in fetch(
+            url,
+            f"SELECT session_seq, seq, op FROM {prefix}_tx WHERE namespace = '' AND session_id IS NULL ORDER BY seq",
         )
     ]
 
@@ -55,11 +66,11 @@ def positions(url: str, prefix: str, session: str | None) -> list[tuple[int, int
 # ---------------------------------------------------------------------------- Galera-style seq
 
 
-@pytest.mark.parametrize("session", ["s", None])
 def test_rollback_undoes_the_last_operation_when_it_has_the_lower_seq(
-    make_store: Any, db_url: str, prefix: str, session: str | None
+    make_store: Any, db_url: str, prefix: str
 ) -> None:
     store = make_store()
+    session = "s"
     first = store.commit(Fact(type="note", payload={"n": 1}), session_id=session)
     second = store.commit(Fact(type="note", payload={"n": 2}), session_id=session)
     store.update(first, {"payload": {"n": 10}})  # logged in the fact's session, after both commits
@@ -110,6 +121,8 @@ def test_export_import_keeps_each_sessions_order(db_url: str, prefix: str, tmp_p
         write_export(target, again)
         lines = [line for line in again.getvalue().splitlines() if '"kind":"tx"' in line]
         assert len(lines) == 5 and all('"session_seq":' in line for line in lines)
+        assert sum('"session_seq":null' in line for line in lines) == 1  # the entry without a session
+        assert [p for p, _, _ in sessionless(target_url, "memstate")] == [None]
 
 
 def test_a_bad_session_seq_in_an_export_line_is_refused(storage: ms.SQLStorage) -> None:
@@ -118,11 +131,102 @@ def test_a_bad_session_seq_in_an_export_line_is_refused(storage: ms.SQLStorage) 
         '"fact_id":null,"fact_before":null,"fact_after":null,"actor":null,"reason":null,"session_seq":-1}'
     )
     text = '{"format":"memstate-sql-export","format_version":1}\n' + line + '\n{"kind":"end","facts":0,"log":1}\n'
-    with pytest.raises(ms.ValidationFailed, match="session_seq must be a non-negative integer"):
+    with pytest.raises(ms.ValidationFailed, match="session_seq must be a positive integer or null"):
         load_export(storage, io.StringIO(text))
+    with pytest.raises(ms.ValidationFailed, match="session_seq must be a positive integer or null"):
+        load_export(storage, io.StringIO(text.replace('"session_seq":-1', '"session_seq":0')))
+    assert storage.get_tx_log("s") == []
+
+
+def test_entries_without_a_session_take_no_position_and_follow_seq(make_store: Any, db_url: str, prefix: str) -> None:
+    """No position, no sessions row: `get_tx_log(None)`, plans and `rollback(None, n)` follow `seq`."""
+    store = make_store()
+    first = store.commit(Fact(type="note", payload={"n": 1}))
+    second = store.commit(Fact(type="note", payload={"n": 2}))
+    store.update(first, {"payload": {"n": 10}})
+    rows = sessionless(db_url, prefix)
+    assert [(p, o) for p, _, o in rows] == [(None, "COMMIT"), (None, "COMMIT"), (None, "UPDATE")]
+    assert fetch(db_url, f"SELECT COUNT(*) FROM {prefix}_sessions") == [(0,)]
+    update, commit2, commit1 = store.storage.get_tx_log(None)
+    assert (update["op"], commit2["fact_id"], commit1["fact_id"]) == ("UPDATE", second, first)
+    # Without positions, seq decides: the first commit's entry, given the highest seq, counts as newest.
+    raise_seq(db_url, prefix, commit1["uuid"])
+    assert [e["uuid"] for e in store.storage.get_tx_log(None)] == [commit1["uuid"], update["uuid"], commit2["uuid"]]
+    assert [e["uuid"] for e in store.plan_rollback(None, 1).entries] == [commit1["uuid"]]
+    raise_seq(db_url, prefix, commit1["uuid"], by=-1_000_000)  # back in place
+    assert [e["uuid"] for e in store.plan_rollback(None, 2).entries] == [update["uuid"], commit2["uuid"]]
+    assert store.rollback(None, 1) == 1 and store.get(first)["payload"] == {"n": 1}
+    assert all(p is None for p, _, _ in sessionless(db_url, prefix))  # the rollback's record too
+    assert fetch(db_url, f"SELECT COUNT(*) FROM {prefix}_sessions") == [(0,)]
+    assert store.storage.verify().ok
+
+
+def test_a_sessionless_entry_with_a_position_fails_verify(storage: ms.SQLStorage, db_url: str, prefix: str) -> None:
+    store = ms.MemoryStore(storage)
+    store.commit(Fact(type="note", payload={}), session_id="s")
+    store.commit(Fact(type="note", payload={}), session_id="s")
+    store.commit(Fact(type="note", payload={}))
+    assert storage.verify().ok
+    execute(db_url, f"UPDATE {prefix}_tx SET session_seq = 1 WHERE session_id IS NULL")
+    execute(db_url, f"UPDATE {prefix}_tx SET session_seq = 1 WHERE session_id = 's'")
+    problems = storage.verify().problems
+    assert any("has a session position but no session" in p for p in problems), problems
+    assert any("session 's': log position 1 is used 2 times" in p for p in problems), problems
 
 
 # ---------------------------------------------------------------------------- real commit order
+
+
+@pytest.mark.parametrize("second_op", ["commit", "update", "delete"])
+def test_writers_without_a_session_are_not_serialised(db: str, db_url: str, prefix: str, second_op: str) -> None:
+    """Two transactions without a session both append their log entry before either commits: the first
+    holds its transaction open (a hook after its entry) until the second has committed. If the second
+    waited for the first (a shared positions row), the first's wait would time out and the test fail."""
+    if db == "sqlite":
+        pytest.skip("SQLite has one writer at a time (BEGIN IMMEDIATE): every writer is serialised there")
+    second_done = threading.Event()
+    logged = threading.Event()
+    waited: list[bool] = []
+
+    def hold(op: ms.Operation, fact_id: str, fact: Any) -> None:
+        if fact is not None and fact.payload.get("hold"):
+            logged.set()  # the entry is inserted, the transaction still open
+            waited.append(second_done.wait(timeout=15))
+
+    first = ms.MemoryStore(ms.SQLStorage(db_url, table_prefix=prefix), [hold])
+    second = ms.MemoryStore(ms.SQLStorage(db_url, table_prefix=prefix))
+    try:
+        global_fact = second.commit(Fact(type="note", payload={"n": 0}))
+        errors: list[BaseException] = []
+
+        def run_first() -> None:
+            try:
+                first.commit(Fact(type="note", payload={"hold": True}))
+            except BaseException as err:  # reported below
+                errors.append(err)
+
+        t = threading.Thread(target=run_first)
+        t.start()
+        assert logged.wait(10)
+        if second_op == "commit":
+            second.commit(Fact(type="note", payload={"n": 1}))
+        elif second_op == "update":
+            second.update(global_fact, {"payload": {"n": 2}})
+        else:
+            second.delete(None, global_fact)
+        second_done.set()
+        t.join(30)
+        assert not errors and waited == [True], "the second writer waited for the first one's COMMIT"
+        rows = sessionless(db_url, prefix)
+        assert len(rows) == 3 and all(p is None for p, _, _ in rows)
+        # One server: the caller's consecutive operations (global_fact's commit, then the second
+        # operation) have increasing seq; the held commit took its seq in between.
+        ops = [o for _, _, o in rows]
+        assert ops[0] == "COMMIT" and ops[-1] == {"commit": "COMMIT", "update": "UPDATE", "delete": "DELETE"}[second_op]
+        assert second.storage.verify().ok
+    finally:
+        first.storage.close()
+        second.storage.close()
 
 
 def test_a_lower_seq_that_commits_last(db: str, db_url: str, prefix: str, tmp_path: Any) -> None:
@@ -229,13 +333,15 @@ def test_concurrent_writers_of_one_session_get_dense_unique_positions(db_url: st
                 for i in range(4)
             ]
             assert [f.result(timeout=180) for f in futures] == [8] * 4
-        for session in ("shared", None):
-            rows = positions(db_url, prefix, session)
-            assert [p for p, _, _ in rows] == list(range(1, 33))  # 2 writers x 8 x (commit + update)
-            # One server: a session's entries also take their seq in position order (docs/log-order.md).
-            assert [s for _, s, _ in rows] == sorted(s for _, s, _ in rows)
+        rows = positions(db_url, prefix, "shared")
+        assert [p for p, _, _ in rows] == list(range(1, 33))  # 2 writers x 8 x (commit + update)
+        # One server: a session's entries also take their seq in position order (docs/log-order.md).
+        assert [s for _, s, _ in rows] == sorted(s for _, s, _ in rows)
+        # The writers without a session took no position (and so did not wait for each other).
+        none = sessionless(db_url, prefix)
+        assert len(none) == 32 and all(p is None for p, _, _ in none)
         last = dict(fetch(db_url, f"SELECT session_id, last_seq FROM {prefix}_sessions WHERE namespace = ''"))
-        assert last == {"shared": 32, "": 32}
+        assert last == {"shared": 32}
         assert storage.verify().ok
         assert ms.MemoryStore(storage).rollback("shared", 3) == 3
 
@@ -258,10 +364,11 @@ def test_upgrade_from_ms_0002_numbers_existing_entries_and_downgrade_refuses_cro
     assert f"{prefix}_sessions" not in table_names(db_url)
     # ms_0002 data (as the previous release wrote it) upgrades: positions in seq order per session.
     assert ms.migrate(db_url, table_prefix=prefix) == migrations.head_revision()
-    for session in ("s", None):
-        rows = positions(db_url, prefix, session)
-        assert [s for _, s, _ in rows] == sorted(s for _, s, _ in rows)
-        assert [p for p, _, _ in rows] == list(range(1, len(rows) + 1))
+    rows = positions(db_url, prefix, "s")
+    assert [s for _, s, _ in rows] == sorted(s for _, s, _ in rows)
+    assert [p for p, _, _ in rows] == list(range(1, len(rows) + 1))
+    none = sessionless(db_url, prefix)
+    assert len(none) == 3 and all(p is None for p, _, _ in none)  # no positions without a session
     by_ns = fetch(
         db_url,
         f"SELECT namespace, session_id, session_seq FROM {prefix}_tx WHERE session_id = 's' ORDER BY namespace, seq",
@@ -270,7 +377,6 @@ def test_upgrade_from_ms_0002_numbers_existing_entries_and_downgrade_refuses_cro
     assert [p for ns, _, p in by_ns if ns == "other"] == [1]
     last = sorted(fetch(db_url, f"SELECT namespace, session_id, without_session, last_seq FROM {prefix}_sessions"))
     assert [(ns, sid, bool(w), n) for ns, sid, w, n in last] == [
-        ("", "", True, 3),
         ("", "s", False, 5),
         ("other", "s", False, 1),
     ]
@@ -342,3 +448,25 @@ def test_galera_rollback_undoes_the_sessions_last_operation_across_nodes() -> No
         from tests.conftest import drop_prefix
 
         drop_prefix(GALERA[0], prefix)
+
+
+def test_a_refused_downgrade_changes_nothing_and_modules_without_a_check_are_not_pre_checked(
+    db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with ms.SQLStorage(db_url, table_prefix=prefix) as storage:
+        ms.MemoryStore(storage.for_namespace("other")).commit(Fact(type="note", payload={}), session_id="s")
+    with temporary_engine(db_url) as engine, engine.connect() as conn:
+        refusal = migrations.downgrade_refusals(conn, "ms_0001_initial", table_prefix=prefix)
+        assert refusal is not None and "outside the default namespace" in refusal
+        assert migrations.downgrade_refusals(conn, "ms_0002_namespaces_expiry", table_prefix=prefix) is None
+        assert not conn.in_transaction()  # the check leaves no transaction of its own open
+    with pytest.raises(ms.SchemaVersionError, match="outside the default namespace"):
+        migrations.downgrade(db_url, "ms_0001_initial", table_prefix=prefix)
+    assert migrations.current_revision(db_url, table_prefix=prefix) == migrations.head_revision()
+    assert "session_seq" in fetch_columns(db_url, f"{prefix}_tx")
+    # A revision module without `downgrade_refusal` (a revision written before the convention) is simply
+    # not pre-checked: only its own downgrade() can refuse then.
+    module = migrations._scripts().get_revision("ms_0002_namespaces_expiry").module
+    monkeypatch.delattr(module, "downgrade_refusal")
+    with temporary_engine(db_url) as engine, engine.connect() as conn:
+        assert migrations.downgrade_refusals(conn, "ms_0001_initial", table_prefix=prefix) is None

@@ -375,27 +375,39 @@ def _v1_facts_columns(facts: str) -> list[Any]:
     ]
 
 
+def downgrade_refusal(bind: sa.Connection, facts_table: str, log_table: str, schema: str | None) -> str | None:
+    """Why this revision's downgrade would refuse on `bind` (None: it would not): facts or log entries
+    outside the default namespace, or facts with an expiry, which ms_0001 cannot hold. Asked by
+    `memstate_sql.migrations.downgrade` for every revision on the path down before anything changes,
+    and by `downgrade()` itself (the Alembic CLI path)."""
+    quote = bind.dialect.identifier_preparer.quote
+
+    def qualified(name: str) -> str:
+        return f"{quote(schema)}.{quote(name)}" if schema else quote(name)
+
+    facts, log = qualified(facts_table), qualified(log_table)
+    others = bind.execute(sa.text(f"SELECT COUNT(*) FROM {facts} WHERE namespace <> ''")).scalar_one()  # noqa: S608
+    others += bind.execute(sa.text(f"SELECT COUNT(*) FROM {log} WHERE namespace <> ''")).scalar_one()  # noqa: S608
+    expiring = bind.execute(
+        sa.text(f"SELECT COUNT(*) FROM {facts} WHERE expires_at IS NOT NULL")  # noqa: S608
+    ).scalar_one()
+    if not (others or expiring):
+        return None
+    return (
+        f"cannot downgrade {facts_table} to ms_0001: "
+        + (f"{others} facts or log entries live outside the default namespace" if others else "")
+        + (" and " if others and expiring else "")
+        + (f"{expiring} facts carry an expiry (run `memstate-sql sweep` or clear it)" if expiring else "")
+        + "; ms_0001 has neither namespaces nor expiry"
+    )
+
+
 def _refuse_unless_default_only(facts: str, log: str, schema: str | None) -> None:
     if op.get_context().as_sql:
         return
-    bind = op.get_bind()
-    others = bind.execute(
-        sa.text(f"SELECT COUNT(*) FROM {_qualified(facts, schema)} WHERE namespace <> ''")  # noqa: S608
-    ).scalar_one()
-    others += bind.execute(
-        sa.text(f"SELECT COUNT(*) FROM {_qualified(log, schema)} WHERE namespace <> ''")  # noqa: S608
-    ).scalar_one()
-    expiring = bind.execute(
-        sa.text(f"SELECT COUNT(*) FROM {_qualified(facts, schema)} WHERE expires_at IS NOT NULL")  # noqa: S608
-    ).scalar_one()
-    if others or expiring:
-        raise SchemaVersionError(
-            f"cannot downgrade {facts} to ms_0001: "
-            + (f"{others} facts or log entries live outside the default namespace" if others else "")
-            + (" and " if others and expiring else "")
-            + (f"{expiring} facts carry an expiry (run `memstate-sql sweep` or clear it)" if expiring else "")
-            + "; ms_0001 has neither namespaces nor expiry"
-        )
+    refusal = downgrade_refusal(op.get_bind(), facts, log, schema)
+    if refusal:
+        raise SchemaVersionError(refusal)
 
 
 def downgrade() -> None:

@@ -66,22 +66,34 @@ def upgrade() -> None:
             op.add_column(table, sa.Column(COLUMN, JSONDocument(), nullable=True), schema=schema)
 
 
+def downgrade_refusal(bind: sa.Connection, facts_table: str, log_table: str, schema: str | None) -> str | None:
+    """Why this revision's downgrade would refuse on `bind` (None: it would not): rows that keep the
+    document they were saved with, which the schema below has no place for (docs/migrations.md)."""
+    quote = bind.dialect.identifier_preparer.quote
+    used = [
+        bind.execute(
+            sa.text(
+                f"SELECT COUNT(*) FROM {quote(schema) + '.' if schema else ''}{quote(table)} "  # noqa: S608
+                f"WHERE {COLUMN} IS NOT NULL"
+            )
+        ).scalar_one()
+        for table in (facts_table, log_table)
+    ]
+    if not any(used):
+        return None
+    return (
+        f"cannot downgrade below ms_0003_documents: {used[0]} facts and {used[1]} log entries keep the "
+        "document they were saved with (extra keys, missing keys or another ts spelling), which the older "
+        "schema cannot store; save them again in canonical form first"
+    )
+
+
 def downgrade() -> None:
     tables, schema = _tables()
     if not op.get_context().as_sql:
-        bind = op.get_bind()
-        used = {
-            table: bind.execute(
-                sa.text(f"SELECT COUNT(*) FROM {_qualified(table, schema)} WHERE {COLUMN} IS NOT NULL")  # noqa: S608
-            ).scalar_one()
-            for table in tables
-        }
-        if any(used.values()):
-            raise SchemaVersionError(
-                f"cannot downgrade to ms_0002: {used[tables[0]]} facts and {used[tables[1]]} log entries keep "
-                "the document they were saved with (extra keys, missing keys or another ts spelling), which "
-                "ms_0002 cannot store; save them again in canonical form first"
-            )
+        refusal = downgrade_refusal(op.get_bind(), tables[0], tables[1], schema)
+        if refusal:
+            raise SchemaVersionError(refusal)
     for table in tables:
         if op.get_context().dialect.name == "sqlite":
             # SQLite >= 3.35 drops an unindexed column in place (no table rebuild).

@@ -8,20 +8,24 @@ Create Date: 2026-12-02 00:00:00
 so a lower ``seq`` can commit later, and on Galera each node hands out its own values
 (docs/log-order.md). This revision adds what rollback and every session reader order by:
 
-* ``<prefix>_tx.session_seq`` (NOT NULL): the entry's position in its session's log
-  (entries without a session form one log per namespace), unique per
-  ``(namespace, session_id, session_seq)`` (index ``uq_<prefix>_tx_session_seq``);
+* ``<prefix>_tx.session_seq``: the entry's position in its session's log, NULL for entries
+  without a session (they take no position, so their writers are not serialised); a plain
+  index ``ix_<prefix>_tx_session_position (namespace, session_id, session_seq)`` (not UNIQUE:
+  Galera certifies a unique key holding NULLs as a shared key, so concurrent sessionless
+  inserts would conflict; the session's row lock keeps positions unique, `verify` checks it);
 * ``<prefix>_sessions(namespace, session_id, without_session, last_seq)``: one row per
   session holding the last position handed out; the operation's transaction writes it
   (so one session's writers are serialised, and certified on Galera).
 
-Existing entries are numbered in their ``seq`` order per session (the order the previous
-release used), and each session's row gets the last number. Stop writers of the previous
+Existing entries of sessions are numbered in their ``seq`` order per session (the order the
+previous release used), and each session's row gets the last number; entries without a
+session stay NULL. Stop writers of the previous
 release before upgrading: they do not assign positions.
 
-PostgreSQL builds the unique index ``CONCURRENTLY`` when it runs on its own connection.
+PostgreSQL builds the index ``CONCURRENTLY`` when it runs on its own connection.
 Downgrade drops the positions only when every session's position order is its ``seq``
-order (nothing would be lost); otherwise it refuses.
+order (nothing would be lost); otherwise it refuses (`downgrade_refusal`, which
+`memstate_sql.migrations.downgrade` also asks before it changes anything).
 """
 
 from __future__ import annotations
@@ -90,35 +94,33 @@ def upgrade() -> None:
             schema=schema,
         )
     if op.get_context().as_sql or "session_seq" not in _columns(log, schema):
-        op.add_column(log, sa.Column("session_seq", SeqType, nullable=False, server_default="0"), schema=schema)
+        op.add_column(log, sa.Column("session_seq", SeqType, nullable=True), schema=schema)
 
-    # Number the existing entries per session in seq order (window functions: PostgreSQL, MariaDB >= 10.2,
-    # MySQL 8, SQLite >= 3.25), only those without a position (a re-run after an interruption).
+    # Number the existing entries of each session in seq order (window functions: PostgreSQL, MariaDB >=
+    # 10.2, MySQL 8, SQLite >= 3.25), only those without a position (a re-run after an interruption).
+    # Entries without a session take no position: they stay NULL.
     numbered = (
         "SELECT seq AS n_seq, ROW_NUMBER() OVER (PARTITION BY namespace, session_id ORDER BY seq) AS n_pos "  # noqa: S608
-        f"FROM {tx}"
+        f"FROM {tx} WHERE session_id IS NOT NULL"
     )
     if _dialect() == "mysql":
         op.execute(
             f"UPDATE {tx} JOIN ({numbered}) AS numbered ON {tx}.seq = numbered.n_seq "  # noqa: S608
-            f"SET {tx}.session_seq = numbered.n_pos WHERE {tx}.session_seq = 0"
+            f"SET {tx}.session_seq = numbered.n_pos WHERE {tx}.session_seq IS NULL"
         )
     else:
         op.execute(
             f"UPDATE {tx} SET session_seq = numbered.n_pos FROM ({numbered}) AS numbered "  # noqa: S608
-            f"WHERE {tx}.seq = numbered.n_seq AND {tx}.session_seq = 0"
+            f"WHERE {tx}.seq = numbered.n_seq AND {tx}.session_seq IS NULL"
         )
     op.execute(f"DELETE FROM {st}")  # noqa: S608
+    false = "FALSE" if _dialect() == "postgresql" else "0"
     op.execute(
         f"INSERT INTO {st} (namespace, session_id, without_session, last_seq) "  # noqa: S608
-        "SELECT namespace, COALESCE(session_id, ''), CASE WHEN session_id IS NULL THEN 1 ELSE 0 END, "
-        f"MAX(session_seq) FROM {tx} GROUP BY namespace, session_id"
-        if _dialect() != "postgresql"
-        else f"INSERT INTO {st} (namespace, session_id, without_session, last_seq) "  # noqa: S608
-        "SELECT namespace, COALESCE(session_id, ''), session_id IS NULL, "
-        f"MAX(session_seq) FROM {tx} GROUP BY namespace, session_id"
+        f"SELECT namespace, session_id, {false}, MAX(session_seq) FROM {tx} "
+        "WHERE session_id IS NOT NULL GROUP BY namespace, session_id"
     )
-    index = f"uq_{log}_session_seq"
+    index = f"ix_{log}_session_position"
     columns = ["namespace", "session_id", "session_seq"]
     if not op.get_context().as_sql and index in _indexes(log, schema):
         return
@@ -127,36 +129,42 @@ def upgrade() -> None:
         with op.get_context().autocommit_block():
             op.execute(f"DROP INDEX CONCURRENTLY IF EXISTS {_qualified(index, schema)}")  # an invalid leftover
             cols = ", ".join(quote(c) for c in columns)
-            op.execute(f"CREATE UNIQUE INDEX CONCURRENTLY {quote(index)} ON {tx} ({cols})")
+            op.execute(f"CREATE INDEX CONCURRENTLY {quote(index)} ON {tx} ({cols})")
     else:
-        op.create_index(index, log, columns, unique=True, schema=schema)
+        op.create_index(index, log, columns, schema=schema)
+
+
+def downgrade_refusal(bind: sa.Connection, facts_table: str, log_table: str, schema: str | None) -> str | None:
+    """Why this revision's downgrade would refuse on `bind` (None: it would not). Asked by
+    `memstate_sql.migrations.downgrade` for every revision on the path down before anything changes,
+    and by `downgrade()` itself (the Alembic CLI path). Two entries of one session whose position order
+    is not their seq order: ms_0002 orders a session's log by seq, so dropping the positions would
+    change which entry a rollback undoes. Entries without a session have no positions."""
+    quote = bind.dialect.identifier_preparer.quote
+    tx = f"{quote(schema)}.{quote(log_table)}" if schema else quote(log_table)
+    crossed = bind.execute(
+        sa.text(
+            f"SELECT COUNT(*) FROM {tx} a JOIN {tx} b ON a.namespace = b.namespace "  # noqa: S608
+            "AND a.session_id = b.session_id AND a.session_seq < b.session_seq AND a.seq > b.seq"
+        )
+    ).scalar_one()
+    if not crossed:
+        return None
+    return (
+        f"cannot downgrade {log_table} to ms_0002_namespaces_expiry: {crossed} pairs of log entries of one "
+        "session were committed in another order than their seq (Galera or concurrent writers); "
+        "ms_0002 orders a session's log by seq and would roll back the wrong entries"
+    )
 
 
 def downgrade() -> None:
     t = target()
     log, sessions, schema = f"{t.prefix}_tx", f"{t.prefix}_sessions", t.schema
-    tx = _qualified(log, schema)
     if not op.get_context().as_sql:
-        # Two entries of one session whose position order is not their seq order: ms_0002 orders a
-        # session's log by seq, so dropping the positions would change which entry a rollback undoes.
-        crossed = (
-            op.get_bind()
-            .execute(
-                sa.text(
-                    f"SELECT COUNT(*) FROM {tx} a JOIN {tx} b ON a.namespace = b.namespace "  # noqa: S608
-                    "AND (a.session_id = b.session_id OR (a.session_id IS NULL AND b.session_id IS NULL)) "
-                    "AND a.session_seq < b.session_seq AND a.seq > b.seq"
-                )
-            )
-            .scalar_one()
-        )
-        if crossed:
-            raise SchemaVersionError(
-                f"cannot downgrade {log} to ms_0002_namespaces_expiry: {crossed} pairs of log entries of one "
-                "session were committed in another order than their seq (Galera or concurrent writers); "
-                "ms_0002 orders a session's log by seq and would roll back the wrong entries"
-            )
-    op.drop_index(f"uq_{log}_session_seq", table_name=log, schema=schema)
+        refusal = downgrade_refusal(op.get_bind(), f"{t.prefix}_facts", log, schema)
+        if refusal:
+            raise SchemaVersionError(refusal)
+    op.drop_index(f"ix_{log}_session_position", table_name=log, schema=schema)
     if _dialect() == "sqlite":
         with op.batch_alter_table(log, schema=schema) as batch:
             batch.drop_column("session_seq")

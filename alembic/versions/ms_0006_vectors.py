@@ -61,16 +61,28 @@ def upgrade() -> None:
     )
 
 
+def downgrade_refusal(bind: sa.Connection, facts_table: str, log_table: str, schema: str | None) -> str | None:
+    """Why this revision's downgrade would refuse on `bind` (None: it would not): stored embeddings,
+    which the older schema has no place for (docs/migrations.md)."""
+    table = facts_table.removesuffix("_facts") + "_vectors"
+    if not sa.inspect(bind).has_table(table, schema=schema):
+        return None
+    frozen = sa.Table(table, sa.MetaData(), sa.Column("fact_id", KeyString()), schema=schema)
+    rows = bind.execute(sa.select(sa.func.count()).select_from(frozen)).scalar_one()
+    if not rows:
+        return None
+    return (
+        f"cannot downgrade below ms_0006_vectors: {table} holds {rows} embeddings, which the older "
+        "schema has no place for; delete them first if losing them is intended"
+    )
+
+
 def downgrade() -> None:
     t = target()
     table = f"{t.prefix}_vectors"
     ctx = op.get_context()
-    if not ctx.as_sql and _exists(table, t.schema):
-        frozen = sa.Table(table, sa.MetaData(), sa.Column("fact_id", KeyString()), schema=t.schema)
-        rows = op.get_bind().execute(sa.select(sa.func.count()).select_from(frozen)).scalar_one()
-        if rows:
-            raise SchemaVersionError(
-                f"cannot downgrade below ms_0006_vectors: {table} holds {rows} embeddings, which the older "
-                "schema has no place for; delete them first if losing them is intended"
-            )
+    if not ctx.as_sql:
+        refusal = downgrade_refusal(op.get_bind(), f"{t.prefix}_facts", f"{t.prefix}_tx", t.schema)
+        if refusal:
+            raise SchemaVersionError(refusal)
     op.drop_table(table, schema=t.schema)

@@ -53,19 +53,29 @@ def upgrade() -> None:
     op.create_index(f"ix_{outbox}_due", outbox, ["namespace", "target", "next_attempt_at"], schema=t.schema)
 
 
+def downgrade_refusal(bind: sa.Connection, facts_table: str, log_table: str, schema: str | None) -> str | None:
+    """Why this revision's downgrade would refuse on `bind` (None: it would not): undelivered changes
+    for external indexes (docs/migrations.md)."""
+    outbox = facts_table.removesuffix("_facts") + "_outbox"
+    quote = bind.dialect.identifier_preparer.quote
+    name = f"{quote(schema)}.{quote(outbox)}" if schema else quote(outbox)
+    pending = bind.execute(sa.text(f"SELECT COUNT(*) FROM {name}")).scalar()  # noqa: S608
+    if not pending:
+        return None
+    return (
+        f"cannot downgrade below ms_0007_outbox: {outbox} holds {pending} undelivered change(s) for "
+        "external indexes; deliver them first (memstate-sql outbox deliver) or delete them knowingly"
+    )
+
+
 def downgrade() -> None:
     t = target()
     outbox = f"{t.prefix}_outbox"
     ctx = op.get_context()
     if not ctx.as_sql:
-        quote = ctx.dialect.identifier_preparer.quote
-        name = f"{quote(t.schema)}.{quote(outbox)}" if t.schema else quote(outbox)
-        pending = op.get_bind().execute(sa.text(f"SELECT COUNT(*) FROM {name}")).scalar()  # noqa: S608
-        if pending:
-            raise SchemaVersionError(
-                f"cannot downgrade below ms_0007_outbox: {outbox} holds {pending} undelivered change(s) for "
-                "external indexes; deliver them first (memstate-sql outbox deliver) or delete them knowingly"
-            )
+        refusal = downgrade_refusal(op.get_bind(), f"{t.prefix}_facts", f"{t.prefix}_tx", t.schema)
+        if refusal:
+            raise SchemaVersionError(refusal)
     op.drop_index(f"ix_{outbox}_due", table_name=outbox, schema=t.schema)
     op.drop_index(f"ix_{outbox}_fact", table_name=outbox, schema=t.schema)
     op.drop_table(outbox, schema=t.schema)

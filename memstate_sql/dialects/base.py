@@ -185,14 +185,17 @@ class DialectSupport:
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         """A statement that takes the session's next position (as `reserve_positions` with count 1) and
         inserts one log entry at it, in one round trip; None where the database cannot (two statements
-        then). Parameters: ``p_ns``, ``p_sid``, ``p_none``, ``p_n`` (1) and the log columns by name."""
+        then). Parameters: ``p_ns``, ``p_sid``, ``p_none``, ``p_n`` (1) and the log columns by name.
+        Only for entries of a session: an entry without a session is a plain INSERT with no position
+        (no sessions row, no lock), so writers without a session are not serialised."""
         return None
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-        """Add `count` to the last log position of a session (`key`: namespace, session id or '', whether
-        the log is the one of entries without a session), creating its row at 0 first; returns the new
-        last position. The row stays write-locked until the transaction ends: a session's writers take
-        their positions one transaction after the other, on every engine, and on Galera the row is part
+        """Add `count` to the last log position of a session (`key`: namespace, session id, and false: the
+        column that once told the log of entries without a session apart), creating its row at 0 first;
+        returns the new last position. Never called for entries without a session (they take none).
+        The row stays write-locked until the transaction ends: a session's writers take their
+        positions one transaction after the other, on every engine, and on Galera the row is part
         of the write set, so two nodes cannot hand out the same position (certification fails one)."""
         raise NotImplementedError
 
