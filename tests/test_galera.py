@@ -334,9 +334,10 @@ def test_rollback_undoes_the_sessions_last_operation_across_nodes(galera_cluster
 
     def busy(store: ms.MemoryStore, node: int) -> None:
         k = 0
-        while not stop.is_set():
-            store.commit(ms.Fact(type="noise", payload={"node": node, "k": k}), session_id=f"noise{node}")
-            k += 1
+        while not stop.is_set():  # big write sets: the other nodes apply them late
+            facts = [ms.Fact(type="noise", payload={"node": node, "k": k + i, "pad": "x" * 512}) for i in range(100)]
+            store.commit_many(facts, session_id=f"noise{node}")
+            k += 100
 
     threads = [threading.Thread(target=busy, args=(s, i), daemon=True) for i, s in enumerate(noise)]
     for t in threads:

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import io
 import multiprocessing
-import os
 import threading
 import time
-import uuid
 from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
@@ -394,60 +392,6 @@ def test_upgrade_from_ms_0002_numbers_existing_entries_and_downgrade_refuses_cro
         migrations.downgrade(db_url, "ms_0002_namespaces_expiry", table_prefix=prefix)
     assert migrations.current_revision(db_url, table_prefix=prefix) == migrations.head_revision()
     assert "session_seq" in fetch_columns(db_url, f"{prefix}_tx")
-
-
-# ---------------------------------------------------------------------------- Galera (opt-in)
-
-GALERA = [u for u in os.environ.get("MEMSTATE_SQL_TEST_GALERA_URLS", "").split(",") if u]
-
-
-def _eventually(check: Any, timeout: float = 10.0) -> Any:
-    """`check()` once it is truthy (a node applies another node's commits after a lag)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value or time.monotonic() > deadline:
-            return value
-        time.sleep(0.05)
-
-
-@pytest.mark.skipif(
-    len(GALERA) < 2, reason="set MEMSTATE_SQL_TEST_GALERA_URLS to two or more node URLs of one Galera cluster"
-)
-def test_galera_rollback_undoes_the_sessions_last_operation_across_nodes() -> None:
-    """Issue 15's Galera case: a session's later, acknowledged commit is made on another node than the
-    earlier one and may get the lower seq; a rollback on a third node (possibly behind in applying both)
-    must undo exactly that later commit. 8 rounds, each in its own session."""
-    prefix = "g" + uuid.uuid4().hex[:10]
-    storages = [ms.SQLStorage(url, table_prefix=prefix) for url in GALERA]
-    try:
-        storages[0].load("create-schema")
-        for st in storages[1:]:
-            st.load("warm-up")  # DDL runs in total order on every node: the schema is there
-        stores = [ms.MemoryStore(st) for st in storages]
-        n = len(stores)
-        for r in range(8):
-            session = f"s{r}"
-            earlier = stores[r % n].commit(Fact(type="note", payload={"round": r, "n": 1}), session_id=session)
-            later = stores[(r + 1) % n].commit(Fact(type="note", payload={"round": r, "n": 2}), session_id=session)
-            assert stores[(r + 2) % n].rollback(session, 1) == 1
-            for store in stores:
-                assert _eventually(lambda store=store, later=later: store.get(later) is None), (
-                    f"round {r}: wrong entry undone"
-                )
-                assert store.get(earlier) is not None, f"round {r}: the earlier commit was undone"
-            sql = f"SELECT session_seq FROM {prefix}_tx WHERE session_id = :s ORDER BY session_seq"
-            positions_applied = _eventually(
-                lambda s=session, sql=sql: [p for (p,) in fetch(GALERA[0], sql, {"s": s})] == [1, 2, 3]
-            )
-            assert positions_applied  # two commits and the rollback's record
-        assert storages[0].verify().ok
-    finally:
-        for st in storages:
-            st.close()
-        from tests.conftest import drop_prefix
-
-        drop_prefix(GALERA[0], prefix)
 
 
 def test_a_refused_downgrade_changes_nothing_and_modules_without_a_check_are_not_pre_checked(
