@@ -571,7 +571,7 @@ def test_the_migration_refuses_to_drop_undelivered_rows(db_url: str, prefix: str
         assert f"{prefix}_outbox" not in sa.inspect(engine).get_table_names()
     finally:
         engine.dispose()
-    assert migrations.migrate(db_url, table_prefix=prefix) == "ms_0007_outbox"
+    assert migrations.migrate(db_url, table_prefix=prefix) == migrations.head_revision()
     assert count_rows(db_url, prefix, "outbox") == 0
 
 
