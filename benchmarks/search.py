@@ -198,7 +198,7 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
             seconds = load(store, loaded, size - loaded)
             row(f"load to {size} facts (s)", seconds, f"{(size - loaded) / seconds:.0f} facts/s, indexed")
             loaded = size
-            for scanner in ["numpy", "python"] if vectors._np is not None else ["python"]:
+            for scanner in ["numpy", "python"] if vectors._numpy() is not None else ["python"]:
                 reader = ms.SQLStorage(
                     url, table_prefix=prefix, indexed_paths=paths, vector_index=replace(index, scanner=scanner)
                 )
@@ -229,7 +229,7 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     args.sizes = sorted(int(s) for s in args.sizes.split(","))
-    log(f"load average {os.getloadavg()[0]:.1f}; dim {args.dim}; numpy {vectors._np is not None}")
+    log(f"load average {os.getloadavg()[0]:.1f}; dim {args.dim}; numpy {vectors._numpy() is not None}")
     rows: list[dict[str, Any]] = []
     if args.model:
         embed = minilm_embedder()

@@ -44,13 +44,17 @@ from memstate_sql.models import Models
 from memstate_sql.repository import Repository
 from memstate_sql.validation import query_spec
 
-_np: Any
-try:  # optional: the exact scan is several times faster with it
-    import numpy
 
-    _np = numpy
-except ImportError:  # pragma: no cover - the pure-Python scanner is tested with numpy installed too
-    _np = None
+@functools.cache
+def _numpy() -> Any:
+    """numpy, imported on first use (an import costs ~0.2 s, which a store without a vector index never
+    pays); None when it is not installed. Optional: the exact scan is several times faster with it."""
+    try:
+        import numpy
+    except ImportError:  # pragma: no cover - the pure-Python scanner is tested with numpy installed too
+        return None
+    return numpy
+
 
 #: Largest dimension: 4 bytes per number in a BLOB column (64 KiB on MySQL/MariaDB).
 MAX_DIM = 16000
@@ -124,7 +128,7 @@ class VectorIndex:
             raise ValidationFailed(
                 f"VectorIndex(scanner=...) must be 'auto', 'numpy' or 'python', got {self.scanner!r}"
             )
-        if self.scanner == "numpy" and _np is None:
+        if self.scanner == "numpy" and _numpy() is None:
             raise ValidationFailed(
                 "VectorIndex(scanner='numpy'): numpy is not installed (pip install 'memstate_sql[search]')"
             )
@@ -288,6 +292,7 @@ def apply(repo: Repository, index: VectorIndex, calls: Sequence[Notification]) -
 
 
 def _scores_numpy(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> list[float]:
+    _np = _numpy()
     assert _np is not None
     matrix = _np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(_np.float64)
     scores = matrix @ _np.asarray(query, dtype=_np.float64)
@@ -304,8 +309,8 @@ def _scores_python(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> 
 def scorer(use_numpy: bool | None = None) -> Callable[[Sequence[bytes], Sequence[float], int], list[float]]:
     """The exact scanner's scoring function: numpy's when installed (or asked for), else pure Python."""
     if use_numpy is None:
-        use_numpy = _np is not None
-    if use_numpy and _np is None:
+        use_numpy = _numpy() is not None
+    if use_numpy and _numpy() is None:
         raise ValidationFailed("numpy is not installed: pip install 'memstate_sql[search]'")
     return _scores_numpy if use_numpy else _scores_python
 

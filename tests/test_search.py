@@ -152,7 +152,7 @@ def test_scan_pages_and_both_scanners_agree(db_url: str, prefix: str) -> None:
         q = vectors.unpack(vectors.pack(embed.table["query 1"], DIM), DIM)
         spec = query_spec(None, {"payload.group": {"$in": [0, 2]}}, None)
         want = reference(docs, embed, "query 1", 9, lambda p: p["group"] in (0, 2))
-        modes = [False] + ([True] if vectors._np is not None else [])
+        modes = [False] + ([True] if vectors._numpy() is not None else [])
         for use_numpy in modes:
             got = st.transaction(
                 lambda repo, u=use_numpy: vectors.scan(
