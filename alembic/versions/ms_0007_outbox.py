@@ -30,9 +30,26 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+def _existing(table: str, schema: str | None) -> tuple[bool, set[str]]:
+    """Whether `table` exists, and its index names (offline ``--sql``: nothing exists yet)."""
+    ctx = op.get_context()
+    if ctx.as_sql:
+        return False, set()
+    inspector = sa.inspect(ctx.bind)
+    if not inspector.has_table(table, schema=schema):
+        return False, set()
+    return True, {i["name"] for i in inspector.get_indexes(table, schema=schema) if i["name"]}
+
+
 def upgrade() -> None:
     t = target()
     outbox = f"{t.prefix}_outbox"
+    # MySQL/MariaDB DDL is not transactional: each step checks what exists, so a migration killed
+    # between two steps completes when run again (docs/migrations.md).
+    exists, indexes = _existing(outbox, t.schema)
+    if exists:
+        _indexes(outbox, t.schema, indexes)
+        return
     op.create_table(
         outbox,
         sa.Column("seq", SeqType, primary_key=True, autoincrement=True),
@@ -49,8 +66,16 @@ def upgrade() -> None:
         sa.Column("lease_until", UTCDateTime(), nullable=True),
         schema=t.schema,
     )
-    op.create_index(f"ix_{outbox}_fact", outbox, ["namespace", "target", "fact_id", "seq"], schema=t.schema)
-    op.create_index(f"ix_{outbox}_due", outbox, ["namespace", "target", "next_attempt_at"], schema=t.schema)
+    _indexes(outbox, t.schema, set())
+
+
+def _indexes(outbox: str, schema: str | None, present: set[str]) -> None:
+    for name, columns in (
+        (f"ix_{outbox}_fact", ["namespace", "target", "fact_id", "seq"]),
+        (f"ix_{outbox}_due", ["namespace", "target", "next_attempt_at"]),
+    ):
+        if name not in present:
+            op.create_index(name, outbox, columns, schema=schema)
 
 
 def downgrade_refusal(bind: sa.Connection, facts_table: str, log_table: str, schema: str | None) -> str | None:
