@@ -54,7 +54,7 @@ from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.schema import SchemaItem
 
 from memstate_sql.dialects import engine_for, support_for
-from memstate_sql.dialects.mysql import LOCK_TABLE
+from memstate_sql.dialects.base import LOCK_TABLE
 from memstate_sql.errors import MigrationLockTimeout, SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
 from memstate_sql.uow import default_sleep, holding

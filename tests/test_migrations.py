@@ -762,8 +762,10 @@ def test_postgresql_upgrade_of_an_existing_store_builds_indexes_concurrently_the
         engine.dispose()
     concurrent = [s for _, s in seen if "CONCURRENTLY" in s]
     assert len(concurrent) == 10 and all(s.startswith("CREATE") for s in concurrent), concurrent
+    built = {s.split(" ON ")[0].split()[-1] for s in concurrent}
     plain_builds = [s for _, s in seen if s.startswith("CREATE") and "INDEX" in s and "CONCURRENTLY" not in s]
-    assert plain_builds == []  # nothing left for the transaction to build
+    # Nothing of ms_0002's is left for the transaction to build (later revisions' indexes are built in it).
+    assert len(built) == 10 and not [s for s in plain_builds if s.split(" ON ")[0].split()[-1] in built]
     locked = [i for i, (_, s) in enumerate(seen) if "pg_try_advisory_xact_lock" in s]
     swaps = [i for i, (inside, s) in enumerate(seen) if "USING INDEX" in s and inside]
     assert locked and len(swaps) == 3 and min(swaps) > max(locked)

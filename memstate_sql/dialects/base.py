@@ -218,6 +218,10 @@ def upsert_positions(insert: Callable[[Table], Any], sessions: Table) -> Any:
     ).returning(c.last_seq)
 
 
+#: The table of the cluster-wide migration lock on a Galera cluster (a leased row, `dialects.mysql`),
+#: shared by every prefix of a database; host migration filters leave it alone.
+LOCK_TABLE = "memstate_sql_lock"
+
 #: Values of the storages' ``pooler=`` option: ``"transaction"`` is a proxy that hands the server
 #: connection to another client after every transaction (PgBouncer ``pool_mode = transaction``).
 POOLERS = ("transaction",)

@@ -28,6 +28,7 @@ from sqlalchemy.types import TypeEngine
 
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import (
+    LOCK_TABLE,
     DialectSupport,
     ErrorKind,
     ddl_literal,
@@ -49,7 +50,6 @@ _CONCURRENT_DDL_CODES = {1050, 1060, 1061, 1684, 1213}
 #: ``wsrep_sync_wait`` of a ``read_your_writes`` storage's sessions: 1 (reads) + 2 (UPDATE, DELETE).
 READ_YOUR_WRITES_SYNC_WAIT = 3
 #: The cluster-wide lock table (Galera): one row per held lock, with a lease.
-LOCK_TABLE = "memstate_sql_lock"
 #: Seconds a lease lasts without renewal (a killed migrator's lock is taken over after it).
 LEASE_SECONDS = 20.0
 _UNIQUE_CODES = {1062}
