@@ -309,12 +309,16 @@ class LeaseLock:
         with self._connect() as conn:
             while True:
                 try:
+                    if conn.invalidated:  # reconnected after an error: the session setting is gone
+                        conn.exec_driver_sql("SET SESSION wsrep_sync_wait = 15")
                     self._ensure_table(conn)
                     if self._try(conn):
                         break
                 except exc.DBAPIError as err:
-                    if conn.in_transaction():
-                        conn.rollback()
+                    # Always: a failed COMMIT leaves an inactive transaction, and an error SQLAlchemy
+                    # takes for a disconnect an invalidated one; either refuses the next statement
+                    # until it is rolled back (the rollback also lets an invalidated connection reconnect).
+                    conn.rollback()
                     if _code(err) not in _RETRY_CODES | _CONCURRENT_DDL_CODES | _UNIQUE_CODES | {1047}:
                         raise
                 if time.monotonic() >= deadline:
