@@ -44,6 +44,7 @@ import sqlalchemy as sa
 
 import memstate_sql as ms
 from memstate_sql.indexes import IndexedPath
+from memstate_sql.records import singleton_slot
 
 PG_URL = os.environ.get("MEMSTATE_SQL_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 MY_URL = os.environ.get("MEMSTATE_SQL_TEST_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test")
@@ -173,7 +174,10 @@ def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None)
                 rows = []
                 for i in range(lo, min(stop, lo + 10_000)):
                     d = fact_doc(i)
-                    rows.append({**d, "ts": TS, "version": 1, "immutable": False, "singleton": None})
+                    rows.append({
+                        **d, "ts": TS, "version": 1, "immutable": False, "singleton": None,
+                        "singleton_slot": singleton_slot(d["id"], None),
+                    })  # fmt: skip
                 repo.conn.execute(sa.insert(repo.facts), rows)
             name = repo.facts.name
             analyze = {"postgresql": f"ANALYZE {name}", "sqlite": "ANALYZE"}.get(db, f"ANALYZE TABLE {name}")

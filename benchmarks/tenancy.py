@@ -44,6 +44,7 @@ import sqlalchemy as sa
 import memstate_sql as ms
 from memstate_sql.indexes import IndexedPath
 from memstate_sql.models import JSONDocument, KeyString, SeqType, UTCDateTime
+from memstate_sql.records import singleton_slot
 
 PG_URL = os.environ.get("MEMSTATE_SQL_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test_bench")
 MY_URL = os.environ.get("MEMSTATE_SQL_BENCH_MYSQL_URL", "mysql+pymysql://root@127.0.0.1:3306/test_bench")
@@ -387,7 +388,8 @@ def part_namespaces(
                     batch.append({
                         "namespace": f"tenant-{k:05d}", "id": f"f{j:07d}", "type": "note", "session_id": None,
                         "source": "bench", "ts": TS, "payload": payload(j), "version": 1, "immutable": False,
-                        "singleton": None, "expires_at": PAST if j % 10 == 0 else None,
+                        "singleton": None, "singleton_slot": singleton_slot(f"f{j:07d}", None),
+                        "expires_at": PAST if j % 10 == 0 else None,
                     })  # fmt: skip
                 repo.conn.execute(sa.insert(repo.facts), batch)
 
