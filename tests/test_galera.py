@@ -237,12 +237,14 @@ def test_node_killed_and_restarted(galera_cluster: Any, gprefix: str) -> None:
     stop = threading.Event()
 
     def writer(url: str, survivor: bool) -> None:
+        # One session per writer: writers of one session on several nodes take turns on its position row
+        # by certification (docs/log-order.md); this test is about a node dying, not about that contention.
         store = ms.MemoryStore(ms.SQLStorage(url, table_prefix=gprefix, auto_migrate=False))
         try:
             while not stop.is_set():
                 fact = ms.Fact(type="note", payload={"at": url})
                 try:
-                    store.commit(fact, session_id="k")
+                    store.commit(fact, session_id=f"k-{url}")
                     acked.append(fact.id)
                 except MemoryStoreError as exc:
                     if survivor:
