@@ -35,7 +35,6 @@ import enum
 import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,7 +54,7 @@ from sqlalchemy.sql.schema import SchemaItem
 
 from memstate_sql.dialects import engine_for, support_for
 from memstate_sql.dialects.base import LOCK_TABLE
-from memstate_sql.errors import MigrationLockTimeout, SchemaVersionError, StorageError, ValidationFailed
+from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
 from memstate_sql.uow import default_sleep, holding
 
@@ -444,24 +443,9 @@ def migrate(
 def _waiting_out_concurrent_ddl(bind: Bind, run: Callable[[], T], timeout: float, tgt: Target) -> T:
     """Run `run`; a DDL error that means another process is migrating at the same time (MySQL family:
     1050/1060/1061/1684/1213, e.g. a Galera node whose migrator did not hold the cluster-wide lock, or
-    a certification conflict on the version table) is waited out: sleep, then run again (which
-    re-checks the schema under the lock), until `timeout` has passed."""
+    a certification conflict on the version table) is waited out (`DialectSupport.waiting_out_concurrent_ddl`)."""
     support = support_for(bind.dialect if isinstance(bind, Connection | Engine) else make_url(bind).get_backend_name())
-    deadline = time.monotonic() + timeout
-    delay = 0.1
-    while True:
-        try:
-            return run()
-        except DBAPIError as err:
-            if not support.concurrent_ddl(err):
-                raise
-            if time.monotonic() >= deadline:
-                raise MigrationLockTimeout(
-                    f"migrating {tgt.describe()}: another process kept changing the schema at the same time "
-                    f"for {timeout:g}s ({err.orig})"
-                ) from err
-            default_sleep(delay)
-            delay = min(delay * 2, 2.0)
+    return support.waiting_out_concurrent_ddl(run, timeout, f"migrating {tgt.describe()}", default_sleep)
 
 
 def _online_prepare(conn: Connection, tgt: Target) -> None:

@@ -21,14 +21,11 @@ from __future__ import annotations
 
 import functools
 import threading
-import time
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select
-from sqlalchemy.exc import DBAPIError
 
 from memstate_sql.dialects import support_for
-from memstate_sql.errors import MigrationLockTimeout
 from memstate_sql.indexes import IndexedPath
 from memstate_sql.models import Models
 from memstate_sql.uow import default_sleep, holding
@@ -106,29 +103,20 @@ def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[Indexed
     support = support_for(engine.dialect)
     facts = inspect(models.Fact).local_table
     lock = f"{models.prefix}_path_indexes"
-    deadline = time.monotonic() + PATH_INDEX_TIMEOUT
-    delay = 0.1
-    while True:
-        try:
-            with engine.connect() as conn, support.migration_lock(conn, lock, PATH_INDEX_TIMEOUT, default_sleep):
-                open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
-                for spec in paths:  # each creates its index (and generated column) only if it does not exist yet
-                    support.create_path_index(conn, facts, spec)
-                if not open_before and conn.in_transaction():
-                    conn.commit()
-            return
-        except DBAPIError as err:
-            # Another process created the same column or index meanwhile (MySQL family, e.g. a Galera
-            # node that raced this one): look again under the lock.
-            if not support.concurrent_ddl(err):
-                raise
-            if time.monotonic() >= deadline:
-                raise MigrationLockTimeout(
-                    f"creating the declared path indexes of {models.prefix!r}: another process kept changing "
-                    f"the schema for {PATH_INDEX_TIMEOUT:g}s ({err.orig})"
-                ) from err
-            default_sleep(delay)
-            delay = min(delay * 2, 2.0)
+
+    def create() -> None:
+        with engine.connect() as conn, support.migration_lock(conn, lock, PATH_INDEX_TIMEOUT, default_sleep):
+            open_before = conn.in_transaction()  # SQLite: its write lock is the transaction
+            for spec in paths:  # each creates its index (and generated column) only if it does not exist yet
+                support.create_path_index(conn, facts, spec)
+            if not open_before and conn.in_transaction():
+                conn.commit()
+
+    # Another process creating the same column or index meanwhile (MySQL family, e.g. a Galera node that
+    # raced this one) is waited out, then looked at again under the lock.
+    support.waiting_out_concurrent_ddl(
+        create, PATH_INDEX_TIMEOUT, f"creating the declared path indexes of {models.prefix!r}", default_sleep
+    )
 
 
 def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> bool:

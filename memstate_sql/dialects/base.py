@@ -5,16 +5,20 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from sqlalchemy import JSON, Connection, DateTime, Dialect, Engine, Table
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import String, TypeEngine
 
-from memstate_sql.errors import ValidationFailed
+from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     from memstate_sql.indexes import IndexedPath
@@ -177,6 +181,29 @@ class DialectSupport:
         """Whether a DDL error means another process is migrating at the same time (MySQL family:
         the object exists already, or a Galera TOI conflict): wait for it and look again."""
         return False
+
+    def waiting_out_concurrent_ddl(
+        self, run: Callable[[], T], timeout: float, what: str, sleep: Callable[[float], Any]
+    ) -> T:
+        """Run `run`; a DDL error that means another process is changing the schema at the same time
+        (`concurrent_ddl`) is waited out: `sleep` with a doubling delay, then run again (which looks at
+        the schema again under its lock), until `timeout` seconds have passed (`MigrationLockTimeout`,
+        saying `what` was being done)."""
+        deadline = time.monotonic() + timeout
+        delay = 0.1
+        while True:
+            try:
+                return run()
+            except DBAPIError as err:
+                if not self.concurrent_ddl(err):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise MigrationLockTimeout(
+                        f"{what}: another process kept changing the schema at the same time for {timeout:g}s "
+                        f"({err.orig})"
+                    ) from err
+                sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
