@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import Table, and_, bindparam, delete, func, insert, inspect, select, update
 from sqlalchemy.sql import ColumnElement
 
+from memstate_sql.dialects import NearestRequest
 from memstate_sql.errors import EmbeddingError, ValidationFailed
 from memstate_sql.facts import Operation
 from memstate_sql.hooks import Notification, invoke
@@ -344,6 +345,10 @@ def scan(
         ),
     )
     cond = (table.c.namespace == repo.namespace) & (table.c.dim == index.dim) & where
+    request = NearestRequest(table, joined, cond, query, index.dim, limit, score_threshold)
+    answered = repo.dialect.nearest(repo.conn, request)
+    if answered is not None:
+        return answered
     # One pass over the candidates, fetched `scan_batch` rows at a time from a server-side cursor where the
     # driver has one (keyset pages made PostgreSQL join every page anew: quadratic at 100k candidates).
     stmt = select(table.c.fact_id, table.c.vector).select_from(joined).where(cond)

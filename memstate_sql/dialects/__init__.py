@@ -15,7 +15,14 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import Dialect, Engine, create_engine
 from sqlalchemy.engine import URL, make_url
 
-from memstate_sql.dialects.base import POOLERS, DialectSupport, ErrorKind, check_pooler, merge_options
+from memstate_sql.dialects.base import (
+    POOLERS,
+    DialectSupport,
+    ErrorKind,
+    NearestRequest,
+    check_pooler,
+    merge_options,
+)
 from memstate_sql.errors import StorageError, ValidationFailed
 
 if TYPE_CHECKING:
@@ -116,6 +123,7 @@ __all__ = [
     "POOLERS",
     "DialectSupport",
     "ErrorKind",
+    "NearestRequest",
     "async_engine_for",
     "async_url",
     "check_pooler",

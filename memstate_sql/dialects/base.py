@@ -6,11 +6,12 @@ import enum
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from sqlalchemy import JSON, Connection, DateTime, Dialect, Engine, Table
+from sqlalchemy import JSON, ColumnElement, Connection, DateTime, Dialect, Engine, FromClause, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.sql.compiler import SQLCompiler
@@ -52,6 +53,23 @@ def ddl_names(conn: Connection, table: Table, index: str) -> tuple[str, str]:
     """(quoted table, quoted index name) for DDL."""
     preparer = conn.dialect.identifier_preparer
     return preparer.format_table(table), preparer.quote(index)
+
+
+@dataclass(frozen=True)
+class NearestRequest:
+    """A top-k vector search a database may answer itself (`DialectSupport.nearest`).
+
+    `vectors`: the vectors table; `source`: it joined to the live facts it belongs to (same namespace,
+    id and version); `where`: the namespace, dimension and the store's filters over `source`; `query`:
+    the query vector (`dim` floats); `limit`: k; `score_threshold`: the lowest cosine similarity kept."""
+
+    vectors: Table
+    source: FromClause
+    where: ColumnElement[bool]
+    query: Sequence[float]
+    dim: int
+    limit: int
+    score_threshold: float | None
 
 
 class DialectSupport:
@@ -215,6 +233,13 @@ class DialectSupport:
         then). Parameters: ``p_ns``, ``p_sid``, ``p_none``, ``p_n`` (1) and the log columns by name.
         Only for entries of a session: an entry without a session is a plain INSERT with no position
         (no sessions row, no lock), so writers without a session are not serialised."""
+        return None
+
+    def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
+        """The `request.limit` best ``(fact id, cosine similarity)`` of a vector search computed by the
+        database (best first, ties by fact id), with the same answer as the exact scan of
+        `memstate_sql.vectors.scan`; None where this database cannot compute it here (no vector
+        extension), and the exact scan runs instead."""
         return None
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
