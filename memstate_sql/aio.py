@@ -45,6 +45,7 @@ if TYPE_CHECKING:
 
     from pydantic import BaseModel
 
+    from memstate_sql import vectors
     from memstate_sql.facts import Fact, ScoredFact
     from memstate_sql.records import RollbackPlan
     from memstate_sql.verify import VerifyReport
@@ -290,6 +291,15 @@ class AsyncSQLStorage:
     async def close(self) -> None:
         if self._owns:
             await self.engine.dispose()
+
+    async def explain_search(self) -> vectors.SearchPlan:
+        """How `MemoryStore.search` computes searches on this storage (docs/search.md): ``mode``
+        ``"in-database"`` (the database's vector extension ranks the vectors: sqlite-vec), ``"exact
+        scan"`` (with the ``reason`` the extension is not used), or ``"hooks"`` (no `vector_index`: the
+        hooks answer). Loads the extension into a connection as a search would; raises `StorageError`
+        as a search would where ``VectorIndex(in_database="required")`` cannot be honoured.
+        """
+        return await _spawn(self.sync_storage.explain_search)
 
     async def verify(self) -> VerifyReport:
         """`memstate_sql.verify` over this storage's namespace, through its own engine."""

@@ -485,6 +485,17 @@ class SQLStorage:
         if self.owns_engine:
             self.engine.dispose()
 
+    def explain_search(self) -> vectors.SearchPlan:
+        """How `MemoryStore.search` computes searches on this storage (docs/search.md): ``mode``
+        ``"in-database"`` (the database's vector extension ranks the vectors: sqlite-vec), ``"exact
+        scan"`` (with the ``reason`` the extension is not used), or ``"hooks"`` (no `vector_index`: the
+        hooks answer). Loads the extension into a connection as a search would; raises `StorageError`
+        as a search would where ``VectorIndex(in_database="required")`` cannot be honoured."""
+        index = self.vector_index
+        if index is None:
+            return vectors.SearchPlan("hooks", "the store's hooks", "no vector_index on this storage")
+        return self._read(functools.partial(vectors.plan, index=index))
+
     def verify(self) -> VerifyReport:
         """`memstate_sql.verify` over this storage's namespace, through its own engine."""
         return verify(

@@ -38,7 +38,7 @@ from sqlalchemy import Table, and_, bindparam, delete, func, insert, inspect, se
 from sqlalchemy.sql import ColumnElement
 
 from memstate_sql.dialects import NearestRequest
-from memstate_sql.errors import EmbeddingError, ValidationFailed
+from memstate_sql.errors import EmbeddingError, StorageError, ValidationFailed
 from memstate_sql.facts import Operation
 from memstate_sql.hooks import Notification, invoke
 from memstate_sql.models import Models
@@ -59,6 +59,8 @@ def _numpy() -> Any:
 
 #: Largest dimension: 4 bytes per number in a BLOB column (64 KiB on MySQL/MariaDB).
 MAX_DIM = 16000
+#: `VectorIndex(in_database=...)`: whether the database's vector extension computes searches.
+IN_DATABASE = ("auto", "off", "required")
 #: Scores are rounded to this many decimals, so float64 summation order never reorders a tie.
 SCORE_DECIMALS = 12
 _CHUNK = 500  # ids per IN (...) list
@@ -101,6 +103,11 @@ class VectorIndex:
     scan_batch: int = 5000
     #: The exact scanner's arithmetic: ``"auto"`` (numpy when installed), ``"numpy"`` or ``"python"``.
     scanner: str = "auto"
+    #: Searches computed by the database's own vector extension (sqlite-vec on SQLite, `nearest`):
+    #: ``"auto"`` where it can be loaded, else the exact scan; ``"off"``: always the exact scan (the
+    #: extension is never loaded); ``"required"``: a search fails (`StorageError`, saying why) where it
+    #: cannot be used. Either way the answer is the exact top-k.
+    in_database: str = "auto"
 
     def __post_init__(self) -> None:
         if not callable(self.embed):
@@ -132,6 +139,10 @@ class VectorIndex:
         if self.scanner == "numpy" and _numpy() is None:
             raise ValidationFailed(
                 "VectorIndex(scanner='numpy'): numpy is not installed (pip install 'memstate_sql[search]')"
+            )
+        if self.in_database not in IN_DATABASE:
+            raise ValidationFailed(
+                f"VectorIndex(in_database=...) must be 'auto', 'off' or 'required', got {self.in_database!r}"
             )
         if isinstance(self.scan_batch, bool) or not isinstance(self.scan_batch, int) or self.scan_batch < 1:
             raise ValidationFailed("VectorIndex(scan_batch=...) must be a positive integer")
@@ -345,10 +356,13 @@ def scan(
         ),
     )
     cond = (table.c.namespace == repo.namespace) & (table.c.dim == index.dim) & where
-    request = NearestRequest(table, joined, cond, query, index.dim, limit, score_threshold)
-    answered = repo.dialect.nearest(repo.conn, request)
-    if answered is not None:
-        return answered
+    if index.in_database != "off":
+        request = NearestRequest(table, joined, cond, query, index.dim, limit, score_threshold)
+        answered = repo.dialect.nearest(repo.conn, request)
+        if answered is not None:
+            return answered
+        if index.in_database == "required":
+            raise StorageError(f"VectorIndex(in_database='required'): {repo.dialect.nearest_status(repo.conn)[1]}")
     # One pass over the candidates, fetched `scan_batch` rows at a time from a server-side cursor where the
     # driver has one (keyset pages made PostgreSQL join every page anew: quadratic at 100k candidates).
     stmt = select(table.c.fact_id, table.c.vector).select_from(joined).where(cond)
@@ -365,6 +379,36 @@ def scan(
     finally:
         result.close()
     return [(fact_id, s) for s, fact_id in best]
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    """How `MemoryStore.search` computes a search on a storage (`SQLStorage.explain_search`).
+
+    `mode`: ``"in-database"`` (the database's vector extension ranks the vectors) or ``"exact scan"``
+    (memstate_sql reads the candidates' vectors and scores them); `engine`: what computes it
+    (``"sqlite-vec v0.1.9"``, ``"numpy"``, ``"python"``); `reason`: why the exact scan runs, if it does.
+    Both modes give the same answer (the exact top-k)."""
+
+    mode: str
+    engine: str
+    reason: str | None = None
+
+
+def plan(repo: Repository, index: VectorIndex) -> SearchPlan:
+    """The `SearchPlan` of a search through `scan` on this connection (loading the extension as a
+    search would); raises like a search where ``in_database="required"`` cannot be honoured."""
+    if index.in_database == "off":
+        reason: str | None = "VectorIndex(in_database='off')"
+    else:
+        usable, detail = repo.dialect.nearest_status(repo.conn)
+        if usable:
+            return SearchPlan("in-database", detail)
+        if index.in_database == "required":
+            raise StorageError(f"VectorIndex(in_database='required'): {detail}")
+        reason = detail
+    use_numpy = _numpy() is not None if index.scanner == "auto" else index.scanner == "numpy"
+    return SearchPlan("exact scan", "numpy" if use_numpy else "python", reason)
 
 
 def unindexed(repo: Repository, index: VectorIndex, after: str, limit: int) -> tuple[list[Any], str | None]:

@@ -242,6 +242,12 @@ class DialectSupport:
         extension), and the exact scan runs instead."""
         return None
 
+    def nearest_status(self, conn: Connection) -> tuple[bool, str]:
+        """Whether `nearest` computes searches in the database on this connection: ``(True, what
+        computes them)``, or ``(False, why not)`` (the exact scan runs). For `SQLStorage.explain_search`
+        and ``VectorIndex(in_database="required")``."""
+        return False, f"{self.name} has no in-database vector search here"
+
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         """Add `count` to the last log position of a session (`key`: namespace, session id, and false: the
         column that once told the log of entries without a session apart), creating its row at 0 first;

@@ -16,10 +16,12 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 
+from memstate_sql.dialects import sqlitevec
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import (
     DialectSupport,
     ErrorKind,
+    NearestRequest,
     ddl_literal,
     ddl_names,
     json_label,
@@ -54,6 +56,12 @@ class SQLiteSupport(DialectSupport):
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
+
+    def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
+        return sqlitevec.nearest(conn, request)
+
+    def nearest_status(self, conn: Connection) -> tuple[bool, str]:
+        return sqlitevec.status(conn)
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
