@@ -33,7 +33,7 @@ from memstate_sql.records import RollbackAction, RollbackConflict, RollbackPlan
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
 from memstate_sql.store import MemoryStore
-from memstate_sql.vectors import VectorIndex
+from memstate_sql.vectors import SearchPlan, VectorIndex
 from memstate_sql.verify import VerifyReport, verify
 
 if TYPE_CHECKING:
@@ -101,6 +101,7 @@ __all__ = [
     "TransientStorageError",
     "TxEntry",
     "ValidationFailed",
+    "SearchPlan",
     "VectorIndex",
     "VerifyReport",
     "__version__",

@@ -44,7 +44,7 @@ def loadable_module() -> Any:
     (``pip install pysqlite3-binary``), else CPython's ``sqlite3`` when it can; None if neither.
     Pass it as ``engine_options={"module": ...}`` to a SQLite storage."""
     try:
-        import pysqlite3.dbapi2 as module  # type: ignore[import-not-found, import-untyped, unused-ignore]
+        import pysqlite3.dbapi2 as module
     except ImportError:
         import sqlite3 as module
     return module if hasattr(module.Connection, "enable_load_extension") else None
@@ -65,7 +65,7 @@ def version(conn: Connection) -> str:
 
 def _load(dbapi_conn: Any) -> str | None:
     try:
-        import sqlite_vec  # type: ignore[import-untyped, unused-ignore]
+        import sqlite_vec
     except ImportError:
         return "the sqlite-vec package is not installed (pip install 'memstate-sql[sqlite-vec]')"
     driver = getattr(dbapi_conn, "driver_connection", None)
