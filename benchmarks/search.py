@@ -13,7 +13,9 @@ Per database, on a fresh table prefix (dropped at the end):
   the median of --queries ``store.search(q, limit=10)`` latencies, for every scanner available: ``exact/numpy``
   and ``exact/python`` (pure Python: fewer queries at 100k), unfiltered and with a filter selecting 10 % of the
   facts (``{"payload.group": 3}`` with ``IndexedPath("payload.group", "number")`` declared). Accelerated modes
-  (pgvector, sqlite-vec) are probed and reported as available or not, with the reason.
+  (pgvector, sqlite-vec) are probed and reported as available or not, with the reason; sqlite-vec, where it
+  loads (SQLite through pysqlite3 when CPython's sqlite3 cannot load extensions: every SQLite engine of the run
+  then uses it), is timed as ``sqlite-vec`` beside the exact scans (``--scanners`` picks the modes).
 
 Vectors are random unit vectors of --dim dimensions (384: all-MiniLM-L6-v2's). URLs: MEMSTATE_SQL_BENCH_POSTGRES_URL,
 MEMSTATE_SQL_BENCH_MYSQL_URL (defaults: the MEMSTATE_SQL_TEST_* URLs, else the local ``test_bench`` databases).
@@ -25,7 +27,6 @@ import argparse
 import json
 import os
 import random
-import sqlite3
 import statistics
 import tempfile
 import time
@@ -38,6 +39,7 @@ import sqlalchemy as sa
 
 import memstate_sql as ms
 from memstate_sql import vectors
+from memstate_sql.dialects import sqlitevec
 from memstate_sql.indexes import IndexedPath
 
 PG_URL = os.environ.get(
@@ -87,17 +89,26 @@ class Pool:
         return found
 
 
+def engine_options(url: str) -> dict[str, Any] | None:
+    """SQLite through a sqlite3 module that can load extensions (pysqlite3 where CPython's cannot), for
+    every engine of the run on that file: two copies of SQLite must never open one file in one process."""
+    if sa.make_url(url).get_backend_name() != "sqlite":
+        return None
+    module = sqlitevec.loadable_module()
+    return None if module is None else {"module": module}
+
+
 def probe_modes(url: str) -> list[tuple[str, str]]:
     """Which accelerated similarity modes this database could use, and why not."""
     name = sa.make_url(url).get_backend_name()
     if name == "sqlite":
-        if not hasattr(sqlite3.Connection, "enable_load_extension"):
-            return [("sqlite-vec", "unavailable: this Python's sqlite3 is built without loadable extensions")]
-        try:
-            import sqlite_vec  # noqa: F401
-        except ImportError:
-            return [("sqlite-vec", "unavailable: the sqlite-vec package is not installed")]
-        return [("sqlite-vec", "loadable, but not used by this release (exact scan)")]
+        index = ms.VectorIndex(embed=Pool(4), dim=4, fields={"doc": ["text"]})
+        with ms.SQLStorage(url, table_prefix="probe", engine_options=engine_options(url), vector_index=index) as st:
+            plan = st.explain_search()
+        drop_prefix(url, "probe")
+        if plan.mode == "in-database":
+            return [("sqlite-vec", f"in-database: {plan.engine}")]
+        return [("sqlite-vec", f"unavailable: {plan.reason}")]
     if name == "postgresql":
         engine = sa.create_engine(url)
         try:
@@ -114,7 +125,7 @@ def probe_modes(url: str) -> list[tuple[str, str]]:
 
 
 def drop_prefix(url: str, prefix: str) -> None:
-    engine = sa.create_engine(url)
+    engine = sa.create_engine(url, **(engine_options(url) or {}))
     try:
         with engine.begin() as conn:
             for table in sa.inspect(conn).get_table_names():
@@ -174,7 +185,9 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
     for with_index in (False, True):
         prefix = "bs" + uuid.uuid4().hex[:8]
         chosen = index if with_index else None
-        storage = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=paths, vector_index=chosen)
+        storage = ms.SQLStorage(
+            url, table_prefix=prefix, indexed_paths=paths, vector_index=chosen, engine_options=engine_options(url)
+        )
         try:
             store = ms.MemoryStore(storage)
             store.commit(ms.Fact(type="warm", payload={}))
@@ -190,24 +203,38 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
 
     # search latency
     prefix = "bs" + uuid.uuid4().hex[:8]
-    storage = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=paths, vector_index=index)
+    options = engine_options(url)
+    storage = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=paths, vector_index=index, engine_options=options)
     try:
         store = ms.MemoryStore(storage)
+        plan = storage.explain_search()
+        # (label, VectorIndex changes): the database's own vector search where it has one, then the exact scans
+        variants: list[tuple[str, dict[str, Any]]] = []
+        if plan.mode == "in-database" and "in-database" in args.scanners:
+            variants.append((plan.engine.split()[0], {"in_database": "required"}))
+        for scanner in ["numpy", "python"] if vectors._numpy() is not None else ["python"]:
+            if scanner in args.scanners:
+                variants.append((f"exact/{scanner}", {"in_database": "off", "scanner": scanner}))
         loaded = 0
         for size in args.sizes:
             seconds = load(store, loaded, size - loaded)
             row(f"load to {size} facts (s)", seconds, f"{(size - loaded) / seconds:.0f} facts/s, indexed")
             loaded = size
-            for scanner in ["numpy", "python"] if vectors._numpy() is not None else ["python"]:
+            for label, changes in variants:
                 reader = ms.SQLStorage(
-                    url, table_prefix=prefix, indexed_paths=paths, vector_index=replace(index, scanner=scanner)
+                    url,
+                    table_prefix=prefix,
+                    indexed_paths=paths,
+                    vector_index=replace(index, **changes),
+                    engine_options=options,
                 )
                 try:
                     searcher = ms.MemoryStore(reader)
-                    queries = args.queries if scanner == "numpy" or size <= 10_000 else max(3, args.queries // 10)
-                    row(f"search ms @{size // 1000}k exact/{scanner}", search_latency(searcher, queries, None))
+                    slow = label == "exact/python" and size > 10_000
+                    queries = max(3, args.queries // 10) if slow else args.queries
+                    row(f"search ms @{size // 1000}k {label}", search_latency(searcher, queries, None))
                     row(
-                        f"search ms @{size // 1000}k exact/{scanner} 10% filter",
+                        f"search ms @{size // 1000}k {label} 10% filter",
                         search_latency(searcher, queries, {"payload.group": 3}),
                     )
                 finally:
@@ -226,9 +253,15 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=20)
     parser.add_argument("--write-facts", type=int, default=10_000)
     parser.add_argument("--model", action="store_true", help="also time all-MiniLM-L6-v2 per text")
+    parser.add_argument(
+        "--scanners",
+        default="in-database,numpy,python",
+        help="search modes to time: in-database (sqlite-vec, where it loads), numpy, python (exact scans)",
+    )
     parser.add_argument("--json")
     args = parser.parse_args()
     args.sizes = sorted(int(s) for s in args.sizes.split(","))
+    args.scanners = set(args.scanners.split(","))
     log(f"load average {os.getloadavg()[0]:.1f}; dim {args.dim}; numpy {vectors._numpy() is not None}")
     rows: list[dict[str, Any]] = []
     if args.model:
