@@ -295,3 +295,8 @@ def test_async_storage_explains_its_plan(vec_url: str) -> None:
         assert "asyncio driver" in (auto_plan.reason or "")
     else:
         assert auto_plan.engine.startswith("sqlite-vec")
+
+
+def test_in_database_is_checked() -> None:
+    with pytest.raises(ms.ValidationFailed, match="in_database=.*'auto', 'off' or 'required'"):
+        ms.VectorIndex(embed=TableEmbedder(), dim=DIM, fields={"doc": ["text"]}, in_database="yes")
