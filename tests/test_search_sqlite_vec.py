@@ -298,5 +298,33 @@ def test_async_storage_explains_its_plan(vec_url: str) -> None:
 
 
 def test_in_database_is_checked() -> None:
-    with pytest.raises(ms.ValidationFailed, match="in_database=.*'auto', 'off' or 'required'"):
+    with pytest.raises(ms.ValidationFailed, match=r"in_database=.*'auto', 'off' or 'required'"):
         ms.VectorIndex(embed=TableEmbedder(), dim=DIM, fields={"doc": ["text"]}, in_database="yes")
+
+
+def test_the_asyncio_driver_loads_it_where_its_sqlite3_can(vec_url: str) -> None:
+    """aiosqlite wraps CPython's sqlite3; here it is handed pysqlite3 connections (``async_creator``) to
+    reach the loading path of an aiosqlite connection whose module can load extensions."""
+    import aiosqlite
+
+    path = vec_url.removeprefix("sqlite:///")[:-3] + "-async.db"
+
+    def creator() -> Any:
+        return aiosqlite.Connection(lambda: MODULE.connect(path, check_same_thread=False), 64)
+
+    embed = TableEmbedder()
+    docs = make_corpus(embed, 40)
+
+    async def run() -> tuple[ms.SearchPlan, list[tuple[str, float]]]:
+        options = {"async_creator": creator}
+        async with ms.AsyncSQLStorage(
+            f"sqlite:///{path}", engine_options=options, vector_index=in_database(embed)
+        ) as st:
+            store = ms.AsyncMemoryStore(st)
+            await store.commit_many([Fact(id=fid, type="doc", payload=p) for fid, p in docs.items()])
+            found = await store.search("query 1", limit=8, filters={"payload.group": 2})
+            return await st.explain_search(), hits(found)
+
+    plan, got = asyncio.run(run())
+    assert plan.mode == "in-database" and plan.engine.startswith("sqlite-vec")
+    assert_same(got, reference(docs, embed, "query 1", 8, lambda p: p["group"] == 2))
