@@ -162,7 +162,19 @@ class Operations:
         # Expired rows not swept yet are found too: a commit replaces them (an expired fact no longer
         # exists for any reader, but its id and singleton key are still taken until the sweep).
         existing: FactState | None = None
-        if new.singleton is not None:
+        if new.singleton is None:
+            if "id" not in fact.model_fields_set:
+                # The common case, a new fact with the id it was given at construction (a fresh UUID, so
+                # no row holds it unless this Fact was committed before): one INSERT that does nothing
+                # when the id is taken, and no read; when it is taken, the general way below. Where the
+                # database has no such INSERT (MySQL), the general way only.
+                inserted = new.evolve(version=1)
+                if repo.insert_if_absent(inserted):
+                    op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
+                    log(repo, op, requested, inserted.id, None, inserted, actor, reason)
+                    self._deliver(repo, [(op, inserted.id, inserted)])
+                    return inserted.id
+        else:
             existing = repo.find_singleton(new.type, new.singleton, lock=True, expired=True)
             live = existing is not None and not _expired(repo, existing)
             if live and constraint is not None and constraint.immutable:

@@ -125,6 +125,11 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
     )
 
 
+@functools.cache
+def _insert_absent(facts: Table, dialect: DialectSupport) -> Executable | None:
+    return dialect.insert_absent_statement(facts)
+
+
 @dataclass(frozen=True)
 class _Sent:
     """A hot statement compiled once by SQLAlchemy for one dialect and set of parameter names, run on the
@@ -666,27 +671,38 @@ class Repository:
             stmt = stmt.where(self.log.c.seq > after_seq)
         return [self._tx(row) for row in self._execute(stmt)]
 
+    def _fact_row(self, f: FactState) -> dict[str, Any]:
+        """The parameters of a fact row's INSERT."""
+        return {
+            "namespace": self.namespace,
+            "id": f.id,
+            "type": f.type,
+            "payload": f.payload,
+            "session_id": f.session_id,
+            "source": f.source,
+            "ts": f.ts,
+            "version": f.version,
+            "immutable": f.immutable,
+            "singleton": f.singleton,
+            "singleton_slot": singleton_slot(f.id, f.singleton),
+            "expires_at": f.expires_at,
+            "document": f.document,
+        }
+
+    def insert_if_absent(self, fact: FactState) -> bool | None:
+        """Insert `fact`'s row unless its id is taken in this namespace, in one statement: True when the row
+        was inserted, False when the id was taken (nothing written; a concurrent inserter's row is waited
+        for and counts as taken); None where the database has no such statement (`DialectSupport.
+        insert_absent_statement`): the caller reads the row under lock first."""
+        stmt = _insert_absent(self.facts, self.dialect)
+        if stmt is None:
+            return None
+        return self._send(stmt, self._fact_row(fact))[1] == 1
+
     def insert_facts(self, facts: Sequence[FactState]) -> None:
         """Insert fact rows as given (version, immutable and singleton included), in one statement."""
         if facts:
-            rows = [
-                {
-                    "namespace": self.namespace,
-                    "id": f.id,
-                    "type": f.type,
-                    "payload": f.payload,
-                    "session_id": f.session_id,
-                    "source": f.source,
-                    "ts": f.ts,
-                    "version": f.version,
-                    "immutable": f.immutable,
-                    "singleton": f.singleton,
-                    "singleton_slot": singleton_slot(f.id, f.singleton),
-                    "expires_at": f.expires_at,
-                    "document": f.document,
-                }
-                for f in facts
-            ]
+            rows = [self._fact_row(f) for f in facts]
             if len(rows) == 1:
                 self._send(self._hot.insert_fact, rows[0])
             else:

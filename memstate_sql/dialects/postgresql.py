@@ -22,6 +22,7 @@ from memstate_sql.dialects.base import (
     check_pooler,
     ddl_literal,
     ddl_names,
+    insert_ignoring_key,
     lock_key,
     render_bind,
     sql_literal,
@@ -57,6 +58,9 @@ class PostgreSQLSupport(DialectSupport):
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
+
+    def insert_absent_statement(self, facts: Table) -> Any:
+        return _insert_absent(facts)
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.JSONB(none_as_null=True)
@@ -239,6 +243,11 @@ def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) ->
 @compiles(CodePointText, "postgresql")
 def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
     return f'({compiler.process(element.expr, **kw)}) COLLATE "C"'
+
+
+@functools.cache
+def _insert_absent(facts: Table) -> Any:
+    return insert_ignoring_key(dialect_insert, facts)
 
 
 @functools.cache

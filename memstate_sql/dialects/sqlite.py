@@ -22,6 +22,7 @@ from memstate_sql.dialects.base import (
     ErrorKind,
     ddl_literal,
     ddl_names,
+    insert_ignoring_key,
     json_label,
     render_bind,
     sql_literal,
@@ -54,6 +55,9 @@ class SQLiteSupport(DialectSupport):
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
+
+    def insert_absent_statement(self, facts: Table) -> Any:
+        return _insert_absent(facts)
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
@@ -289,6 +293,11 @@ def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) ->
     if element.part == "num":
         return f"(CASE WHEN {loc.type_sql} IN ('integer', 'real') THEN {loc.value_sql} ELSE 0 END)"
     return f"(CASE WHEN {loc.type_sql} = 'text' THEN {loc.value_sql} ELSE '' END)"
+
+
+@functools.cache
+def _insert_absent(facts: Table) -> Any:
+    return insert_ignoring_key(dialect_insert, facts)
 
 
 @functools.cache
