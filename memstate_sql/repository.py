@@ -126,7 +126,7 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
 
 
 @functools.cache
-def _insert_absent(facts: Table, dialect: DialectSupport) -> Executable | None:
+def _insert_absent(facts: Table, dialect: DialectSupport) -> Any:
     return dialect.insert_absent_statement(facts)
 
 
