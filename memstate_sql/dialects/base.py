@@ -242,6 +242,15 @@ class DialectSupport:
         ignores errors that are not conflicts): the commit then reads the row under lock first."""
         return None
 
+    def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
+        """One statement that inserts a new fact's row as `insert_absent_statement` does and, only when it
+        was inserted, its log entry (at its session's next position when `in_session`, as
+        `append_at_next_position`): row count 1 when both were written, 0 when the id was taken and
+        nothing was. Parameters: the fact's columns prefixed ``f_``, the log columns by name and, in a
+        session, ``p_ns``, ``p_sid``, ``p_none``, ``p_n``. None where the database cannot (two
+        statements then)."""
+        return None
+
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         """The `request.limit` best ``(fact id, cosine similarity)`` of a vector search computed by the
         database (best first, ties by fact id), with the same answer as the exact scan of
