@@ -77,19 +77,35 @@ def log(
     reverted_by: str | None = None,
 ) -> None:
     """Append the log entry of one change (see `memstate_sql.logentry` for the kinds)."""
-    repo.append(
-        uuid=entry_id or str(uuid.uuid4()),
-        op=op.value,
-        session_id=session_id,
-        fact_id=fact_id,
-        ts=utcnow(),
-        fact_before=None if before is None else before.doc(),
-        fact_after=None if after is None else after.doc(),
-        actor=actor,
-        reason=reason,
-        discarded=documents,
-        reverted_by=reverted_by,
-    )
+    repo.append(**entry(op, session_id, fact_id, before, after, actor, reason, documents, entry_id, reverted_by))
+
+
+def entry(
+    op: Operation,
+    session_id: str | None,
+    fact_id: str | None,
+    before: FactState | None,
+    after: FactState | None,
+    actor: str | None,
+    reason: str | None,
+    documents: list[dict[str, Any]] | None = None,
+    entry_id: str | None = None,
+    reverted_by: str | None = None,
+) -> dict[str, Any]:
+    """The fields of a change's log entry (`Repository.append`'s arguments)."""
+    return {
+        "uuid": entry_id or str(uuid.uuid4()),
+        "op": op.value,
+        "session_id": session_id,
+        "fact_id": fact_id,
+        "ts": utcnow(),
+        "fact_before": None if before is None else before.doc(),
+        "fact_after": None if after is None else after.doc(),
+        "actor": actor,
+        "reason": reason,
+        "discarded": documents,
+        "reverted_by": reverted_by,
+    }
 
 
 def history(repo: Repository, fact_id: str) -> list[TxRecord]:
@@ -162,7 +178,20 @@ class Operations:
         # Expired rows not swept yet are found too: a commit replaces them (an expired fact no longer
         # exists for any reader, but its id and singleton key are still taken until the sweep).
         existing: FactState | None = None
-        if new.singleton is not None:
+        if new.singleton is None:
+            if "id" not in fact.model_fields_set:
+                # The common case, a new fact with the id it was given at construction (a fresh UUID, so
+                # no row holds it unless this Fact was committed before): one INSERT that does nothing
+                # when the id is taken, and no read; when it is taken, the general way below. Where the
+                # database has no such INSERT (MySQL), the general way only.
+                inserted = new.evolve(version=1)
+                op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
+                if repo.insert_absent_supported and repo.insert_logged(
+                    inserted, entry(op, requested, inserted.id, None, inserted, actor, reason)
+                ):
+                    self._deliver(repo, [(op, inserted.id, inserted)])
+                    return inserted.id
+        else:
             existing = repo.find_singleton(new.type, new.singleton, lock=True, expired=True)
             live = existing is not None and not _expired(repo, existing)
             if live and constraint is not None and constraint.immutable:

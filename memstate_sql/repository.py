@@ -125,6 +125,16 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
     )
 
 
+@functools.cache
+def _insert_absent(facts: Table, dialect: DialectSupport) -> Any:
+    return dialect.insert_absent_statement(facts)
+
+
+@functools.cache
+def _insert_logged(facts: Table, log: Table, sessions: Table, dialect: DialectSupport, in_session: bool) -> Any:
+    return dialect.insert_logged_statement(facts, log, sessions, in_session)
+
+
 @dataclass(frozen=True)
 class _Sent:
     """A hot statement compiled once by SQLAlchemy for one dialect and set of parameter names, run on the
@@ -517,7 +527,21 @@ class Repository:
     ) -> None:
         """Append one log entry: at the session's next position, or (no session) without a position,
         taking no lock beyond the INSERT's own."""
-        params: dict[str, Any] = {}
+        params: dict[str, Any] = {
+            "namespace": self.namespace,
+            "uuid": uuid,
+            "op": op,
+            "session_id": session_id,
+            "fact_id": fact_id,
+            "ts": ts,
+            "fact_before": fact_before,
+            "fact_after": fact_after,
+            "actor": actor,
+            "reason": reason,
+            "discarded": discarded,
+            "reverted_by": reverted_by,
+            "document": document,
+        }
         one = None if session_id is None else self.dialect.append_at_next_position(self.log, self.sessions)
         if one is None:
             stmt = self._hot.insert_log
@@ -525,27 +549,32 @@ class Repository:
         else:  # one round trip: the position is taken by the INSERT itself
             assert session_id is not None
             stmt = one
-            key = self._session_key(session_id)
-            params.update(p_ns=key[0], p_sid=key[1], p_none=key[2], p_n=1)
-        self._send(
-            stmt,
-            {
-                **params,
-                "namespace": self.namespace,
-                "uuid": uuid,
-                "op": op,
-                "session_id": session_id,
-                "fact_id": fact_id,
-                "ts": ts,
-                "fact_before": fact_before,
-                "fact_after": fact_after,
-                "actor": actor,
-                "reason": reason,
-                "discarded": discarded,
-                "reverted_by": reverted_by,
-                "document": document,
-            },
-        )
+            params.update(self._position_params(session_id))
+        self._send(stmt, params)
+
+    def _position_params(self, session_id: str) -> dict[str, Any]:
+        key = self._session_key(session_id)
+        return {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": 1}
+
+    def insert_logged(self, fact: FactState, entry: dict[str, Any]) -> bool:
+        """`insert_if_absent` of `fact` and, when it was inserted, `append(**entry)`, in one statement where
+        the database has one (`DialectSupport.insert_logged_statement`), else two: True when the row
+        and its entry were written, False when the id was taken (nothing written). Only where
+        `insert_if_absent` is supported."""
+        in_session = entry["session_id"] is not None
+        stmt = _insert_logged(self.facts, self.log, self.sessions, self.dialect, in_session)
+        if stmt is None:
+            inserted = self.insert_if_absent(fact)
+            if inserted:
+                self.append(**entry)
+            return inserted
+        params = {"f_" + name: value for name, value in self._fact_row(fact).items()}
+        params.update(entry, namespace=self.namespace, document=entry.get("document"))
+        params.setdefault("discarded", None)
+        params.setdefault("reverted_by", None)
+        if in_session:
+            params.update(self._position_params(entry["session_id"]))
+        return self._send(stmt, params)[1] == 1
 
     def _session_where(self, session_id: str | None) -> ColumnElement[bool]:
         col = self.log.c.session_id
@@ -666,27 +695,41 @@ class Repository:
             stmt = stmt.where(self.log.c.seq > after_seq)
         return [self._tx(row) for row in self._execute(stmt)]
 
+    def _fact_row(self, f: FactState) -> dict[str, Any]:
+        """The parameters of a fact row's INSERT."""
+        return {
+            "namespace": self.namespace,
+            "id": f.id,
+            "type": f.type,
+            "payload": f.payload,
+            "session_id": f.session_id,
+            "source": f.source,
+            "ts": f.ts,
+            "version": f.version,
+            "immutable": f.immutable,
+            "singleton": f.singleton,
+            "singleton_slot": singleton_slot(f.id, f.singleton),
+            "expires_at": f.expires_at,
+            "document": f.document,
+        }
+
+    @property
+    def insert_absent_supported(self) -> bool:
+        """Whether the database has an INSERT that does nothing when the id is taken (`insert_if_absent`)."""
+        return _insert_absent(self.facts, self.dialect) is not None
+
+    def insert_if_absent(self, fact: FactState) -> bool:
+        """Insert `fact`'s row unless its id is taken in this namespace, in one statement: True when the row
+        was inserted, False when the id was taken (nothing written; a concurrent inserter's row is waited
+        for and counts as taken). Only where `insert_absent_supported`."""
+        stmt = _insert_absent(self.facts, self.dialect)
+        assert stmt is not None, "insert_if_absent() on a database without DialectSupport.insert_absent_statement"
+        return self._send(stmt, self._fact_row(fact))[1] == 1
+
     def insert_facts(self, facts: Sequence[FactState]) -> None:
         """Insert fact rows as given (version, immutable and singleton included), in one statement."""
         if facts:
-            rows = [
-                {
-                    "namespace": self.namespace,
-                    "id": f.id,
-                    "type": f.type,
-                    "payload": f.payload,
-                    "session_id": f.session_id,
-                    "source": f.source,
-                    "ts": f.ts,
-                    "version": f.version,
-                    "immutable": f.immutable,
-                    "singleton": f.singleton,
-                    "singleton_slot": singleton_slot(f.id, f.singleton),
-                    "expires_at": f.expires_at,
-                    "document": f.document,
-                }
-                for f in facts
-            ]
+            rows = [self._fact_row(f) for f in facts]
             if len(rows) == 1:
                 self._send(self._hot.insert_fact, rows[0])
             else:

@@ -191,6 +191,8 @@ class TransactionRunner:
         write: bool = True,
     ) -> None:
         """One log record per operation: never payloads, never connection URLs."""
+        if error is None and not log.isEnabledFor(logging.INFO if write else logging.DEBUG):
+            return  # the common case: nothing to format
         duration_ms = (time.perf_counter() - started) * 1000
         fields = {
             "memstate_op": name,

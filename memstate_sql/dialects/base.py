@@ -235,6 +235,22 @@ class DialectSupport:
         (no sessions row, no lock), so writers without a session are not serialised."""
         return None
 
+    def insert_absent_statement(self, facts: Table) -> Any:
+        """An INSERT of one fact row (parameters: its columns by name) that inserts nothing, with row count
+        0, when the row's primary key (namespace, id) is taken, and fails like a plain INSERT on any
+        other conflict; None where the database has no such statement (MySQL's ``INSERT IGNORE`` also
+        ignores errors that are not conflicts): the commit then reads the row under lock first."""
+        return None
+
+    def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
+        """One statement that inserts a new fact's row as `insert_absent_statement` does and, only when it
+        was inserted, its log entry (at its session's next position when `in_session`, as
+        `append_at_next_position`): row count 1 when both were written, 0 when the id was taken and
+        nothing was. Parameters: the fact's columns prefixed ``f_``, the log columns by name and, in a
+        session, ``p_ns``, ``p_sid``, ``p_none``, ``p_n``. None where the database cannot (two
+        statements then)."""
+        return None
+
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         """The `request.limit` best ``(fact id, cosine similarity)`` of a vector search computed by the
         database (best first, ties by fact id), with the same answer as the exact scan of
@@ -274,6 +290,15 @@ def upsert_positions(insert: Callable[[Table], Any], sessions: Table) -> Any:
         index_elements=[c.namespace, c.session_id, c.without_session],
         set_={"last_seq": c.last_seq + stmt.excluded.last_seq},
     ).returning(c.last_seq)
+
+
+def insert_ignoring_key(insert: Callable[[Table], Any], facts: Table) -> Any:
+    """``INSERT ... ON CONFLICT (namespace, id) DO NOTHING`` (PostgreSQL, SQLite): the fact row's INSERT
+    that writes nothing when the id is taken (`DialectSupport.insert_absent_statement`). Its row
+    count is kept for SQLAlchemy's own execution too (``preserve_rowcount``)."""
+    c = facts.c
+    stmt = insert(facts).on_conflict_do_nothing(index_elements=[c.namespace, c.id])
+    return stmt.execution_options(preserve_rowcount=True)
 
 
 #: The table of the cluster-wide migration lock on a Galera cluster (a leased row, `dialects.mysql`),

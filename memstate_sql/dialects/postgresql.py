@@ -22,6 +22,7 @@ from memstate_sql.dialects.base import (
     check_pooler,
     ddl_literal,
     ddl_names,
+    insert_ignoring_key,
     lock_key,
     render_bind,
     sql_literal,
@@ -57,6 +58,12 @@ class PostgreSQLSupport(DialectSupport):
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
+
+    def insert_absent_statement(self, facts: Table) -> Any:
+        return _insert_absent(facts)
+
+    def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
+        return _insert_logged(facts, log, sessions, in_session)
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.JSONB(none_as_null=True)
@@ -242,6 +249,11 @@ def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw
 
 
 @functools.cache
+def _insert_absent(facts: Table) -> Any:
+    return insert_ignoring_key(dialect_insert, facts)
+
+
+@functools.cache
 def _positions(sessions: Table) -> Any:
     return upsert_positions(dialect_insert, sessions)
 
@@ -251,13 +263,65 @@ def _reserve(conn: Connection, sessions: Table, key: tuple[str, str, bool], coun
     return int(conn.execute(_positions(sessions), params).scalar_one())
 
 
+def _typed(table: Table, name: str, key: str | None = None) -> Any:
+    """A parameter cast to its column's type (an INSERT ... SELECT gives the server no column to infer it from)."""
+    from sqlalchemy import bindparam, cast
+
+    column = table.c[name]
+    return cast(bindparam(key or name, type_=column.type), column.type)
+
+
+def _entry(log: Table, position: Any, source: Any = None) -> Any:
+    """``INSERT INTO tx (...) SELECT :uuid, ..., <position> [FROM source]``: a log entry from parameters."""
+    from sqlalchemy import insert, select
+
+    names = [c.name for c in log.c if c.name not in ("seq", "session_seq")]
+    rows = select(*(_typed(log, name) for name in names), position)
+    return insert(log).from_select([*names, "session_seq"], rows if source is None else rows.select_from(source))
+
+
 @functools.cache
 def _append(log: Table, sessions: Table) -> Any:
     """``WITH pos AS (INSERT INTO sessions ... ON CONFLICT DO UPDATE ... RETURNING last_seq)
     INSERT INTO tx (...) SELECT :uuid, ..., pos.last_seq FROM pos``: position and entry in one statement."""
-    from sqlalchemy import bindparam, cast, insert, select
-
     pos = _positions(sessions).cte("pos")
-    names = [c.name for c in log.c if c.name not in ("seq", "session_seq")]
-    values = [cast(bindparam(name, type_=log.c[name].type), log.c[name].type) for name in names]
-    return insert(log).from_select([*names, "session_seq"], select(*values, pos.c.last_seq))
+    return _entry(log, pos.c.last_seq)
+
+
+@functools.cache
+def _insert_logged(facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
+    """``WITH f AS (INSERT INTO facts ... ON CONFLICT (namespace, id) DO NOTHING RETURNING id)
+    [, pos AS (INSERT INTO sessions SELECT ... FROM f ON CONFLICT DO UPDATE ... RETURNING last_seq)]
+    INSERT INTO tx (...) SELECT ... FROM pos | f``: a new fact, its position and its entry in one
+    statement; when the id is taken, `f` is empty and so is everything that selects from it."""
+    from sqlalchemy import Integer, null, select
+
+    c = facts.c
+    added = (
+        dialect_insert(facts)
+        .values({col.name: _typed(facts, col.name, "f_" + col.name) for col in c})
+        .on_conflict_do_nothing(index_elements=[c.namespace, c.id])
+        .returning(c.id)
+        .cte("f")
+    )
+    if not in_session:
+        return _entry(log, null().cast(Integer), added).execution_options(preserve_rowcount=True)
+    s = sessions.c
+    taken = dialect_insert(sessions).from_select(
+        ["namespace", "session_id", "without_session", "last_seq"],
+        select(
+            _typed(sessions, "namespace", "p_ns"),
+            _typed(sessions, "session_id", "p_sid"),
+            _typed(sessions, "without_session", "p_none"),
+            _typed(sessions, "last_seq", "p_n"),
+        ).select_from(added),
+    )
+    pos = (
+        taken.on_conflict_do_update(
+            index_elements=[s.namespace, s.session_id, s.without_session],
+            set_={"last_seq": s.last_seq + taken.excluded.last_seq},
+        )
+        .returning(s.last_seq)
+        .cte("pos")
+    )
+    return _entry(log, pos.c.last_seq).execution_options(preserve_rowcount=True)

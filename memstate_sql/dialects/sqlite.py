@@ -24,6 +24,7 @@ from memstate_sql.dialects.base import (
     NearestRequest,
     ddl_literal,
     ddl_names,
+    insert_ignoring_key,
     json_label,
     render_bind,
     sql_literal,
@@ -56,6 +57,9 @@ class SQLiteSupport(DialectSupport):
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
+
+    def insert_absent_statement(self, facts: Table) -> Any:
+        return _insert_absent(facts)
 
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         return sqlitevec.nearest(conn, request)
@@ -297,6 +301,11 @@ def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) ->
     if element.part == "num":
         return f"(CASE WHEN {loc.type_sql} IN ('integer', 'real') THEN {loc.value_sql} ELSE 0 END)"
     return f"(CASE WHEN {loc.type_sql} = 'text' THEN {loc.value_sql} ELSE '' END)"
+
+
+@functools.cache
+def _insert_absent(facts: Table) -> Any:
+    return insert_ignoring_key(dialect_insert, facts)
 
 
 @functools.cache

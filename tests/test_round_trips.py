@@ -1,0 +1,102 @@
+"""The statements each store operation sends, per database: the minimum its guarantees allow.
+
+Counted with a ``before_cursor_execute`` listener (which also sees SQLite's ``BEGIN IMMEDIATE``; the
+other drivers' BEGIN and COMMIT are not statements of ours). A change that adds a round trip to the
+hot path fails here; one that removes one updates the expected list.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+import memstate_sql as ms
+
+
+def _kind(statement: str) -> str:
+    words = statement.split()
+    if words[0] == "BEGIN":
+        return statement.strip()
+    if words[0] == "WITH":
+        return "WITH"
+    table = words[2] if words[0] in ("INSERT", "DELETE") else ""
+    if words[0] == "UPDATE":
+        table = words[1]
+    if words[0] == "SELECT":
+        table = re.split(r"\sFROM\s", statement, maxsplit=1)[1].split()[0]
+    return f"{words[0]} {table.strip(chr(34)).strip('`').rsplit('_', 1)[-1]}"
+
+
+@pytest.fixture
+def counted(db_url: str, prefix: str) -> Iterator[tuple[ms.MemoryStore, Callable[[Callable[[], Any]], list[str]]]]:
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    store = ms.MemoryStore(storage)
+    store.count()  # the schema check and the first connection are not part of an operation
+    sent: list[str] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(_kind(statement))
+
+    def run(operation: Callable[[], Any]) -> list[str]:
+        sent.clear()
+        operation()
+        return list(sent)
+
+    sa.event.listen(storage.engine, "before_cursor_execute", listener)
+    try:
+        yield store, run
+    finally:
+        sa.event.remove(storage.engine, "before_cursor_execute", listener)
+        storage.close()
+
+
+def _begin(db: str) -> list[str]:
+    return ["BEGIN IMMEDIATE"] if db == "sqlite" else []
+
+
+def test_commit_of_a_new_fact_is_one_insert_and_its_log_entry(db: str, counted: Any) -> None:
+    store, run = counted
+    # PostgreSQL: the fact row, its session position and its log entry in one statement (data-modifying
+    # CTEs). MySQL has no INSERT that ignores a taken key only (INSERT IGNORE ignores other errors too):
+    # the row is read under lock first.
+    read = ["SELECT facts"] if db == "mysql" else []
+    sent = run(lambda: store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s"))
+    assert sent == (
+        ["WITH"] if db == "postgresql" else [*_begin(db), *read, "INSERT facts", "INSERT sessions", "INSERT tx"]
+    )
+    sent = run(lambda: store.commit(ms.Fact(type="note", payload={"n": 1})))
+    assert sent == (["WITH"] if db == "postgresql" else [*_begin(db), *read, "INSERT facts", "INSERT tx"])
+
+
+def test_commit_over_an_existing_id_reads_it_under_lock_then_writes(db: str, counted: Any) -> None:
+    store, run = counted
+    fid = store.commit(ms.Fact(id="given", type="note", payload={"n": 1}), session_id="s")
+    log = ["WITH"] if db == "postgresql" else ["INSERT sessions", "INSERT tx"]
+    expected = [*_begin(db), "SELECT facts", "UPDATE facts", *log]
+    assert run(lambda: store.commit(ms.Fact(id=fid, type="note", payload={"n": 2}), session_id="s")) == expected
+    assert run(lambda: store.update(fid, {"payload": {"n": 3}})) == expected
+    assert store.get_with_version(fid)[1] == 3
+
+
+def test_a_taken_generated_id_falls_back_to_the_general_commit(db: str, counted: Any) -> None:
+    """The one-INSERT commit of a generated id must not lose a write when the id is taken after all
+    (a Fact object committed twice)."""
+    store, run = counted
+    fact = ms.Fact(type="note", payload={"n": 1})
+    store.commit(fact)
+    sent = run(lambda: store.commit(fact.model_copy(update={"payload": {"n": 2}})))
+    tried = {"mysql": [], "postgresql": ["WITH"]}.get(db, ["INSERT facts"])
+    assert sent == _begin(db) + tried + ["SELECT facts", "UPDATE facts", "INSERT tx"]
+    assert store.get(fact.id)["payload"] == {"n": 2}
+    assert store.get_with_version(fact.id)[1] == 2
+    assert [e["op"] for e in store.storage.get_tx_log(None)] == ["UPDATE", "COMMIT"]
+
+
+def test_point_read_is_one_select(db: str, counted: Any) -> None:
+    store, run = counted
+    fid = store.commit(ms.Fact(type="note", payload={"n": 1}))
+    assert run(lambda: store.get(fid)) == ["SELECT facts"]
