@@ -110,6 +110,9 @@ class DialectSupport:
             )
         return url.set(drivername=f"{backend}+{self.async_driver}")
 
+    #: Whether `prepare_vector_search` may create something (else a storage skips it, and its lock).
+    prepares_vector_search = False
+
     #: Whether the column type of timestamps takes and returns aware datetimes (else naive UTC wall time).
     aware_timestamps = False
 
@@ -241,6 +244,11 @@ class DialectSupport:
         `memstate_sql.vectors.scan`; None where this database cannot compute it here (no vector
         extension), and the exact scan runs instead."""
         return None
+
+    def prepare_vector_search(self, conn: Connection, vectors: Table, dim: int) -> None:
+        """Create what `nearest` needs for the vectors of dimension `dim` of this table, if this database
+        can serve them (pgvector's HNSW index on PostgreSQL); idempotent, run once per storage whose
+        `VectorIndex` allows it (``ann=True``), under the prefix's migration lock. Default: nothing."""
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         """Add `count` to the last log position of a session (`key`: namespace, session id, and false: the

@@ -16,9 +16,11 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
+from memstate_sql.dialects import pgvector
 from memstate_sql.dialects.base import (
     DialectSupport,
     ErrorKind,
+    NearestRequest,
     check_pooler,
     ddl_literal,
     ddl_names,
@@ -51,12 +53,19 @@ class PostgreSQLSupport(DialectSupport):
     async_drivers = frozenset({"psycopg", "asyncpg"})
     aware_timestamps = True
     autocommit_reads = True
+    prepares_vector_search = True  # pgvector's HNSW index, where the extension is installed
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         return _append(log, sessions)
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         return _reserve(conn, sessions, key, count)
+
+    def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
+        return pgvector.nearest(conn, request)
+
+    def prepare_vector_search(self, conn: Connection, vectors: Table, dim: int) -> None:
+        pgvector.ensure_index(conn, vectors, dim)
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.JSONB(none_as_null=True)
