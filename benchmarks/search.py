@@ -1,6 +1,6 @@
 """In-database vector search benchmark (docs/search.md): search latency and the write cost of indexing.
 
-    python -m benchmarks.search [--sizes 10000,100000] [--db sqlite,postgresql,mysql] [--dim 384]
+    python -m benchmarks.search [--sizes 10000,100000] [--db sqlite,postgresql,mysql,pgvector] [--dim 384]
                                 [--queries 20] [--model] [--json out.json]
 
 Per database, on a fresh table prefix (dropped at the end):
@@ -14,6 +14,11 @@ Per database, on a fresh table prefix (dropped at the end):
   and ``exact/python`` (pure Python: fewer queries at 100k), unfiltered and with a filter selecting 10 % of the
   facts (``{"payload.group": 3}`` with ``IndexedPath("payload.group", "number")`` declared). Accelerated modes
   (pgvector, sqlite-vec) are probed and reported as available or not, with the reason.
+* ``--db pgvector``: PostgreSQL with the ``vector`` extension (MEMSTATE_SQL_BENCH_PGVECTOR_URL, else a private
+  PostgreSQL 16 from the ``pgserver`` wheel, tests/servers.py, stopped by PID at the end): the write cost
+  also with ``VectorIndex(ann=True)`` (the HNSW index maintained by PostgreSQL), and search latency ``ann``
+  (HNSW candidates re-ranked exactly) against ``exact/numpy`` (``ann=False``) on the same facts, with the
+  share of ANN answers whose ids equal the exact top-10 (``recall@10``).
 
 Vectors are random unit vectors of --dim dimensions (384: all-MiniLM-L6-v2's). URLs: MEMSTATE_SQL_BENCH_POSTGRES_URL,
 MEMSTATE_SQL_BENCH_MYSQL_URL (defaults: the MEMSTATE_SQL_TEST_* URLs, else the local ``test_bench`` databases).
@@ -109,7 +114,7 @@ def probe_modes(url: str) -> list[tuple[str, str]]:
             engine.dispose()
         if found is None:
             return [("pgvector", "unavailable: the server has no 'vector' extension (not packaged for Debian 12)")]
-        return [("pgvector", f"extension {found} available, but not used by this release (exact scan)")]
+        return [("pgvector", f"extension {found}: HNSW candidates re-ranked exactly (VectorIndex(ann=True))")]
     return [("(none)", "MySQL/MariaDB have no vector type here: exact scan")]
 
 
@@ -145,14 +150,18 @@ def timed_commits(store: ms.MemoryStore, count: int, offset: int) -> float:
     return count / (time.perf_counter() - began)
 
 
-def search_latency(store: ms.MemoryStore, queries: int, filters: dict[str, Any] | None) -> float:
-    """Median ms of ``store.search(q, limit=10)``."""
+def search_latency(
+    store: ms.MemoryStore, queries: int, filters: dict[str, Any] | None, answers: list[list[str]] | None = None
+) -> float:
+    """Median ms of ``store.search(q, limit=10)`` (`answers`: receives each query's ids)."""
     times = []
     for j in range(queries):
         began = time.perf_counter()
         found = store.search(f"query {j}", limit=10, filters=filters)
         times.append((time.perf_counter() - began) * 1000)
         assert len(found) == 10, len(found)
+        if answers is not None:
+            answers.append([hit.fact.id for hit in found])
     return statistics.median(times)
 
 
@@ -167,13 +176,16 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
     for mode, why in probe_modes(url):
         row(f"mode {mode}", why)
     pool = Pool(args.dim)
-    index = ms.VectorIndex(embed=pool, dim=args.dim, fields={"doc": ["text"]})
+    ann = name == "pgvector"
+    index = ms.VectorIndex(embed=pool, dim=args.dim, fields={"doc": ["text"]}, ann=ann)
     paths = [IndexedPath("payload.group", "number")]
 
     # write cost
-    for with_index in (False, True):
+    variants: list[tuple[str, ms.VectorIndex | None]] = [("no index", None), ("with index", replace(index, ann=False))]
+    if ann:
+        variants.append(("with index + HNSW", index))
+    for label, chosen in variants:
         prefix = "bs" + uuid.uuid4().hex[:8]
-        chosen = index if with_index else None
         storage = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=paths, vector_index=chosen)
         try:
             store = ms.MemoryStore(storage)
@@ -181,7 +193,6 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
             for i in range(args.write_facts):
                 pool(f"doc {i}")  # precomputed: the database's cost only
             seconds = load(store, 0, args.write_facts)
-            label = "with index" if with_index else "no index"
             row(f"commit_many facts/s ({label})", args.write_facts / seconds)
             row(f"commit facts/s ({label})", timed_commits(store, 1000, 0))
         finally:
@@ -198,10 +209,35 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
             seconds = load(store, loaded, size - loaded)
             row(f"load to {size} facts (s)", seconds, f"{(size - loaded) / seconds:.0f} facts/s, indexed")
             loaded = size
-            for scanner in ["numpy", "python"] if vectors._numpy() is not None else ["python"]:
-                reader = ms.SQLStorage(
-                    url, table_prefix=prefix, indexed_paths=paths, vector_index=replace(index, scanner=scanner)
-                )
+            if ann:
+                with sa.create_engine(url).begin() as conn:  # what autovacuum would have done by now
+                    conn.execute(sa.text(f"ANALYZE {prefix}_vectors"))
+                    conn.execute(sa.text(f"ANALYZE {prefix}_facts"))
+                reader = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=paths, vector_index=index)
+                try:
+                    searcher = ms.MemoryStore(reader)
+                    for label, filters in (("", None), (" 10% filter", {"payload.group": 3})):
+                        fast: list[list[str]] = []
+                        slow: list[list[str]] = []
+                        row(
+                            f"search ms @{size // 1000}k ann{label}",
+                            search_latency(searcher, args.queries, filters, fast),
+                        )
+                        exact = ms.MemoryStore(
+                            ms.SQLStorage(url, table_prefix=prefix, vector_index=replace(index, ann=False))
+                        )
+                        try:
+                            search_latency(exact, args.queries, filters, slow)
+                        finally:
+                            exact.storage.close()
+                        same = sum(len(set(a) & set(b)) for a, b in zip(fast, slow, strict=True)) / (10 * len(fast))
+                        row(f"recall@10 @{size // 1000}k ann{label}", same, "share of the exact top-10 found")
+                finally:
+                    reader.close()
+            scanners = ["numpy"] if ann else ["numpy", "python"] if vectors._numpy() is not None else ["python"]
+            for scanner in scanners:
+                exact_index = replace(index, scanner=scanner, ann=False)
+                reader = ms.SQLStorage(url, table_prefix=prefix, indexed_paths=paths, vector_index=exact_index)
                 try:
                     searcher = ms.MemoryStore(reader)
                     queries = args.queries if scanner == "numpy" or size <= 10_000 else max(3, args.queries // 10)
@@ -243,8 +279,25 @@ def main() -> None:
         rows.append({"database": "model", "metric": "all-MiniLM-L6-v2 ms per text", "value": ms_per, "note": ""})
     tmp = tempfile.mkdtemp(prefix="bench-search-")
     urls = {"sqlite": f"sqlite:///{tmp}/search.db", "postgresql": PG_URL, "mysql": MY_URL}
-    for name in args.db.split(","):
-        rows.extend(bench_db(name, urls[name], args))
+    server = None
+    if "pgvector" in args.db.split(","):
+        urls["pgvector"] = os.environ.get("MEMSTATE_SQL_BENCH_PGVECTOR_URL", "")
+        if not urls["pgvector"]:
+            from tests.servers import PostgresServer, pgserver_bin
+
+            bindir = pgserver_bin()
+            if bindir is None:
+                raise SystemExit("--db pgvector: set MEMSTATE_SQL_BENCH_PGVECTOR_URL or pip install pgserver")
+            server = PostgresServer(bindir=bindir)
+            server.start()
+            urls["pgvector"] = server.url
+            log(f"pgvector: {server.describe()}")
+    try:
+        for name in args.db.split(","):
+            rows.extend(bench_db(name, urls[name], args))
+    finally:
+        if server is not None:
+            server.destroy()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"load_average": os.getloadavg()[0], "dim": args.dim, "rows": rows}, fh, indent=1)
