@@ -1,6 +1,6 @@
 """In-database vector search benchmark (docs/search.md): search latency and the write cost of indexing.
 
-    python -m benchmarks.search [--sizes 10000,100000] [--db sqlite,postgresql,mysql] [--dim 384]
+    python -m benchmarks.search [--sizes 10000,100000] [--db sqlite,postgresql,mysql,pgvector] [--dim 384]
                                 [--queries 20] [--model] [--json out.json]
 
 Per database, on a fresh table prefix (dropped at the end):
@@ -16,6 +16,11 @@ Per database, on a fresh table prefix (dropped at the end):
   (pgvector, sqlite-vec) are probed and reported as available or not, with the reason; sqlite-vec, where it
   loads (SQLite through pysqlite3 when CPython's sqlite3 cannot load extensions: every SQLite engine of the run
   then uses it), is timed as ``sqlite-vec`` beside the exact scans (``--scanners`` picks the modes).
+* ``--db pgvector``: PostgreSQL with the ``vector`` extension (MEMSTATE_SQL_BENCH_PGVECTOR_URL, else a private
+  PostgreSQL 16 from the ``pgserver`` wheel, tests/servers.py, stopped by PID at the end), with
+  ``VectorIndex(ann=True)``: the write cost with the HNSW index PostgreSQL maintains, search latency
+  ``pgvector`` (HNSW candidates re-ranked exactly) against the exact scans, and ``recall@10`` (the share of
+  the exact top-10 the in-database answer found; 1.0 for sqlite-vec, which is exact).
 
 Vectors are random unit vectors of --dim dimensions (384: all-MiniLM-L6-v2's). URLs: MEMSTATE_SQL_BENCH_POSTGRES_URL,
 MEMSTATE_SQL_BENCH_MYSQL_URL (defaults: the MEMSTATE_SQL_TEST_* URLs, else the local ``test_bench`` databases).
@@ -120,7 +125,7 @@ def probe_modes(url: str) -> list[tuple[str, str]]:
             engine.dispose()
         if found is None:
             return [("pgvector", "unavailable: the server has no 'vector' extension (not packaged for Debian 12)")]
-        return [("pgvector", f"extension {found} available, but not used by this release (exact scan)")]
+        return [("pgvector", f"extension {found}: HNSW candidates re-ranked exactly (VectorIndex(ann=True))")]
     return [("(none)", "MySQL/MariaDB have no vector type here: exact scan")]
 
 
@@ -156,14 +161,18 @@ def timed_commits(store: ms.MemoryStore, count: int, offset: int) -> float:
     return count / (time.perf_counter() - began)
 
 
-def search_latency(store: ms.MemoryStore, queries: int, filters: dict[str, Any] | None) -> float:
-    """Median ms of ``store.search(q, limit=10)``."""
+def search_latency(
+    store: ms.MemoryStore, queries: int, filters: dict[str, Any] | None, answers: list[list[str]] | None = None
+) -> float:
+    """Median ms of ``store.search(q, limit=10)``; each answer's ids go to `answers` when given."""
     times = []
     for j in range(queries):
         began = time.perf_counter()
         found = store.search(f"query {j}", limit=10, filters=filters)
         times.append((time.perf_counter() - began) * 1000)
         assert len(found) == 10, len(found)
+        if answers is not None:
+            answers.append([hit.fact.id for hit in found])
     return statistics.median(times)
 
 
@@ -178,7 +187,7 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
     for mode, why in probe_modes(url):
         row(f"mode {mode}", why)
     pool = Pool(args.dim)
-    index = ms.VectorIndex(embed=pool, dim=args.dim, fields={"doc": ["text"]})
+    index = ms.VectorIndex(embed=pool, dim=args.dim, fields={"doc": ["text"]}, ann=name == "pgvector")
     paths = [IndexedPath("payload.group", "number")]
 
     # write cost
@@ -214,12 +223,13 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
             variants.append((plan.engine.split()[0], {"in_database": "required"}))
         for scanner in ["numpy", "python"] if vectors._numpy() is not None else ["python"]:
             if scanner in args.scanners:
-                variants.append((f"exact/{scanner}", {"in_database": "off", "scanner": scanner}))
+                variants.append((f"exact/{scanner}", {"in_database": "off", "scanner": scanner, "ann": False}))
         loaded = 0
         for size in args.sizes:
             seconds = load(store, loaded, size - loaded)
             row(f"load to {size} facts (s)", seconds, f"{(size - loaded) / seconds:.0f} facts/s, indexed")
             loaded = size
+            answers: dict[tuple[str, str], list[list[str]]] = {}
             for label, changes in variants:
                 reader = ms.SQLStorage(
                     url,
@@ -232,13 +242,19 @@ def bench_db(name: str, url: str, args: argparse.Namespace) -> list[dict[str, An
                     searcher = ms.MemoryStore(reader)
                     slow = label == "exact/python" and size > 10_000
                     queries = max(3, args.queries // 10) if slow else args.queries
-                    row(f"search ms @{size // 1000}k {label}", search_latency(searcher, queries, None))
-                    row(
-                        f"search ms @{size // 1000}k {label} 10% filter",
-                        search_latency(searcher, queries, {"payload.group": 3}),
-                    )
+                    for what, filters in (("", None), (" 10% filter", {"payload.group": 3})):
+                        found = answers.setdefault((label, what), [])
+                        latency = search_latency(searcher, queries, filters, found)
+                        row(f"search ms @{size // 1000}k {label}{what}", latency)
                 finally:
                     reader.close()
+            for (label, what), found in answers.items():
+                exact = answers.get(("exact/numpy", what)) or answers.get(("exact/python", what))
+                if label.startswith("exact/") or not exact:
+                    continue
+                n = min(len(found), len(exact))
+                same = sum(len(set(a) & set(b)) for a, b in zip(found[:n], exact[:n], strict=True)) / (10 * n)
+                row(f"recall@10 @{size // 1000}k {label}{what}", same, "share of the exact top-10 found")
     finally:
         storage.close()
         drop_prefix(url, prefix)
@@ -276,8 +292,25 @@ def main() -> None:
         rows.append({"database": "model", "metric": "all-MiniLM-L6-v2 ms per text", "value": ms_per, "note": ""})
     tmp = tempfile.mkdtemp(prefix="bench-search-")
     urls = {"sqlite": f"sqlite:///{tmp}/search.db", "postgresql": PG_URL, "mysql": MY_URL}
-    for name in args.db.split(","):
-        rows.extend(bench_db(name, urls[name], args))
+    server = None
+    if "pgvector" in args.db.split(","):
+        urls["pgvector"] = os.environ.get("MEMSTATE_SQL_BENCH_PGVECTOR_URL", "")
+        if not urls["pgvector"]:
+            from tests.servers import PostgresServer, pgserver_bin
+
+            bindir = pgserver_bin()
+            if bindir is None:
+                raise SystemExit("--db pgvector: set MEMSTATE_SQL_BENCH_PGVECTOR_URL or pip install pgserver")
+            server = PostgresServer(bindir=bindir)
+            server.start()
+            urls["pgvector"] = server.url
+            log(f"pgvector: {server.describe()}")
+    try:
+        for name in args.db.split(","):
+            rows.extend(bench_db(name, urls[name], args))
+    finally:
+        if server is not None:
+            server.destroy()
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"load_average": os.getloadavg()[0], "dim": args.dim, "rows": rows}, fh, indent=1)

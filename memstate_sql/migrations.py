@@ -52,7 +52,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.pool import NullPool
 from sqlalchemy.sql.schema import SchemaItem
 
-from memstate_sql.dialects import engine_for, support_for
+from memstate_sql.dialects import engine_for, pgvector, support_for
 from memstate_sql.dialects.base import LOCK_TABLE
 from memstate_sql.errors import SchemaVersionError, StorageError, ValidationFailed
 from memstate_sql.models import DEFAULT_PREFIX, Models, check_prefix, exists_on, models_for
@@ -201,6 +201,8 @@ class OwnFilters:
         self.target = tgt
         self.dialect_name = dialect_name
         self.tables = {table.name for table in tgt.models.metadata.tables.values()}
+        #: Indexes a storage creates at run time, per embedding dimension (pgvector's HNSW indexes).
+        self.runtime_indexes = pgvector.index_name(inspect(tgt.models.Vector).local_table.name, 0)[:-1]
 
     def include_name(self, name: str | None, type_: str, parent_names: Any) -> bool:
         if type_ == "schema":
@@ -212,6 +214,8 @@ class OwnFilters:
     def include_object(self, obj: SchemaItem, name: str | None, type_: str, reflected: bool, compare_to: Any) -> bool:
         if not reflected and not exists_on(obj, self.dialect_name):
             return False  # e.g. the PostgreSQL-only GIN index, on another database
+        if reflected and compare_to is None and type_ == "index" and (name or "").startswith(self.runtime_indexes):
+            return False
         table = _table_of(obj, type_)
         return table is None or table.name in self.tables
 

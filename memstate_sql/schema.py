@@ -33,7 +33,7 @@ from memstate_sql.uow import default_sleep, holding
 #: The head of memstate_sql's migration history (`migrations.head_revision()`, checked by
 #: tests/test_migrations.py): a database found at it needs no Alembic at all, so a process whose
 #: schema is up to date never imports Alembic nor parses the migration scripts.
-HEAD_REVISION = "ms_0005_log_order"
+HEAD_REVISION = "ms_0008_pgvector"
 #: Seconds the creation of declared path indexes waits for another process's (lock and DDL).
 PATH_INDEX_TIMEOUT = 60.0
 
@@ -64,6 +64,7 @@ def prepare_schema(
     auto_migrate: bool,
     connection: Connection | None = None,
     indexed_paths: Sequence[IndexedPath] = (),
+    vector_dims: Sequence[int] = (),
 ) -> bool:
     """Check the schema of `models`' prefix and migrate it (or refuse) as described above.
 
@@ -82,6 +83,8 @@ def prepare_schema(
         durable = True
     if indexed_paths:
         _ensure_path_indexes(engine, models, indexed_paths)
+    if vector_dims:
+        _prepare_vector_search(engine, models, vector_dims)
     return durable
 
 
@@ -119,6 +122,22 @@ def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[Indexed
     )
 
 
+def _prepare_vector_search(engine: Engine, models: Models, dims: Sequence[int]) -> None:
+    """What the database needs to answer vector searches itself (`DialectSupport.prepare_vector_search`:
+    pgvector's HNSW index), under the same lock as migrations and declared path indexes."""
+    support = support_for(engine.dialect)
+    if not support.prepares_vector_search:
+        return
+    vectors = inspect(models.Vector).local_table
+    lock = f"{models.prefix}_path_indexes"
+    with engine.connect() as conn, support.migration_lock(conn, lock, PATH_INDEX_TIMEOUT, default_sleep):
+        open_before = conn.in_transaction()
+        for dim in dims:
+            support.prepare_vector_search(conn, vectors, dim)
+        if not open_before and conn.in_transaction():
+            conn.commit()
+
+
 def _prepare_bound(engine: Engine, conn: Connection, models: Models, *, auto_migrate: bool) -> bool:
     from memstate_sql import migrations  # Alembic: only when the schema is not current
 
@@ -151,12 +170,14 @@ class SchemaGate:
         *,
         auto_migrate: bool,
         indexed_paths: Sequence[IndexedPath] = (),
+        vector_dims: Sequence[int] = (),
         host: Callable[[], Connection | None] = lambda: None,
     ) -> None:
         self.engine = engine
         self.models = models
         self.auto_migrate = auto_migrate
         self.indexed_paths = indexed_paths
+        self.vector_dims = vector_dims
         self.host = host
         self.ready = False
         self._pending: object | None = None
@@ -178,6 +199,7 @@ class SchemaGate:
                 auto_migrate=self.auto_migrate,
                 connection=host,
                 indexed_paths=self.indexed_paths,
+                vector_dims=self.vector_dims,
             )
             # Created inside the host's open transaction: valid for that transaction only (its
             # rollback removes the tables); check again in the next one.

@@ -254,6 +254,9 @@ class SQLStorage:
             self.models,
             auto_migrate=auto_migrate,
             indexed_paths=self.indexed_paths,
+            vector_dims=(vector_index.dim,)
+            if vector_index is not None and vector_index.ann and vector_index.in_database != "off"
+            else (),
             host=self.runner.host_connection,
         )
         self.runner.prepare = self.schema_gate.ensure

@@ -25,11 +25,8 @@ import contextlib
 import contextvars
 import functools
 import hashlib
-import heapq
 import json
 import math
-import operator
-import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,26 +40,16 @@ from memstate_sql.facts import Operation
 from memstate_sql.hooks import Notification, invoke
 from memstate_sql.models import Models
 from memstate_sql.repository import Repository
+from memstate_sql.scoring import SCORE_DECIMALS as SCORE_DECIMALS
+from memstate_sql.scoring import _layout, best_of, scorer
+from memstate_sql.scoring import _numpy as _numpy
+from memstate_sql.scoring import unpack as unpack
 from memstate_sql.validation import query_spec
-
-
-@functools.cache
-def _numpy() -> Any:
-    """numpy, imported on first use (an import costs ~0.2 s, which a store without a vector index never
-    pays); None when it is not installed. Optional: the exact scan is several times faster with it."""
-    try:
-        import numpy
-    except ImportError:  # pragma: no cover - the pure-Python scanner is tested with numpy installed too
-        return None
-    return numpy
-
 
 #: Largest dimension: 4 bytes per number in a BLOB column (64 KiB on MySQL/MariaDB).
 MAX_DIM = 16000
 #: `VectorIndex(in_database=...)`: whether the database's vector extension computes searches.
 IN_DATABASE = ("auto", "off", "required")
-#: Scores are rounded to this many decimals, so float64 summation order never reorders a tie.
-SCORE_DECIMALS = 12
 _CHUNK = 500  # ids per IN (...) list
 _ALL = query_spec(None, None, None)
 _REMOVING = frozenset({Operation.DELETE, Operation.DISCARD_SESSION, Operation.EXPIRE})
@@ -108,6 +95,10 @@ class VectorIndex:
     #: extension is never loaded); ``"required"``: a search fails (`StorageError`, saying why) where it
     #: cannot be used. Either way the answer is the exact top-k.
     in_database: str = "auto"
+    #: Whether a database's approximate index may answer (pgvector's HNSW on PostgreSQL, where installed:
+    #: candidates re-ranked exactly, but a true neighbour the index misses is missed; docs/search.md).
+    #: False (the default): only exact in-database search (sqlite-vec) or the exact scan.
+    ann: bool = False
 
     def __post_init__(self) -> None:
         if not callable(self.embed):
@@ -144,6 +135,8 @@ class VectorIndex:
             raise ValidationFailed(
                 f"VectorIndex(in_database=...) must be 'auto', 'off' or 'required', got {self.in_database!r}"
             )
+        if not isinstance(self.ann, bool):
+            raise ValidationFailed(f"VectorIndex(ann=...) must be True or False, got {self.ann!r}")
         if isinstance(self.scan_batch, bool) or not isinstance(self.scan_batch, int) or self.scan_batch < 1:
             raise ValidationFailed("VectorIndex(scan_batch=...) must be a positive integer")
 
@@ -192,15 +185,6 @@ def pack(values: Any, dim: int) -> bytes:
     if norm == 0.0 or not math.isfinite(norm):
         raise EmbeddingError("the embedding function returned a zero vector (it has no direction to compare)")
     return _layout(dim).pack(*[x / norm for x in numbers])
-
-
-@functools.cache
-def _layout(dim: int) -> struct.Struct:
-    return struct.Struct(f"<{dim}f")
-
-
-def unpack(blob: bytes, dim: int) -> tuple[float, ...]:
-    return _layout(dim).unpack(blob)
 
 
 @contextlib.contextmanager
@@ -303,30 +287,6 @@ def apply(repo: Repository, index: VectorIndex, calls: Sequence[Notification]) -
         repo.conn.execute(bump, bumps)
 
 
-def _scores_numpy(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> list[float]:
-    _np = _numpy()
-    assert _np is not None
-    matrix = _np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), dim).astype(_np.float64)
-    scores = matrix @ _np.asarray(query, dtype=_np.float64)
-    rounded: list[float] = _np.round(scores, SCORE_DECIMALS).tolist()
-    return rounded
-
-
-def _scores_python(blobs: Sequence[bytes], query: Sequence[float], dim: int) -> list[float]:
-    layout = _layout(dim)
-    unpack_one, mul = layout.unpack, operator.mul
-    return [round(sum(map(mul, unpack_one(blob), query)), SCORE_DECIMALS) for blob in blobs]
-
-
-def scorer(use_numpy: bool | None = None) -> Callable[[Sequence[bytes], Sequence[float], int], list[float]]:
-    """The exact scanner's scoring function: numpy's when installed (or asked for), else pure Python."""
-    if use_numpy is None:
-        use_numpy = _numpy() is not None
-    if use_numpy and _numpy() is None:
-        raise ValidationFailed("numpy is not installed: pip install 'memstate_sql[search]'")
-    return _scores_numpy if use_numpy else _scores_python
-
-
 def scan(
     repo: Repository,
     index: VectorIndex,
@@ -357,12 +317,13 @@ def scan(
     )
     cond = (table.c.namespace == repo.namespace) & (table.c.dim == index.dim) & where
     if index.in_database != "off":
-        request = NearestRequest(table, joined, cond, query, index.dim, limit, score_threshold)
+        request = NearestRequest(table, joined, cond, query, index.dim, limit, score_threshold, index.ann)
         answered = repo.dialect.nearest(repo.conn, request)
         if answered is not None:
             return answered
         if index.in_database == "required":
-            raise StorageError(f"VectorIndex(in_database='required'): {repo.dialect.nearest_status(repo.conn)[1]}")
+            why = repo.dialect.nearest_status(repo.conn, index.ann)[1]
+            raise StorageError(f"VectorIndex(in_database='required'): {why}")
     # One pass over the candidates, fetched `scan_batch` rows at a time from a server-side cursor where the
     # driver has one (keyset pages made PostgreSQL join every page anew: quadratic at 100k candidates).
     stmt = select(table.c.fact_id, table.c.vector).select_from(joined).where(cond)
@@ -372,10 +333,7 @@ def scan(
         for rows in result.partitions():
             ids = [row[0] for row in rows]
             scores = score([bytes(row[1]) for row in rows], query, index.dim)
-            candidates = [
-                (s, i) for s, i in zip(scores, ids, strict=True) if score_threshold is None or s >= score_threshold
-            ]
-            best = heapq.nsmallest(limit, best + candidates, key=lambda pair: (-pair[0], pair[1]))
+            best = best_of(best, ids, scores, limit, score_threshold)
     finally:
         result.close()
     return [(fact_id, s) for s, fact_id in best]
@@ -401,7 +359,7 @@ def plan(repo: Repository, index: VectorIndex) -> SearchPlan:
     if index.in_database == "off":
         reason: str | None = "VectorIndex(in_database='off')"
     else:
-        usable, detail = repo.dialect.nearest_status(repo.conn)
+        usable, detail = repo.dialect.nearest_status(repo.conn, index.ann)
         if usable:
             return SearchPlan("in-database", detail)
         if index.in_database == "required":

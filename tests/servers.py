@@ -178,6 +178,15 @@ def find_pg_bin() -> tuple[Path, str] | None:
     return None
 
 
+def pgserver_bin() -> Path | None:
+    """The binaries of the ``pgserver`` wheel (PostgreSQL 16 with the pgvector extension), or None."""
+    spec = importlib.util.find_spec("pgserver")  # not imported: its import has side effects
+    if spec is None or not spec.origin:
+        return None
+    path = Path(spec.origin).parent / "pginstall" / "bin"
+    return path if all((path / tool).exists() for tool in ("initdb", "pg_ctl", "postgres")) else None
+
+
 def pg_bin() -> Path | None:
     found = find_pg_bin()
     return None if found is None else found[0]
@@ -196,12 +205,13 @@ class PostgresServer(PrivateServer):
 
     kind = "postgresql"
 
-    def __init__(self, *, _state: dict[str, Any] | None = None) -> None:
+    def __init__(self, *, bindir: Path | None = None, _state: dict[str, Any] | None = None) -> None:
+        """`bindir`: these binaries (e.g. `pgserver_bin()`) instead of the first `find_pg_bin` finds."""
         if _state is not None:  # attach to a running server (another process started it)
             self.root, self.bindir, self.port = Path(_state["root"]), Path(_state["bindir"]), int(_state["port"])
             self.user, self.url, self.data = _state["user"], _state["url"], Path(_state["root"]) / "data"
             return
-        found = find_pg_bin()
+        found = find_pg_bin() if bindir is None else (bindir, f"binaries in {bindir}")
         if found is None:
             raise FileNotFoundError(
                 "no PostgreSQL server binaries (initdb, pg_ctl, postgres) found: not via pg_config, not in "

@@ -61,7 +61,8 @@ class NearestRequest:
 
     `vectors`: the vectors table; `source`: it joined to the live facts it belongs to (same namespace,
     id and version); `where`: the namespace, dimension and the store's filters over `source`; `query`:
-    the query vector (`dim` floats); `limit`: k; `score_threshold`: the lowest cosine similarity kept."""
+    the query vector (`dim` floats); `limit`: k; `score_threshold`: the lowest cosine similarity kept;
+    `approximate`: whether an approximate index may answer (``VectorIndex(ann=True)``)."""
 
     vectors: Table
     source: FromClause
@@ -70,6 +71,7 @@ class NearestRequest:
     dim: int
     limit: int
     score_threshold: float | None
+    approximate: bool = False
 
 
 class DialectSupport:
@@ -109,6 +111,9 @@ class DialectSupport:
                 f"'{backend}+{self.async_driver}://...' (install memstate-sql[async])"
             )
         return url.set(drivername=f"{backend}+{self.async_driver}")
+
+    #: Whether `prepare_vector_search` may create something (else a storage skips it, and its lock).
+    prepares_vector_search = False
 
     #: Whether the column type of timestamps takes and returns aware datetimes (else naive UTC wall time).
     aware_timestamps = False
@@ -258,11 +263,16 @@ class DialectSupport:
         extension), and the exact scan runs instead."""
         return None
 
-    def nearest_status(self, conn: Connection) -> tuple[bool, str]:
-        """Whether `nearest` computes searches in the database on this connection: ``(True, what
-        computes them)``, or ``(False, why not)`` (the exact scan runs). For `SQLStorage.explain_search`
-        and ``VectorIndex(in_database="required")``."""
+    def nearest_status(self, conn: Connection, approximate: bool = False) -> tuple[bool, str]:
+        """Whether `nearest` computes searches in the database on this connection (`approximate`: as
+        `NearestRequest.approximate`): ``(True, what computes them)``, or ``(False, why not)`` (the exact
+        scan runs). For `SQLStorage.explain_search` and ``VectorIndex(in_database="required")``."""
         return False, f"{self.name} has no in-database vector search here"
+
+    def prepare_vector_search(self, conn: Connection, vectors: Table, dim: int) -> None:
+        """Create what `nearest` needs for the vectors of dimension `dim` of this table, if this database
+        can serve them (pgvector's HNSW index on PostgreSQL); idempotent, run once per storage whose
+        `VectorIndex` allows it (``ann=True``), under the prefix's migration lock. Default: nothing."""
 
     def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
         """Add `count` to the last log position of a session (`key`: namespace, session id, and false: the

@@ -16,9 +16,11 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.types import TypeEngine
 
+from memstate_sql.dialects import pgvector
 from memstate_sql.dialects.base import (
     DialectSupport,
     ErrorKind,
+    NearestRequest,
     check_pooler,
     ddl_literal,
     ddl_names,
@@ -52,6 +54,7 @@ class PostgreSQLSupport(DialectSupport):
     async_drivers = frozenset({"psycopg", "asyncpg"})
     aware_timestamps = True
     autocommit_reads = True
+    prepares_vector_search = True  # pgvector's HNSW index, where the extension is installed
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         return _append(log, sessions)
@@ -64,6 +67,15 @@ class PostgreSQLSupport(DialectSupport):
 
     def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
         return _insert_logged(facts, log, sessions, in_session)
+
+    def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
+        return pgvector.nearest(conn, request)
+
+    def nearest_status(self, conn: Connection, approximate: bool = False) -> tuple[bool, str]:
+        return pgvector.status(conn, approximate)
+
+    def prepare_vector_search(self, conn: Connection, vectors: Table, dim: int) -> None:
+        pgvector.ensure_index(conn, vectors, dim)
 
     def json_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return pg_types.JSONB(none_as_null=True)

@@ -64,7 +64,7 @@ class SQLiteSupport(DialectSupport):
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         return sqlitevec.nearest(conn, request)
 
-    def nearest_status(self, conn: Connection) -> tuple[bool, str]:
+    def nearest_status(self, conn: Connection, approximate: bool = False) -> tuple[bool, str]:
         return sqlitevec.status(conn)
 
     def engine_options(self, url: URL) -> dict[str, Any]:

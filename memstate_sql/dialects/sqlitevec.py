@@ -18,7 +18,6 @@ extension loads only where that module can load extensions, else the exact scan 
 
 from __future__ import annotations
 
-import functools
 import math
 import operator
 import struct
@@ -29,12 +28,11 @@ from sqlalchemy import Connection, LargeBinary, bindparam, func, literal, select
 from sqlalchemy.sql import ColumnElement
 
 from memstate_sql.dialects.base import NearestRequest
+from memstate_sql.scoring import SCORE_DECIMALS, _layout
 
 NAME = "sqlite-vec"
 #: Per DBAPI connection (its pool record's ``info``): None once loaded, else why it cannot be.
 _STATE = "memstate_sql.sqlite_vec"
-#: The exact scan's rounding of scores (`memstate_sql.vectors.SCORE_DECIMALS`).
-SCORE_DECIMALS = 12
 #: Rows asked of SQLite beyond k, so that a boundary blurred by float32 is usually settled in one query.
 _EXTRA = 16
 
@@ -108,11 +106,6 @@ def _load_async(driver: Any, path: str) -> str | None:
     except Exception as err:  # any failure means: not loadable here, and why
         return f"sqlite-vec could not be loaded: {err}"
     return None
-
-
-@functools.cache
-def _layout(dim: int) -> struct.Struct:
-    return struct.Struct(f"<{dim}f")
 
 
 def _slack(dim: int) -> float:
