@@ -588,6 +588,8 @@ def report(
             trips = ", ".join(f"{op} {n}" for op, n in ours.round_trips.items())
             lines.append(f"{label:<18} {'round trips':<15} {'':>10} {'':>13} {'':>8}  {trips}")
         lines.append("")
+    if parallel:
+        lines.append(f"{'writer processes':<18} {'':<15} {'1 process':>10} {'8 processes':>13} {'ratio':>8}")
     for db, (one, many, seconds) in (parallel or {}).items():
         label = "mariadb" if db == "mysql" else db
         target = PARALLEL_TARGETS.get(db)

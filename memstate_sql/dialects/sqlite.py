@@ -18,8 +18,8 @@ from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import EMPTY_DICT
-from sqlalchemy.util.concurrency import await_
 
+from memstate_sql._compat import await_only
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import (
     DialectSupport,
@@ -271,14 +271,14 @@ class OneCallCursor(AsyncAdapt_aiosqlite_cursor):
 
     def execute(self, operation: Any, parameters: Any = None) -> Any:
         try:
-            await_(self._call(operation, parameters, many=False))
+            await_only(self._call(operation, parameters, many=False))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         return self
 
     def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
         try:
-            await_(self._call(operation, seq_of_parameters, many=True))
+            await_only(self._call(operation, seq_of_parameters, many=True))
         except Exception as error:
             self._adapt_connection._handle_exception(error)
         return self
@@ -353,7 +353,7 @@ def install_one_call(dbapi_conn: Any) -> bool:
         and hasattr(aconn, "__dict__")  # the pending BEGIN is kept on it
         and hasattr(dbapi_conn, "_execute_mutex")
         and hasattr(dbapi_conn, "_handle_exception")
-        and AsyncAdapt_aiosqlite_connection._cursor_cls is AsyncAdapt_aiosqlite_cursor
+        and getattr(AsyncAdapt_aiosqlite_connection, "_cursor_cls", None) is AsyncAdapt_aiosqlite_cursor
     ):
         return False
     dbapi_conn.__class__ = OneCallConnection
