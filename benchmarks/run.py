@@ -1,6 +1,7 @@
 """Side-by-side benchmark: memstate 0.5.1 vs memstate_sql, plus a raw-driver floor.
 
-    python -m benchmarks.run [--quick] [--no-1m] [--only sqlite,postgresql,mariadb]
+    python -m benchmarks.run [--quick] [--no-1m] [--only sqlite,postgresql,mariadb] [--no-async]
+                             [--process-seconds 5]
 
 Needs ``pip install -e ".[bench]"`` (memstate==0.5.1 is a benchmark-only dependency) and, for the server
 databases, MEMSTATE_SQL_TEST_POSTGRES_URL / MEMSTATE_SQL_TEST_MYSQL_URL (the test URLs; tables are created under
@@ -15,7 +16,15 @@ One workload, same for everyone, single thread:
 * filtered query: ``query("note", {"payload.group": g})`` returning 50 rows, on a data set of 20k facts and of
   1M facts (bulk-loaded with multi-row inserts, not 1M commits). memstate_sql declares ``payload.group`` as an
   indexed number path; memstate cannot declare one;
-* raw floor: the commit workload as a plain DB-API loop, one fact row + one log row per transaction.
+* raw floor: the commit workload as a plain DB-API loop, one fact row + one log row per transaction;
+* async stores (``--no-async`` skips them): commits, updates, point reads and rollbacks through memstate_sql's
+  ``AsyncMemoryStore`` (aiosqlite, psycopg 3 async, aiomysql) against memstate 0.5.1's ``AsyncMemoryStore``
+  (``AsyncSQLiteStorage``, ``AsyncPostgresStorage``), one coroutine at a time; on SQLite both at memstate's
+  durability (WAL + ``synchronous=NORMAL``); each row also says what share of our sync store's rate (same
+  durability) the async store reaches;
+* 8 writer processes (PostgreSQL, MariaDB; ``--process-seconds 0`` skips them): each process commits facts in
+  its own session for ``--process-seconds`` seconds after a common start; aggregate commits/s of the 8 against
+  one process doing the same alone.
 
 Figures are operations per second (medians in ms for queries); ratios are memstate_sql / memstate.
 """
@@ -23,7 +32,9 @@ Figures are operations per second (medians in ms for queries); ratios are memsta
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -34,7 +45,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -114,6 +125,9 @@ class System:
     close: Callable[[], None]
     results: dict[str, float] = field(default_factory=dict)
     round_trips: dict[str, int] = field(default_factory=dict)
+    #: The memstate system this one is compared with, and (async rows) our sync system of the same durability.
+    pair: str = "memstate"
+    sync: str | None = None
 
 
 def memstate_sqlite(workdir: str) -> System:
@@ -186,6 +200,124 @@ def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None)
         storage.transaction(work, name="bulk")
 
     return System(name, db, store, ms.Fact, bulk, storage.close)
+
+
+# ---------------------------------------------------------------------------- async stores
+
+#: An async store under test: (store, Fact class, coroutine function closing it).
+AsyncMade = tuple[Any, Any, Callable[[], Awaitable[None]]]
+
+
+async def memstate_async(db: str, workdir: str, prefix: str) -> AsyncMade:
+    import memstate
+
+    if db == "sqlite":
+        from memstate.backends.sqlite import AsyncSQLiteStorage
+
+        lite = AsyncSQLiteStorage(os.path.join(workdir, "memstate-async.db"))  # WAL + synchronous=NORMAL
+        await lite.connect()
+        return memstate.AsyncMemoryStore(lite), memstate.Fact, lite.close
+    from memstate.backends.postgres import AsyncPostgresStorage
+
+    pg = AsyncPostgresStorage(PG_URL, table_prefix=prefix)
+    await pg.create_tables()
+    return memstate.AsyncMemoryStore(pg), memstate.Fact, pg.close
+
+
+async def memstate_sql_async(url: str, prefix: str, synchronous: str | None) -> AsyncMade:
+    from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
+
+    options = {"sqlite_synchronous": synchronous} if synchronous else {}
+    storage = AsyncSQLStorage(url, table_prefix=prefix, **options)
+    store = AsyncMemoryStore(storage)
+    await store.count()  # prepares the schema
+    return store, ms.Fact, storage.close
+
+
+async def _arate(n: int, fn: Callable[[int], Awaitable[Any]]) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        await fn(i)
+    return n / (time.perf_counter() - start)
+
+
+async def _async_workload(make: Callable[[], Awaitable[AsyncMade]], sizes: Sizes, r: dict[str, float]) -> None:
+    store, Fact, close = await make()
+    try:
+        ids: list[str] = []
+
+        async def commit(i: int) -> None:
+            ids.append(await store.commit(Fact(id=f"a{i:08d}", type="note", payload=payload(i)), session_id="as"))
+
+        r["commits/s"] = await _arate(sizes.writes, commit)
+        r["updates/s"] = await _arate(sizes.writes, lambda i: store.update(ids[i], {"payload": {"score": -i}}))
+        r["point reads/s"] = await _arate(sizes.reads, lambda i: store.get(ids[i % len(ids)]))
+        for i in range(sizes.rollbacks):
+            await store.commit(Fact(id=f"arb{i:08d}", type="note", payload=payload(i)), session_id="arb")
+        r["rollbacks/s"] = await _arate(sizes.rollbacks, lambda i: store.rollback("arb", 1))
+    finally:
+        await close()
+
+
+def async_systems(db: str, url: str, workdir: str, prefix: str, sizes: Sizes, sync: str | None) -> list[System]:
+    """memstate's async store (none for MariaDB) and ours, each measured in its own event loop."""
+    synchronous = "normal" if db == "sqlite" else None  # memstate's SQLite durability
+    if db == "sqlite":
+        url = f"sqlite:///{workdir}/msql-async.db"
+    made: list[tuple[str, Callable[[], Awaitable[AsyncMade]]]] = []
+    if db != "mysql":
+        made.append(("memstate[async]", lambda: memstate_async(db, workdir, prefix + "ma")))
+    made.append(("memstate_sql[async]", lambda: memstate_sql_async(url, prefix + "a", synchronous)))
+    systems = []
+    for name, make in made:
+        system = System(name, db, None, None, lambda _a, _b: None, lambda: None, pair="memstate[async]", sync=sync)
+        asyncio.run(_async_workload(make, sizes, system.results))
+        systems.append(system)
+    return systems
+
+
+# ---------------------------------------------------------------------------- writer processes
+
+
+def _writer(url: str, prefix: str, seconds: float, k: int, barrier: Any, counts: Any) -> None:
+    storage = ms.SQLStorage(url, table_prefix=prefix)
+    store = ms.MemoryStore(storage)
+    try:
+        store.commit(ms.Fact(type="note", payload=payload(0)), session_id=f"p{k}")  # warm: connection, schema
+        barrier.wait()
+        n, end = 0, time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            store.commit(ms.Fact(type="note", payload=payload(n)), session_id=f"p{k}")
+            n += 1
+        counts.put(n)
+    finally:
+        storage.close()
+
+
+def writers(url: str, prefix: str, processes: int, seconds: float) -> float:
+    """Aggregate commits/s of `processes` processes committing at once (each in its own session) for
+    `seconds` after a common start."""
+    ctx = multiprocessing.get_context("spawn")
+    barrier, counts = ctx.Barrier(processes), ctx.Queue()
+    procs = [ctx.Process(target=_writer, args=(url, prefix, seconds, k, barrier, counts)) for k in range(processes)]
+    for proc in procs:
+        proc.start()
+    try:
+        total = sum(counts.get(timeout=seconds + 300) for _ in procs)
+    finally:
+        for proc in procs:
+            proc.join(timeout=60)
+    return float(total) / seconds
+
+
+def parallel_writers(db: str, url: str, prefix: str, seconds: float, processes: int = 8) -> tuple[float, float]:
+    """(one process's commits/s, `processes` processes' aggregate commits/s) on one fresh table prefix."""
+    storage = ms.SQLStorage(url, table_prefix=prefix)
+    try:
+        ms.MemoryStore(storage).count()  # the schema, once, before the writers start
+    finally:
+        storage.close()
+    return writers(url, prefix, 1, seconds), writers(url, prefix, processes, seconds)
 
 
 # ---------------------------------------------------------------------------- raw floor
@@ -392,7 +524,19 @@ TARGETS = {
 BATCH_TARGETS = {"sqlite": 20_000, "postgresql": 10_000}
 
 
-def report(systems: list[System], floors: dict[str, float], cold: dict[str, float] | None = None) -> str:
+#: Async rows: ratio against memstate's AsyncMemoryStore, and share of our own sync store.
+ASYNC_TARGETS = {"sqlite": 1.0, "postgresql": 1.0}
+ASYNC_OF_SYNC = 0.6
+#: 8 writer processes: aggregate commits/s against one process.
+PARALLEL_TARGETS = {"postgresql": 3.0}
+
+
+def report(
+    systems: list[System],
+    floors: dict[str, float],
+    cold: dict[str, float] | None = None,
+    parallel: dict[str, tuple[float, float, float]] | None = None,
+) -> str:
     metrics = ["commits/s", "updates/s", "point reads/s", "rollbacks/s", "batch facts/s", "query ms @20k"]
     metrics.append("query ms @1M")
     lines = [
@@ -401,7 +545,8 @@ def report(systems: list[System], floors: dict[str, float], cold: dict[str, floa
     ]
     for ours in (s for s in systems if s.name.startswith("memstate_sql")):
         db = ours.db
-        theirs = next((s for s in systems if s.db == db and s.name == "memstate"), None)
+        theirs = next((s for s in systems if s.db == db and s.name == ours.pair), None)
+        sync = next((s for s in systems if s.db == db and s.name == ours.sync), None) if ours.sync else None
         variant = ours.name[len("memstate_sql") :]
         label = ("mariadb" if db == "mysql" else db) + variant
         for metric in metrics:
@@ -416,9 +561,12 @@ def report(systems: list[System], floors: dict[str, float], cold: dict[str, floa
             else:
                 ratio, shown = f"{mine / other:.2f}x", f"{other:.0f}"
             note = ""
-            target = TARGETS.get((db, metric))
+            target = ASYNC_TARGETS.get(db) if ours.sync else TARGETS.get((db, metric))
             if target and other:
                 note = f"target >= {target}x"
+            if sync is not None and metric in sync.results:
+                share = f"{mine / sync.results[metric]:.0%} of {sync.name} (>= {ASYNC_OF_SYNC:.0%})"
+                note = f"{note}; {share}" if note else share
             if metric == "query ms @20k" and other:
                 note = "target >= 30x"
             if metric == "batch facts/s":
@@ -439,6 +587,17 @@ def report(systems: list[System], floors: dict[str, float], cold: dict[str, floa
         if ours.round_trips:
             trips = ", ".join(f"{op} {n}" for op, n in ours.round_trips.items())
             lines.append(f"{label:<18} {'round trips':<15} {'':>10} {'':>13} {'':>8}  {trips}")
+        lines.append("")
+    if parallel:
+        lines.append(f"{'writer processes':<18} {'':<15} {'1 process':>10} {'8 processes':>13} {'ratio':>8}")
+    for db, (one, many, seconds) in (parallel or {}).items():
+        label = "mariadb" if db == "mysql" else db
+        target = PARALLEL_TARGETS.get(db)
+        lines.append(
+            f"{label + '[8 proc]':<18} {'commits/s':<15} {one:>10.0f} {many:>13.0f} {many / one:>7.2f}x  "
+            f"8 processes at once / 1 process, {seconds:g} s each" + (f" (target >= {target}x)" if target else "")
+        )
+    if parallel:
         lines.append("")
     if cold:
         base = cold["import memstate"]
@@ -463,6 +622,13 @@ def main(argv: list[str] | None = None) -> None:
         "--no-normal", action="store_true", help="skip the SQLite variant with memstate's synchronous=NORMAL"
     )
     parser.add_argument("--no-cold", action="store_true", help="skip the cold-start measurements")
+    parser.add_argument("--no-async", action="store_true", help="skip the async stores (AsyncMemoryStore)")
+    parser.add_argument(
+        "--process-seconds",
+        type=float,
+        default=5.0,
+        help="seconds each writer process commits in the 8-process rows (PostgreSQL, MariaDB); 0 skips them",
+    )
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     if args.no_1m:
@@ -474,6 +640,7 @@ def main(argv: list[str] | None = None) -> None:
     log = lambda msg: print(msg, flush=True)  # noqa: E731
     systems: list[System] = []
     floors: dict[str, float] = {}
+    parallel: dict[str, tuple[float, float, float]] = {}
     try:
         for db in dbs:
             log(f"== {db}")
@@ -511,7 +678,17 @@ def main(argv: list[str] | None = None) -> None:
                     run_workload(system, Sizes(**{**sizes.__dict__, "large": 0}), log)
                 finally:
                     system.close()
-            print(report(systems, floors), flush=True)
+            if not args.no_async:
+                sync = "memstate_sql[normal]" if db == "sqlite" and not args.no_normal else "memstate_sql"
+                if db == "sqlite" and args.no_normal:
+                    sync = None  # no sync store at the async rows' durability (normal) in this run
+                systems.extend(async_systems(db, floor_url, workdir, prefix, sizes, sync))
+                log(f"  async stores/{db}: done")
+            if db != "sqlite" and args.process_seconds > 0:
+                one, many = parallel_writers(db, floor_url, prefix + "p", args.process_seconds)
+                parallel[db] = (one, many, args.process_seconds)
+                log(f"  writer processes/{db}: 1 process {one:.0f}/s, 8 processes {many:.0f}/s")
+            print(report(systems, floors, parallel=parallel), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         for url in (PG_URL, MY_URL):
@@ -519,11 +696,12 @@ def main(argv: list[str] | None = None) -> None:
                 _drop(url, prefix)
     cold = None if args.no_cold else cold_start(tempfile.mkdtemp(prefix="memstate-cold-"))
     print()
-    print(report(systems, floors, cold))
+    print(report(systems, floors, cold, parallel))
     if args.json:
         with open(args.json, "w") as fh:
             figures = {f"{s.name}/{s.db}": s.results | {"round trips": s.round_trips} for s in systems}
-            json.dump(figures | {"floors": floors, "cold start ms": cold}, fh, indent=2)
+            writers_ = {db: {"one process": one, "8 processes": many} for db, (one, many, _) in parallel.items()}
+            json.dump(figures | {"floors": floors, "cold start ms": cold, "writer processes": writers_}, fh, indent=2)
 
 
 def _drop(url: str, prefix: str) -> None:

@@ -226,15 +226,17 @@ class Repository:
                 values[i] = process(values[i])
         args: Any = values if sent.positional else dict(zip(sent.names, values, strict=True))
         dbapi = conn.connection
-        cursor = dbapi.cursor()
+        cursor: Any = None
         try:
+            cursor = dbapi.cursor()  # inside: a failure to open one (closed connection) is a database error too
             cursor.execute(sent.sql, args)
             rows: list[Any] = list(cursor.fetchall()) if cursor.description is not None else []
             count = cursor.rowcount
         except Exception as err:
             conn._handle_dbapi_exception(err, sent.sql, args, cursor, None)
         finally:
-            cursor.close()
+            if cursor is not None:
+                cursor.close()
         if rows and any(sent.results):
             procs = sent.results
             rows = [

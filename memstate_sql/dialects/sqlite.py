@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -11,11 +12,14 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, Table, event, exc
 from sqlalchemy.dialects.sqlite import insert as dialect_insert
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_connection, AsyncAdapt_aiosqlite_cursor
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.pool import StaticPool
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.util import EMPTY_DICT
 
+from memstate_sql._compat import await_only
 from memstate_sql.dialects import sqlitevec
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import (
@@ -80,9 +84,12 @@ class SQLiteSupport(DialectSupport):
     ) -> None:
         in_memory = engine.url.database in (None, "", ":memory:")
         synchronous = check_synchronous(sqlite_synchronous).upper()
+        one_call = engine.dialect.driver == "aiosqlite"
 
         @event.listens_for(engine, "connect")
         def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+            if one_call:
+                install_one_call(dbapi_conn)  # aiosqlite: one worker-thread call per statement
             cursor = dbapi_conn.cursor()
             try:
                 cursor.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
@@ -96,14 +103,11 @@ class SQLiteSupport(DialectSupport):
     def begin_write(self, conn: Connection) -> None:
         # Take the write lock up front: a deferred transaction that reads and then writes
         # fails with SQLITE_BUSY at once (no busy handler) when another writer got there first.
-        if not _driver_in_transaction(conn.connection.dbapi_connection):
-            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        _begin(conn, "BEGIN IMMEDIATE")
 
     def begin_snapshot(self, conn: Connection) -> None:
         # pysqlite starts no transaction for SELECTs: begin one so that every read sees one snapshot.
-        dbapi_conn = conn.connection.dbapi_connection
-        if not getattr(dbapi_conn, "in_transaction", False):
-            conn.exec_driver_sql("BEGIN")
+        _begin(conn, "BEGIN")
 
     def classify(self, error: BaseException) -> ErrorKind:
         if isinstance(error, exc.DBAPIError) and error.connection_invalidated:
@@ -171,12 +175,201 @@ def check_synchronous(value: str | None) -> str:
     return value.lower()
 
 
+def _begin(conn: Connection, begin: str) -> None:
+    """Open SQLite's transaction with `begin` unless one is open (or about to be, `OneCallConnection`).
+    On a one-call aiosqlite connection inside a SQLAlchemy transaction (which ends with a COMMIT or
+    ROLLBACK that drops a BEGIN never sent) the BEGIN travels with the transaction's first statement, in
+    the same call to the worker thread; elsewhere it is sent now."""
+    dbapi_conn = conn.connection.dbapi_connection
+    if _driver_in_transaction(dbapi_conn):
+        return
+    if isinstance(dbapi_conn, OneCallConnection) and conn.in_transaction():
+        dbapi_conn.begin_with_next_statement(begin)
+    else:
+        conn.exec_driver_sql(begin)
+
+
 def _driver_in_transaction(dbapi_conn: Any) -> bool:
-    """Whether SQLite itself has a transaction open (sqlite3, or aiosqlite under SQLAlchemy's adapter)."""
+    """Whether SQLite itself has a transaction open (sqlite3, or aiosqlite under SQLAlchemy's adapter),
+    or one is to be opened by the next statement (`OneCallConnection.begin_with_next_statement`)."""
+    if isinstance(dbapi_conn, OneCallConnection) and dbapi_conn.pending_begin is not None:
+        return True
     found = getattr(dbapi_conn, "in_transaction", None)
     if found is None:
         found = getattr(getattr(dbapi_conn, "_connection", None), "in_transaction", False)
     return bool(found)
+
+
+# ---------------------------------------------------------------------------- aiosqlite: one call per statement
+#
+# aiosqlite runs each sqlite3 connection on a worker thread and every call on it (create a cursor, execute,
+# fetch, close the cursor, commit, rollback) is one hop: a queue put, a thread wake-up and a wake-up of the
+# event loop, which cost far more CPU than a SQLite statement. Through SQLAlchemy's adapter a statement takes
+# 3-4 hops and an operation 6-19 (measured: tests/test_aiosqlite_calls.py). On engines memstate_sql creates
+# for aiosqlite, the adapted connection's class is swapped (`install_one_call`) for `OneCallConnection`, whose
+# cursors (`OneCallCursor`) make ONE call per statement: the worker opens a pending transaction (below),
+# executes, fetches every row and closes its sqlite3 cursor in that call. COMMIT and ROLLBACK are not sent
+# when SQLite has no transaction open (sqlite3 itself would do nothing then: pure hops saved, e.g. the pool's
+# reset-on-return and a read's COMMIT), and a write transaction's BEGIN IMMEDIATE (a snapshot's BEGIN) goes
+# with its first statement instead of as a hop of its own. Same statements, same order, same transaction.
+#
+# This relies on private parts of aiosqlite (`Connection._execute`, `_conn`, `_connection`) and of
+# SQLAlchemy's adapter (`_cursor_cls`, `_execute_mutex`, `_handle_exception`). `install_one_call` checks
+# what it needs and leaves a connection unchanged (the adapter's usual path) when anything differs.
+# Server-side cursors (`stream_results`) keep the adapter's own class.
+
+#: Attribute of the aiosqlite connection holding the BEGIN its next statement starts with.
+_PENDING = "_memstate_sql_pending_begin"
+#: Python 3.12's ``sqlite3.Connection.autocommit`` value for the legacy transaction control pysqlite uses.
+_LEGACY = getattr(sqlite3, "LEGACY_TRANSACTION_CONTROL", -1)
+
+
+def _one_call(
+    aconn: Any, begin: str | None, sql: str, parameters: Any, many: bool
+) -> tuple[list[Any], Any, int, int | None]:
+    """Run in aiosqlite's worker thread: the pending BEGIN, the statement, all its rows, in one call."""
+    raw = aconn._conn  # raises aiosqlite's "no active connection" when closed
+    if begin is not None and not raw.in_transaction:
+        raw.execute(begin).close()
+    cursor = raw.cursor()
+    try:
+        if many:
+            cursor.executemany(sql, parameters)
+        else:
+            cursor.execute(sql, () if parameters is None else parameters)
+        description = cursor.description
+        rows = cursor.fetchall() if description is not None else []
+        return rows, description, cursor.rowcount, cursor.lastrowid
+    finally:
+        cursor.close()
+
+
+class OneCallCursor(AsyncAdapt_aiosqlite_cursor):
+    """A client-side aiosqlite cursor of SQLAlchemy's adapter that makes one worker-thread call per
+    `execute` / `executemany` (none to create or close it); rows are buffered, as the adapter's are."""
+
+    __slots__ = ("_description", "_lastrowid", "_rowcount", "_size")
+
+    def __init__(self, adapt_connection: Any) -> None:  # no super().__init__(): it would open an aiosqlite cursor
+        self._adapt_connection = adapt_connection
+        self._connection = adapt_connection._connection
+        self._cursor = None  # type: ignore[assignment]
+        self._soft_closed_memoized = EMPTY_DICT
+        self._rows = collections.deque()
+        self._description: Any = None
+        self._rowcount = -1
+        self._lastrowid: int | None = None
+        self._size = 1
+
+    @property
+    def description(self) -> Any:
+        return self._description
+
+    @property
+    def rowcount(self) -> int:
+        return self._rowcount
+
+    @property
+    def lastrowid(self) -> Any:
+        return self._lastrowid
+
+    @property
+    def arraysize(self) -> int:
+        return self._size
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        self._size = value
+
+    def execute(self, operation: Any, parameters: Any = None) -> Any:
+        try:
+            await_only(self._call(operation, parameters, many=False))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+        return self
+
+    def executemany(self, operation: Any, seq_of_parameters: Any) -> Any:
+        try:
+            await_only(self._call(operation, seq_of_parameters, many=True))
+        except Exception as error:
+            self._adapt_connection._handle_exception(error)
+        return self
+
+    async def _call(self, operation: Any, parameters: Any, many: bool) -> None:
+        aconn = self._connection
+        async with self._adapt_connection._execute_mutex:
+            begin = getattr(aconn, _PENDING, None)
+            if begin is not None:
+                setattr(aconn, _PENDING, None)  # taken: a failing BEGIN is not sent again
+            rows, self._description, self._rowcount, self._lastrowid = await aconn._execute(
+                _one_call, aconn, begin, operation, parameters, many
+            )
+        self._rows = collections.deque(rows)
+
+    async def _async_soft_close(self) -> None:
+        return None  # nothing is open on the worker thread
+
+    def close(self) -> None:
+        self._rows.clear()
+
+    def nextset(self) -> None:
+        return None
+
+    def setinputsizes(self, *inputsizes: Any) -> None:
+        return None
+
+
+class OneCallConnection(AsyncAdapt_aiosqlite_connection):
+    """SQLAlchemy's aiosqlite connection with `OneCallCursor` cursors, a deferred BEGIN, and no COMMIT or
+    ROLLBACK hop when SQLite has no transaction open (`install_one_call`)."""
+
+    __slots__ = ()
+    _cursor_cls = OneCallCursor
+
+    @property
+    def pending_begin(self) -> str | None:
+        """The BEGIN the next statement will open SQLite's transaction with, if any."""
+        return getattr(self._connection, _PENDING, None)
+
+    def begin_with_next_statement(self, begin: str) -> None:
+        """Send `begin` in the same worker call as the next statement (unless a transaction is open then)."""
+        setattr(self._connection, _PENDING, begin)
+
+    def _nothing_to_end(self) -> bool:
+        setattr(self._connection, _PENDING, None)  # a transaction that sent nothing has nothing to end
+        raw = self._connection._connection
+        # Reading the flag from this thread is safe: no call of this connection is running (the adapter
+        # awaits each one), and sqlite3 reads it without a thread check.
+        return raw is not None and getattr(raw, "autocommit", _LEGACY) == _LEGACY and not raw.in_transaction
+
+    def commit(self) -> None:
+        if not self._nothing_to_end():
+            super().commit()
+
+    def rollback(self) -> None:
+        if not self._nothing_to_end():
+            super().rollback()
+
+
+def install_one_call(dbapi_conn: Any) -> bool:
+    """Make SQLAlchemy's adapted aiosqlite connection a `OneCallConnection` (its class swapped in place:
+    the same object, slots and state). Returns False, changing nothing, unless the adapter and aiosqlite
+    have exactly the parts it relies on."""
+    if type(dbapi_conn) is not AsyncAdapt_aiosqlite_connection:
+        return False
+    aconn = getattr(dbapi_conn, "_connection", None)
+    if not (
+        callable(getattr(aconn, "_execute", None))
+        and hasattr(aconn, "_connection")
+        and hasattr(type(aconn), "_conn")
+        and hasattr(aconn, "__dict__")  # the pending BEGIN is kept on it
+        and hasattr(dbapi_conn, "_execute_mutex")
+        and hasattr(dbapi_conn, "_handle_exception")
+        and getattr(AsyncAdapt_aiosqlite_connection, "_cursor_cls", None) is AsyncAdapt_aiosqlite_cursor
+    ):
+        return False
+    dbapi_conn.__class__ = OneCallConnection
+    return True
 
 
 def _path_literal(compiler: SQLCompiler, path: str) -> str:
