@@ -18,7 +18,6 @@ from sqlalchemy import (
     Delete,
     Insert,
     Integer,
-    Row,
     Select,
     Table,
     Update,
