@@ -90,7 +90,9 @@ def test_rollback_of_an_update_and_of_a_commit(store: ms.MemoryStore) -> None:
     remove = trips(store, lambda: store.rollback("s", 1))  # the COMMIT of b: versioned DELETE
     assert len(remove) == ONE_STEP, remove
     assert store.get("b") is None
-    assert [e["fact_id"] for e in store.storage.get_tx_log("s", limit=10)] == ["a"], "the undone entries left the active log"
+    assert [e["fact_id"] for e in store.storage.get_tx_log("s", limit=10)] == ["a"], (
+        "the undone entries left the active log"
+    )
 
 
 def test_an_absent_fact_is_rechecked_where_it_could_not_be_locked(store: ms.MemoryStore, db: str) -> None:
