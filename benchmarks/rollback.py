@@ -9,8 +9,8 @@ temporary directory; "now" is this checkout. Every measurement runs in a fresh p
 its own memstate_sql), the systems take turns for `rounds` rounds (the machine's load hits them alike), and the
 table shows the median. memstate_sql's figures also give the statements one rollback sends (counted as in
 `benchmarks/run.py`, after the timed loop). On SQLite, both memstate_sql versions are measured also at memstate's
-own durability (``sqlite_synchronous="normal"``; the default is ``full``). PostgreSQL: MEMSTATE_SQL_TEST_POSTGRES_URL (tables under a fresh
-prefix, dropped afterwards).
+own durability (``sqlite_synchronous="normal"``; the default is ``full``). PostgreSQL:
+MEMSTATE_SQL_TEST_POSTGRES_URL (tables under a fresh prefix, dropped afterwards).
 """
 
 from __future__ import annotations
