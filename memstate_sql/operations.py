@@ -443,7 +443,7 @@ class Operations:
     def plan_rollback(self, repo: Repository, session_id: str | None, steps: int) -> RollbackPlan:
         """What `rollback(session_id, steps)` would undo and which later changes it would override."""
         entries = self._rollback_entries(repo, session_id, steps, lock=False)
-        return rb.plan(repo, session_id, steps, entries, lock=False)
+        return rb.plan(repo, session_id, steps, entries, read=repo.facts_by_id)
 
     def rollback(
         self,
@@ -474,7 +474,15 @@ class Operations:
         entries = self._rollback_entries(repo, session_id, steps, lock=True)
         if not entries:
             return []
-        plan = rb.plan(repo, session_id, steps, entries, lock=True)
+        # The plan's read locks the facts; `states` keeps what it read, then what this rollback wrote.
+        states: dict[str, FactState] = {}
+
+        def read(ids: Sequence[str]) -> Mapping[str, FactState]:
+            states.update(repo.facts_by_id(ids, lock=True))
+            return states
+
+        plan = rb.plan(repo, session_id, steps, entries, read=read)
+        recheck = rb.may_change_since(repo, rb.fact_ids(entries), states)
         rollback_id = str(uuid.uuid4())
         overridden: set[str] = set()
         if plan.conflicts:
@@ -493,25 +501,28 @@ class Operations:
         calls: list[Notification] = []
         changes: dict[str, logentry.Effect] = {}
         for action in plan.actions:
-            now = repo.get(action.fact_id, lock=True)
-            if (None if now is None else now.doc()) != action.current:
-                # A fact the plan found absent was written since (it could not be locked): re-plan.
-                raise RetryUnitOfWork()
+            now = states.get(action.fact_id)
             after: FactState | None = now
             if action.action == "restore":
                 assert action.restore_to is not None
-                after = self._restore(repo, now, action.restore_to)
+                # Version-checked (an UPDATE of the version read, or an INSERT): a row that changed or
+                # appeared since the plan's read (it could not be locked) re-runs the unit of work.
+                after = states[action.fact_id] = self._restore(repo, now, action.restore_to)
                 calls.append((Operation.UPDATE if now is not None else Operation.COMMIT, after.id, after))
-            elif action.action == "delete" and repo.delete(action.fact_id):
+            elif action.action == "delete":
+                if now is None or not repo.delete(action.fact_id, expected_version=now.version):
+                    raise RetryUnitOfWork()  # the row changed since the plan read it: re-plan
+                del states[action.fact_id]
                 after = None
                 calls.append((Operation.DELETE, action.fact_id, None))
             first = changes.get(action.fact_id)
             before = first.before if first is not None else (None if now is None else now.doc())
             changes[action.fact_id] = logentry.Effect(action.fact_id, before, None if after is None else after.doc())
-        planned = {c.later_uuid for c in plan.conflicts}
-        if any(other.uuid not in planned for _, _, other in rb.later_entries(repo, entries)):
-            # A writer logged a change to one of the facts between the plan and the writes: re-plan.
-            raise RetryUnitOfWork()
+        if recheck:
+            planned = {c.later_uuid for c in plan.conflicts}
+            if any(other.uuid not in planned for _, _, other in rb.later_entries(repo, entries)):
+                # A writer logged a change to one of the facts between the plan and the writes: re-plan.
+                raise RetryUnitOfWork()
         repo.mark_reverted([e.uuid for e in entries] + sorted(overridden), by=rollback_id)
         only = next(iter(changes)) if len(changes) == 1 else None
         single = changes[only] if only is not None else None

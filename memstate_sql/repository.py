@@ -18,7 +18,6 @@ from sqlalchemy import (
     Delete,
     Insert,
     Integer,
-    Row,
     Select,
     Table,
     Update,
@@ -34,7 +33,7 @@ from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.sql import ColumnElement, Executable
 
 from memstate_sql import filters as flt
-from memstate_sql.dialects import DialectSupport
+from memstate_sql.dialects import DialectSupport, Unindexed
 from memstate_sql.models import Models
 from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord, singleton_slot
 from memstate_sql.timeutil import utcnow
@@ -53,11 +52,9 @@ class _Hot:
     delete: dict[bool, Delete]
     insert_fact: Insert
     insert_log: Insert
-    #: The log reads and writes of a rollback: a session's active entries (keyed by whether the
-    #: session is None, lock, whether ops are excluded), later active entries of some facts, marking undone.
-    tx_log: dict[tuple[bool, bool, bool], Select[Any]]
-    active_after: Select[Any]
-    mark_reverted: Update
+    #: A session's active entries, keyed by whether the session is None, lock, and the number of excluded
+    #: ops (`KEYED_IN` at most: bound as k0, k1...; 0: none excluded).
+    tx_log: dict[tuple[bool, bool, int], Select[Any]]
 
 
 @functools.cache
@@ -77,14 +74,14 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
     versioned = in_ns & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
     t = log.c
     log_ns = t.namespace == bindparam("w_ns")
-    tx_logs: dict[tuple[bool, bool, bool], Select[Any]] = {}
+    tx_logs: dict[tuple[bool, bool, int], Select[Any]] = {}
     for no_session in (False, True):
         for lock in (False, True):
-            for excluding in (False, True):
+            for excluded in range(KEYED_IN + 1):
                 where = log_ns & (t.session_id.is_(None) if no_session else t.session_id == bindparam("w_session"))
                 where = where & t.reverted_by.is_(None)
-                if excluding:
-                    where = where & t.op.not_in(bindparam("w_ops", expanding=True))
+                if excluded:
+                    where = where & t.op.not_in(_keys(t.op, excluded))
                 stmt = (
                     select(log)
                     .where(where)
@@ -95,7 +92,7 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
                     .limit(bindparam("w_limit", type_=Integer))
                     .offset(bindparam("w_offset", type_=Integer))
                 )
-                tx_logs[no_session, lock, excluding] = stmt.with_for_update() if lock and row_locks else stmt
+                tx_logs[no_session, lock, excluded] = stmt.with_for_update() if lock and row_locks else stmt
     return _Hot(
         by_id=selects(c.id == bindparam("w_id")),
         by_singleton=selects((c.type == bindparam("w_type")) & (c.singleton_slot == bindparam("w_token"))),
@@ -111,17 +108,6 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
         insert_fact=insert(facts),
         insert_log=insert(log),
         tx_log=tx_logs,
-        active_after=select(log)
-        .where(
-            log_ns
-            & (t.seq > bindparam("w_seq"))
-            & t.reverted_by.is_(None)
-            & (t.fact_id.in_(bindparam("w_ids", expanding=True)) | (t.op == "DISCARD_SESSION"))
-        )
-        .order_by(t.seq),
-        mark_reverted=update(log)
-        .where(log_ns & t.uuid.in_(bindparam("w_uuids", expanding=True)))
-        .values(reverted_by=bindparam("w_by")),
     )
 
 
@@ -133,6 +119,57 @@ def _insert_absent(facts: Table, dialect: DialectSupport) -> Any:
 @functools.cache
 def _insert_logged(facts: Table, log: Table, sessions: Table, dialect: DialectSupport, in_session: bool) -> Any:
     return dialect.insert_logged_statement(facts, log, sessions, in_session)
+
+
+#: Up to this many keys, a statement with an IN list is built with one bound parameter per key
+#: (k0, k1, ...): one statement per arity, compiled once and sent on the DB-API cursor (`Repository._send`);
+#: longer lists use SQLAlchemy's expanding parameter (``w_in``), compiled per call.
+KEYED_IN = 8
+_KEY_NAMES = tuple(f"k{i}" for i in range(KEYED_IN))
+
+
+def _keys(column: ColumnElement[Any], n: int) -> list[Any]:
+    """The IN list of `n` keyed parameters (0: the expanding ``w_in``)."""
+    if n == 0:
+        return [bindparam("w_in", type_=column.type, expanding=True)]
+    return [bindparam(name, type_=column.type) for name in _KEY_NAMES[:n]]
+
+
+@functools.cache
+def _facts_in(facts: Table, row_locks: bool, lock: bool, n: int) -> Select[Any]:
+    """The live facts of the namespace among `n` ids (see `_keys`), by id; locked with `lock`."""
+    c = facts.c
+    live = (c.namespace == bindparam("w_ns")) & (
+        c.expires_at.is_(None) | (c.expires_at > bindparam("w_now", type_=c.expires_at.type))
+    )
+    ids = _keys(c.id, n)
+    stmt = select(facts).where(live & (c.id.in_(ids[0]) if n == 0 else c.id.in_(ids))).order_by(c.id)
+    return stmt.with_for_update() if lock and row_locks else stmt
+
+
+@functools.cache
+def _active_after(log: Table, n: int) -> Select[Any]:
+    """Active entries after ``w_seq`` that name one of `n` facts (see `_keys`), and active session discards
+    after it, by seq (an entry in both arms comes twice).
+
+    Two arms of a UNION ALL rather than one OR: SQLite plans the OR over two columns as a search of the
+    namespace's whole log and a sort (EXPLAIN QUERY PLAN), each arm alone has an index (by fact; by seq)."""
+    t = log.c
+    ids = _keys(t.fact_id, n)
+    base = (t.namespace == bindparam("w_ns")) & (t.seq > bindparam("w_seq", type_=t.seq.type)) & t.reverted_by.is_(None)
+    named = select(log).where(base & (t.fact_id.in_(ids[0]) if n == 0 else t.fact_id.in_(ids)))
+    # Discards by seq: the range on the primary key, not the namespace's index (all of its log).
+    after = (Unindexed(t.namespace) == bindparam("w_ns")) & (t.seq > bindparam("w_seq", type_=t.seq.type))
+    discards = select(log).where(after & t.reverted_by.is_(None) & (t.op == "DISCARD_SESSION"))
+    return named.union_all(discards).order_by("seq")  # type: ignore[return-value]
+
+
+@functools.cache
+def _mark_reverted(log: Table, n: int) -> Update:
+    t = log.c
+    ids = _keys(t.uuid, n)
+    where = (t.namespace == bindparam("w_ns")) & (t.uuid.in_(ids[0]) if n == 0 else t.uuid.in_(ids))
+    return update(log).where(where).values(reverted_by=bindparam("w_by"))
 
 
 @dataclass(frozen=True)
@@ -434,22 +471,24 @@ class Repository:
     # ------------------------------------------------------------------ log
 
     @staticmethod
-    def _tx(row: Row[Any]) -> TxRecord:
+    def _tx(row: Any) -> TxRecord:
+        # Positional: the log table's column order (`models.TxColumns`), seq then namespace first.
+        seq, _, uuid, op, session_id, fact_id, actor, reason, ts, before, after, discarded, reverted_by = row[:13]
         return TxRecord(
-            seq=row.seq,
-            uuid=row.uuid,
-            op=row.op,
-            session_id=row.session_id,
-            fact_id=row.fact_id,
-            actor=row.actor,
-            reason=row.reason,
-            ts=row.ts,
-            fact_before=row.fact_before,
-            fact_after=row.fact_after,
-            discarded=row.discarded,
-            reverted_by=row.reverted_by,
-            document=row.document,
-            session_seq=row.session_seq,
+            seq=seq,
+            uuid=uuid,
+            op=op,
+            session_id=session_id,
+            fact_id=fact_id,
+            actor=actor,
+            reason=reason,
+            ts=ts,
+            fact_before=before,
+            fact_after=after,
+            discarded=discarded,
+            reverted_by=reverted_by,
+            document=row[13],
+            session_seq=row[14],
         )
 
     def _session_key(self, session_id: str) -> tuple[str, str, bool]:
@@ -591,15 +630,17 @@ class Repository:
         lock: bool = False,
         exclude_ops: Iterable[str] = (),
     ) -> list[TxRecord]:
-        """The session's active entries (not undone by a rollback), newest first."""
+        """The session's active entries (not undone by a rollback), newest first, except those whose op is
+        one of `exclude_ops` (at most `KEYED_IN`)."""
         ops = sorted(exclude_ops)
         params: dict[str, Any] = {"w_ns": self.namespace, "w_limit": limit, "w_offset": offset}
         if session_id is not None:
             params["w_session"] = session_id
-        if ops:
-            params["w_ops"] = ops
-        stmt = self._hot.tx_log[session_id is None, lock, bool(ops)]
-        return [self._tx(row) for row in self._execute(stmt, params)]
+        if len(ops) > KEYED_IN:
+            raise ValueError(f"tx_log excludes at most {KEYED_IN} ops")
+        params.update(zip(_KEY_NAMES, ops, strict=False))
+        rows = self._send(self._hot.tx_log[session_id is None, lock, len(ops)], params)[0]
+        return [self._tx(row) for row in rows]
 
     def fact_history(self, fact_id: str) -> list[TxRecord]:
         """The entries that name the fact in ``fact_id``, oldest first."""
@@ -641,9 +682,11 @@ class Repository:
             .values(immutable=True)
         )
 
-    def mark_reverted(self, uuids: Sequence[str], by: str) -> None:
-        if uuids:
-            self._execute(self._hot.mark_reverted, {"w_ns": self.namespace, "w_uuids": list(uuids), "w_by": by})
+    def mark_reverted(self, uuids: Sequence[str], by: str) -> int:
+        """Mark the entries undone by the rollback `by`; how many there were."""
+        if not uuids:
+            return 0
+        return self._send_in(_mark_reverted, self.log, {"w_ns": self.namespace, "w_by": by}, uuids)[1]
 
     def delete_txs(self, uuids: Sequence[str]) -> int:
         if not uuids:
@@ -818,8 +861,38 @@ class Repository:
         """Active entries newer than `seq` that name one of `fact_ids` or discard a session, oldest first."""
         if not fact_ids:
             return []
-        params = {"w_ns": self.namespace, "w_seq": seq, "w_ids": list(fact_ids)}
-        return [self._tx(row) for row in self._execute(self._hot.active_after, params)]
+        rows = self._send_in(_active_after, self.log, {"w_ns": self.namespace, "w_seq": seq}, fact_ids)[0]
+        seen: set[int] = set()
+        found: list[TxRecord] = []
+        for row in rows:
+            if row[0] not in seen:  # a session discard that names one of the facts comes from both arms
+                seen.add(row[0])
+                found.append(self._tx(row))
+        return found
+
+    def facts_by_id(self, fact_ids: Sequence[str], *, lock: bool = False) -> dict[str, FactState]:
+        """The live facts among `fact_ids`, by id; with `lock`, their rows stay locked (in id order) until
+        the transaction ends (a rollback's plan reads and locks the facts it would change at once)."""
+        if not fact_ids:
+            return {}
+        params = {"w_ns": self.namespace, "w_now": self.now}
+        build = functools.partial(_facts_in, self.facts, self.dialect.row_locks, lock)
+        return {f.id: f for f in map(self._fact, self._send_in(build, None, params, fact_ids)[0])}
+
+    def _send_in(
+        self, build: Callable[..., Executable], table: Table | None, params: dict[str, Any], keys: Sequence[Any]
+    ) -> tuple[list[Any], int]:
+        """Run a statement with one IN list (`build(table, n)`, or `build(n)` without a table; see `_keys`):
+        up to `KEYED_IN` keys through `_send` (one compiled statement per arity), more in one statement with
+        SQLAlchemy's expanding parameter. Rows and row count, as `_send`."""
+        n = len(keys)
+        args = (n,) if table is None else (table, n)
+        if n <= KEYED_IN:
+            params.update(zip(_KEY_NAMES, keys, strict=False))
+            return self._send(build(*args), params)
+        args = (0,) if table is None else (table, 0)
+        result = self._execute(build(*args), {**params, "w_in": list(keys)})
+        return (list(result) if result.returns_rows else []), result.rowcount
 
 
 @functools.cache

@@ -22,7 +22,7 @@ forced.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 from memstate_sql import logentry
@@ -56,15 +56,27 @@ def later_entries(repo: Repository, entries: Sequence[TxRecord]) -> list[tuple[T
     return found
 
 
+#: Reads the current rows of some facts (id -> state; absent: no live row), e.g. `Repository.facts_by_id`.
+Read = Callable[[Sequence[str]], Mapping[str, FactState]]
+
+
+def fact_ids(entries: Sequence[TxRecord]) -> list[str]:
+    """The facts undoing `entries` would change, sorted."""
+    return sorted({e.fact_id for entry in entries for e in logentry.effects(entry)})
+
+
 def plan(
-    repo: Repository, session_id: str | None, steps: int, entries: Sequence[TxRecord], *, lock: bool
+    repo: Repository, session_id: str | None, steps: int, entries: Sequence[TxRecord], *, read: Read
 ) -> RollbackPlan:
-    """Simulate undoing `entries` (newest first) against the current rows; nothing is written."""
-    fact_ids = sorted({e.fact_id for entry in entries for e in logentry.effects(entry)})
-    # Lock the facts first: every writer that changed them has committed (and logged) by then.
+    """Simulate undoing `entries` (newest first) against the current rows, which `read` reads (in one
+    statement; a rollback's `read` locks them, and keeps the states it read for the writes); nothing is
+    written."""
+    ids = fact_ids(entries)
+    # Read (and lock) the facts first: every writer that changed a locked row has committed (and logged) by then.
+    found = read(ids)
     current: dict[str, dict[str, Any] | None] = {}
-    for fid in fact_ids:
-        state: FactState | None = repo.get(fid, lock=lock)
+    for fid in ids:
+        state = found.get(fid)
         current[fid] = None if state is None else state.doc()
     later = later_entries(repo, entries)
 
@@ -114,6 +126,14 @@ def plan(
         actions=actions,
         conflicts=conflicts,
     )
+
+
+def may_change_since(repo: Repository, ids: Sequence[str], read: Mapping[str, FactState]) -> bool:
+    """Whether another writer may have changed one of the facts `ids` (and logged it) since `read` was
+    read and locked in this transaction, so that a rollback must read the later entries again before it
+    commits. Not when every one was present (its row locked) and the database keeps other writers off
+    locked rows (`DialectSupport.writers_excluded`; never on Galera, whose locks are node-local)."""
+    return not repo.dialect.writers_excluded(repo.conn, rows_locked=all(fid in read for fid in ids))
 
 
 def describe(conflicts: Sequence[RollbackConflict]) -> str:

@@ -20,6 +20,7 @@ from memstate_sql.dialects.base import (
     DialectSupport,
     ErrorKind,
     NearestRequest,
+    Unindexed,
     check_pooler,
     merge_options,
 )
@@ -124,6 +125,7 @@ __all__ = [
     "DialectSupport",
     "ErrorKind",
     "NearestRequest",
+    "Unindexed",
     "async_engine_for",
     "async_url",
     "check_pooler",

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from sqlalchemy import JSON, ColumnElement, Connection, DateTime, Dialect, Engine, FromClause, Table
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.visitors import InternalTraversal
 from sqlalchemy.types import String, TypeEngine
 
 from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
@@ -72,6 +74,25 @@ class NearestRequest:
     limit: int
     score_threshold: float | None
     approximate: bool = False
+
+
+class Unindexed(ColumnElement[Any]):
+    """A column, which the query planner is not to search through an index (where it has a spelling
+    for that: SQLite's unary ``+``; elsewhere the column as is), so that another term of the WHERE
+    clause (a range on the primary key, say) picks the access path."""
+
+    __visit_name__ = "memstate_unindexed"
+    inherit_cache = True
+    _traverse_internals = [("column", InternalTraversal.dp_clauseelement)]
+
+    def __init__(self, column: ColumnElement[Any]):
+        self.column = column
+        self.type = column.type
+
+
+@compiles(Unindexed)
+def _compile_unindexed(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.column, **kw))
 
 
 class DialectSupport:
@@ -231,6 +252,14 @@ class DialectSupport:
     def create_path_index(self, conn: Connection, facts: Table, spec: IndexedPath) -> None:
         """Create the index of a declared payload path if it does not exist (`memstate_sql.indexes`)."""
         raise NotImplementedError
+
+    def writers_excluded(self, conn: Connection, *, rows_locked: bool) -> bool:
+        """Whether, inside the write transaction on `conn`, no other transaction can have changed the fact
+        rows it read earlier (and logged that change) since it read them. `rows_locked`: each of those
+        rows was present and read with ``FOR UPDATE`` (a row that was absent has no lock to wait for). A
+        rollback reads the log once more before it commits unless this holds. Default: row locks keep
+        every other writer off the locked rows until this transaction ends."""
+        return rows_locked and self.row_locks
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         """A statement that takes the session's next position (as `reserve_positions` with count 1) and

@@ -79,6 +79,11 @@ class MySQLSupport(DialectSupport):
         result = conn.execute(_positions(sessions), params)
         return int(result.lastrowid)
 
+    def writers_excluded(self, conn: Connection, *, rows_locked: bool) -> bool:
+        # A Galera node's row locks are its own: a writer on another node changes the row, certifies
+        # and commits regardless (this transaction is aborted only when its own writes conflict).
+        return rows_locked and not is_galera(conn)
+
     def timestamp_type(self, dialect: Dialect) -> TypeEngine[Any]:
         return mysql_types.DATETIME(fsp=6)  # the default DATETIME drops microseconds
 

@@ -26,6 +26,7 @@ from memstate_sql.dialects.base import (
     DialectSupport,
     ErrorKind,
     NearestRequest,
+    Unindexed,
     ddl_literal,
     ddl_names,
     insert_ignoring_key,
@@ -70,6 +71,11 @@ class SQLiteSupport(DialectSupport):
 
     def nearest_status(self, conn: Connection, approximate: bool = False) -> tuple[bool, str]:
         return sqlitevec.status(conn)
+
+    def writers_excluded(self, conn: Connection, *, rows_locked: bool) -> bool:
+        # One writer at a time for the whole database file, and a transaction that has read never
+        # writes over a newer commit (WAL: SQLITE_BUSY_SNAPSHOT): nothing can have changed since.
+        return True
 
     def engine_options(self, url: URL) -> dict[str, Any]:
         options: dict[str, Any] = {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
@@ -461,6 +467,12 @@ def _element_eq(compiler: SQLCompiler, element: JsonPredicate, kw: dict[str, Any
     # A container element's value is its JSON text; CASE keeps json_type away from other rows.
     inner = _eq(compiler, _at(compiler, "je.value", "$"), shape, iter(element.leaves), kw)
     return f"(CASE WHEN je.type = '{shape[0]}' THEN {inner} ELSE 0 END)"
+
+
+@compiles(Unindexed, "sqlite")
+def _compile_unindexed(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    # A column behind a unary + is still the column (its collation, its value) but no index serves it.
+    return f"+{compiler.process(element.column, **kw)}"
 
 
 @compiles(JsonPredicate, "sqlite")
