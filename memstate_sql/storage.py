@@ -577,7 +577,10 @@ class SQLStorage:
             if swept is None:  # another process is sweeping
                 break
             done += len(swept)
-            if len(swept) < size:
+            # A short batch ends the sweep, except where rows another sweeper holds are skipped (SKIP
+            # LOCKED): InnoDB's scan may also hold a row past its LIMIT, which the other sweeper's batch
+            # then skips although nobody deletes it in that round; the sweep goes on until a batch is empty.
+            if not swept or (len(swept) < size and not self.dialect.row_locks):
                 break
         return done
 
