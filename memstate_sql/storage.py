@@ -414,7 +414,8 @@ class SQLStorage:
         """The documents of the facts `spec` selects, in its order, within the window."""
         check_window(limit, offset)
         found = self._read(
-            lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset), one_statement=True
+            lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset, keys=False),
+            one_statement=True,
         )
         return [fact.doc() for fact, _ in found]
 
