@@ -424,6 +424,26 @@ class CodePointText(ColumnElement[str]):
         self.expr = expr
 
 
+class LiteralText(ColumnElement[str]):
+    """A string written into the SQL as a literal (escaped by the dialect's own literal renderer), not
+    bound: the planner then sees the value even in a plan made for any parameters (PostgreSQL's generic
+    plan of a prepared statement), so the column's statistics apply (a type with most of the rows is
+    not taken for a selective one). For values of few distinct spellings, such as a query's type."""
+
+    __visit_name__ = "memstate_literal_text"
+    inherit_cache = True
+    _traverse_internals = [("value", InternalTraversal.dp_string)]
+    type = String()
+
+    def __init__(self, value: str):
+        self.value = value
+
+
+@compiles(LiteralText)
+def _compile_literal_text(element: LiteralText, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.render_literal_value(element.value, String()))
+
+
 @compiles(CodePointText)
 def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
     # SQLite's BINARY collation compares UTF-8 bytes: code-point order.

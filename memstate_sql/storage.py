@@ -434,7 +434,7 @@ class SQLStorage:
     def stream(self, spec: QuerySpec, batch_size: int = 500) -> Iterator[dict[str, Any]]:
         """Stream what `spec` selects in batches (see `iter_query`); arguments are checked at once."""
         check_batch(batch_size)
-        pages = keyset_pages(lambda after: self._rows(spec, batch_size, after), key=lambda row: row[1])
+        pages = keyset_pages(lambda after: self._rows(spec, batch_size, after), key=lambda row: row[1], size=batch_size)
         return (fact.doc() for page in pages for fact, _ in page)
 
     def _rows(
