@@ -6,44 +6,55 @@ psycopg preparing statements it sees often)."""
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from psycopg.sql import Literal
 
 import memstate_sql as ms
 from memstate_sql.records import singleton_slot
+from tests.conftest import database_url, drop_prefix
 
 TS = datetime(2026, 1, 1, tzinfo=timezone.utc)
 N = 20_000
 OTHER_TYPES = 1000  # a store with many types, one of which ("note") holds most of the rows
 
 
-@pytest.fixture
-def loaded(db: str, storage: ms.SQLStorage) -> Iterator[ms.SQLStorage]:
+@pytest.fixture(scope="module")
+def loaded(db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ms.SQLStorage]:
+    """One store of 20k notes and 4k facts of 1000 other types, analyzed, for the module's tests."""
     if db != "postgresql":
         pytest.skip("plans of PostgreSQL's GIN index")
+    url = database_url(db, tmp_path_factory)
+    prefix = "t" + uuid.uuid4().hex[:10]
+    storage = ms.SQLStorage(url, table_prefix=prefix)
     storage.count()  # creates the schema
 
     def work(repo: Any) -> None:
         rows = []
         for i in range(N + 4 * OTHER_TYPES):
-            note = i < N
             fid = f"f{i:06d}"
+            note = {"group": i // 50, "score": i % 997, "name": f"user-{i}", "tags": [f"k{i % 1000}", "all"]}
             rows.append({
-                "namespace": "", "id": fid, "type": "note" if note else f"t{i % OTHER_TYPES}",
-                "payload": {"group": i // 50, "score": i % 997, "name": f"user-{i}", "tags": [f"k{i % 1000}", "all"]},
+                "namespace": "", "id": fid, "type": "note" if i < N else f"t{i % OTHER_TYPES}",
+                "payload": note if i < N else {"group": -1, "name": f"other-{i}", "tags": ["all"]},
                 "source": None, "session_id": None, "ts": TS, "version": 1, "immutable": False, "singleton": None,
                 "singleton_slot": singleton_slot(fid, None),
             })  # fmt: skip
         repo.conn.execute(sa.insert(repo.facts), rows)
 
-    storage.transaction(work, name="load")
-    with storage.engine.begin() as conn:  # the statistics autovacuum gathers
-        conn.exec_driver_sql(f"ANALYZE {storage.table_prefix}_facts")
-    yield storage
+    try:
+        storage.transaction(work, name="load")
+        with storage.engine.begin() as conn:  # the statistics autovacuum gathers
+            conn.exec_driver_sql(f"ANALYZE {prefix}_facts")
+        yield storage
+    finally:
+        storage.close()
+        drop_prefix(url, prefix)
 
 
 def _statement(storage: ms.SQLStorage, call: Any) -> tuple[str, dict[str, Any]]:
@@ -72,17 +83,19 @@ def _plans(storage: ms.SQLStorage, sql: str, params: dict[str, Any]) -> dict[str
         return f"${len(names)}"
 
     prepared = re.sub(r"%\((\w+)\)s", number, sql)
+    kinds = {bool: "boolean", int: "bigint", float: "float8", str: "text", datetime: "timestamptz"}
+    types = ", ".join(kinds[type(params[n])] for n in names)
     found: dict[str, str] = {}
     with storage.engine.connect() as conn:
         raw = conn.connection.dbapi_connection
         assert raw is not None
         cur = raw.cursor()
-        cur.execute(f"PREPARE planned AS {prepared}")
+        cur.execute(f"PREPARE planned ({types}) AS {prepared}")
         try:
             for mode in ("force_custom_plan", "force_generic_plan"):
                 cur.execute(f"SET plan_cache_mode = {mode}")
-                marks = ", ".join(["%s"] * len(names))
-                cur.execute(f"EXPLAIN ANALYZE EXECUTE planned({marks})", [params[n] for n in names])
+                values = ", ".join(Literal(params[n]).as_string(raw) for n in names)
+                cur.execute(f"EXPLAIN ANALYZE EXECUTE planned({values})")
                 found[mode] = "\n".join(row[0] for row in cur.fetchall())
         finally:
             cur.execute("DEALLOCATE planned")
