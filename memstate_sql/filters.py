@@ -425,10 +425,11 @@ class CodePointText(ColumnElement[str]):
 
 
 class LiteralText(ColumnElement[str]):
-    """A string written into the SQL as a literal (escaped by the dialect's own literal renderer), not
-    bound: the planner then sees the value even in a plan made for any parameters (PostgreSQL's generic
-    plan of a prepared statement), so the column's statistics apply (a type with most of the rows is
-    not taken for a selective one). For values of few distinct spellings, such as a query's type."""
+    """A string that a dialect whose planner gains from it writes as a literal (PostgreSQL, escaped by
+    the dialect's own literal renderer), elsewhere a parameter: the planner then sees the value even in
+    a plan made for any parameters (PostgreSQL's generic plan of a prepared statement), so the column's
+    statistics apply (a type with most of the rows is not taken for a selective one). For values of few
+    distinct spellings, such as a query's type: a statement holding one is cached per value."""
 
     __visit_name__ = "memstate_literal_text"
     inherit_cache = True
@@ -441,7 +442,11 @@ class LiteralText(ColumnElement[str]):
 
 @compiles(LiteralText)
 def _compile_literal_text(element: LiteralText, compiler: SQLCompiler, **kw: Any) -> str:
-    return str(compiler.render_literal_value(element.value, String()))
+    # Bound where the planner gains nothing from the value (a dialect renders the literal where it
+    # does, e.g. PostgreSQL): SQLAlchemy finds the parameters of a qmark statement by pattern, and a
+    # literal such as 't%(w_ns)s' would be taken for one. The value is the parameter's own: the
+    # statement is cached per value (the type is part of the query's shape).
+    return str(compiler.process(bindparam(None, element.value, type_=String()), **kw))
 
 
 @compiles(CodePointText)
