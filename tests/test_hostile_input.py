@@ -207,6 +207,11 @@ def test_hostile_types_are_matched_exactly(store: Any) -> None:
     for t, fid in ids.items():
         assert [d["id"] for d in store.query(t, {"payload.k": 1})] == [fid], t
         assert store.count(t, {"payload.k": 1}) == 1, t
+    # Keys are literals of the SQL on every database, next to the statement's named parameters.
+    for key in ["%(q0)s", "%(w_ns)s", "%(param_1)s", "%", "%%", "?"]:
+        fid = store.commit(Fact(type="k", payload={key: [key]}))
+        assert [d["id"] for d in store.query("k", {("payload", key): [key]})] == [fid], key
+        assert [d["id"] for d in store.query("k", {("payload", key): {"$contains": key}})] == [fid], key
 
 
 # ---------------------------------------------------------------------------- fuzz
