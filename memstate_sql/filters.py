@@ -23,7 +23,7 @@ them for their database.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Literal
@@ -272,6 +272,48 @@ def _nest(keys: tuple[str, ...], value: Any) -> Any:
     return value
 
 
+#: Makes the bound parameter of one value (and its type, None: inferred) of a filter.
+Bind = Callable[[Any, Any], BindParameter[Any]]
+
+
+def anonymous(value: Any, type_: Any = None) -> BindParameter[Any]:
+    """A unique anonymous parameter (SQLAlchemy's statement cache keys it by position)."""
+    return bindparam(None, value, type_=type_)
+
+
+class Numbered:
+    """Named parameters ``<prefix>0``, ``<prefix>1``, ... in the order they are made: a statement built
+    with them once per shape (`shape_key`) is run with any filter of that shape by naming the values
+    `shape_key` collects, in the same order."""
+
+    def __init__(self, prefix: str = "q") -> None:
+        self.prefix = prefix
+        self.made = 0
+
+    def __call__(self, value: Any, type_: Any = None) -> BindParameter[Any]:
+        name = f"{self.prefix}{self.made}"
+        self.made += 1
+        return bindparam(name, value, type_=type_)
+
+
+def predicate_values(
+    keys: tuple[str, ...], predicate: str, value: Any, index: IndexedPath | None
+) -> list[tuple[Any, Any]]:
+    """The parameters of a `JsonPredicate` in binding order, with their types: the number and string
+    leaves, the value's canonical JSON, the value nested at the keys, ``[value]`` nested at the keys,
+    and the string prefix of a declared string index. One function for `JsonPredicate` and `shape_key`."""
+    if predicate not in ("eq", "range", "contains"):
+        return []
+    out: list[tuple[Any, Any]] = [(leaf, None) for leaf in leaves_of(value)]
+    text = String()
+    out.append((jsondoc.dumps(value), text))
+    out.append((jsondoc.dumps(_nest(keys, value)), text))
+    out.append((jsondoc.dumps(_nest(keys, [value])), text))
+    if index is not None and kind_of(value) == "string":
+        out.append((value[: index.string_prefix], text))
+    return out
+
+
 class JsonPredicate(ColumnElement[bool]):
     """A typed predicate on a JSON document column, compiled per dialect.
 
@@ -316,6 +358,7 @@ class JsonPredicate(ColumnElement[bool]):
         *,
         op: str = "=",
         index: IndexedPath | None = None,
+        bind: Bind | None = None,
     ):
         self.column = column
         self.keys = keys
@@ -326,17 +369,15 @@ class JsonPredicate(ColumnElement[bool]):
         valued = predicate in ("eq", "range", "contains")
         self.kind: JsonKind | None = kind_of(value) if valued else None
         self.shape: Any = shape_of(value) if valued else None
-        self.leaves: tuple[BindParameter[Any], ...] = (
-            tuple(bindparam(None, leaf) for leaf in leaves_of(value)) if valued else ()
-        )
+        make = bind or anonymous
+        binds = [make(v, t) for v, t in predicate_values(keys, predicate, value, index)]
+        n = len(binds) - (4 if self.kind == "string" and index is not None else 3) if valued else 0
+        self.leaves: tuple[BindParameter[Any], ...] = tuple(binds[:n])
         self.raw = self.leaves[0] if self.kind in ("number", "string") else None
-        self.json = bindparam(None, jsondoc.dumps(value), type_=String()) if valued else None
-        self.nested_json = bindparam(None, jsondoc.dumps(_nest(keys, value)), type_=String()) if valued else None
-        nested_list = _nest(keys, [value])
-        self.nested_list_json = bindparam(None, jsondoc.dumps(nested_list), type_=String()) if valued else None
-        self.prefix = None
-        if index is not None and self.kind == "string":
-            self.prefix = bindparam(None, value[: index.string_prefix], type_=String())
+        self.json = binds[n] if valued else None
+        self.nested_json = binds[n + 1] if valued else None
+        self.nested_list_json = binds[n + 2] if valued else None
+        self.prefix = binds[n + 3] if valued and len(binds) > n + 3 else None
 
     def self_group(self, against: Any = None) -> ColumnElement[Any]:
         # Without this, SQLAlchemy wraps a Boolean element as "(...) = 1" on SQLite and MySQL,
@@ -383,6 +424,31 @@ class CodePointText(ColumnElement[str]):
         self.expr = expr
 
 
+class LiteralText(ColumnElement[str]):
+    """A string that a dialect whose planner gains from it writes as a literal (PostgreSQL, escaped by
+    the dialect's own literal renderer), elsewhere a parameter: the planner then sees the value even in
+    a plan made for any parameters (PostgreSQL's generic plan of a prepared statement), so the column's
+    statistics apply (a type with most of the rows is not taken for a selective one). For values of few
+    distinct spellings, such as a query's type: a statement holding one is cached per value."""
+
+    __visit_name__ = "memstate_literal_text"
+    inherit_cache = True
+    _traverse_internals = [("value", InternalTraversal.dp_string)]
+    type = String()
+
+    def __init__(self, value: str):
+        self.value = value
+
+
+@compiles(LiteralText)
+def _compile_literal_text(element: LiteralText, compiler: SQLCompiler, **kw: Any) -> str:
+    # Bound where the planner gains nothing from the value (a dialect renders the literal where it
+    # does, e.g. PostgreSQL): SQLAlchemy finds the parameters of a qmark statement by pattern, and a
+    # literal such as 't%(w_ns)s' would be taken for one. The value is the parameter's own: the
+    # statement is cached per value (the type is part of the query's shape).
+    return str(compiler.process(bindparam(None, element.value, type_=String()), **kw))
+
+
 @compiles(CodePointText)
 def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw: Any) -> str:
     # SQLite's BINARY collation compares UTF-8 bytes: code-point order.
@@ -400,14 +466,16 @@ def compile_filter(
     payload: ColumnElement[Any],
     envelope: Mapping[str, ColumnElement[Any]],
     indexed: IndexLookup | None = None,
+    bind: Bind | None = None,
 ) -> ColumnElement[bool]:
     """Compile an AST to a dialect-neutral SQLAlchemy boolean expression.
 
     Every negation is compiled as ``(P) IS NOT TRUE`` so that SQL's three-valued
     logic cannot turn "unknown" into "no match" for a negated filter.
-    `indexed` maps declared payload paths (keys) to their `IndexedPath`.
+    `indexed` maps declared payload paths (keys) to their `IndexedPath`. `bind` makes each value's
+    parameter (default: anonymous ones; `Numbered`: the names `shape_key`'s values go with).
     """
-    return _Compiler(payload, envelope, indexed or {}).node(node)
+    return _Compiler(payload, envelope, indexed or {}, bind or anonymous).node(node)
 
 
 def _negate(expr: ColumnElement[bool]) -> ColumnElement[bool]:
@@ -419,6 +487,7 @@ class _Compiler:
     payload: ColumnElement[Any]
     envelope: Mapping[str, ColumnElement[Any]]
     indexed: IndexLookup
+    bind: Bind
 
     def node(self, node: Node) -> ColumnElement[bool]:
         if isinstance(node, All):
@@ -450,13 +519,14 @@ class _Compiler:
             pred = JsonPredicate(self.payload, node.keys, "exists")
             return pred if node.value else _negate(pred)
         if node.op == "$contains":
-            return JsonPredicate(self.payload, node.keys, "contains", node.value)
+            return JsonPredicate(self.payload, node.keys, "contains", node.value, bind=self.bind)
         spec = self.indexed.get(node.keys)
         if spec is not None and spec.kind != kind_of(node.value):
             spec = None
         if node.op == "$eq":
-            return JsonPredicate(self.payload, node.keys, "eq", node.value, index=spec)
-        return JsonPredicate(self.payload, node.keys, "range", node.value, op=RANGE_OPS[node.op], index=spec)
+            return JsonPredicate(self.payload, node.keys, "eq", node.value, index=spec, bind=self.bind)
+        op = RANGE_OPS[node.op]
+        return JsonPredicate(self.payload, node.keys, "range", node.value, op=op, index=spec, bind=self.bind)
 
     def envelope_cmp(self, node: Cmp) -> ColumnElement[bool]:
         column = self.envelope[node.field]
@@ -468,12 +538,74 @@ class _Compiler:
             if value is None:
                 return column.is_(None)
             if node.field == "ts" or isinstance(value, str):
-                return column == value  # type: ignore[no-any-return]
+                return column == self.bind(value, column.type)
             return false()  # a string column never equals a number, a bool or a container
         operator = RANGE_OPS[node.op]
         if node.field == "ts":
-            return column.op(operator, is_comparison=True)(value)
-        return CodePointText(column).op(operator, is_comparison=True)(literal(value, String()))
+            return column.op(operator, is_comparison=True)(self.bind(value, column.type))
+        return CodePointText(column).op(operator, is_comparison=True)(self.bind(value, String()))
+
+
+# ---------------------------------------------------------------------------- shapes
+
+
+def shape_key(node: Node, indexed: IndexLookup | None, values: list[Any]) -> Hashable:
+    """What of a filter the SQL of `compile_filter` depends on (operators, paths, value shapes, the
+    declared index each comparison uses), hashable; appends the filter's parameter values to `values`
+    in the order `compile_filter` makes their parameters. Two filters of one shape compile to one SQL
+    text: a statement built once with `Numbered` parameters runs either, given its own `values`."""
+    return _Shaper(indexed or {}, values).node(node)
+
+
+@dataclass
+class _Shaper:
+    """`_Compiler`'s walk, without building SQL: each branch mirrors the `_Compiler` one."""
+
+    indexed: IndexLookup
+    values: list[Any]
+
+    def node(self, node: Node) -> Hashable:
+        if isinstance(node, All):
+            return ("and", *(self.node(item) for item in node.items))
+        if isinstance(node, Any_):
+            return ("or", *(self.node(item) for item in node.items))
+        if isinstance(node, Not):
+            return ("not", self.node(node.item))
+        return self.cmp(node.field, node.keys, node.op, node.value)
+
+    def cmp(self, field: str, keys: tuple[str, ...], op: str, value: Any) -> Hashable:
+        if op == "$ne":
+            return ("not", self.cmp(field, keys, "$eq", value))
+        if op == "$nin":
+            return ("not", self.cmp(field, keys, "$in", value))
+        if op == "$in":
+            return ("in", *(self.cmp(field, keys, "$eq", v) for v in value))
+        if field == "payload":
+            return self.payload_cmp(keys, op, value)
+        if op == "$exists":
+            return (field, op, value)
+        if op == "$eq":
+            if value is None:
+                return (field, "null")
+            if field == "ts" or isinstance(value, str):
+                self.values.append(value)
+                return (field, op)
+            return (field, "false")
+        self.values.append(value)
+        return (field, op)
+
+    def payload_cmp(self, keys: tuple[str, ...], op: str, value: Any) -> Hashable:
+        if op == "$exists":
+            return ("payload", keys, op, value)
+        spec = None if op == "$contains" else self.indexed.get(keys)
+        if spec is not None and spec.kind != kind_of(value):
+            spec = None
+        predicate = "contains" if op == "$contains" else "eq" if op == "$eq" else "range"
+        new = [v for v, _ in predicate_values(keys, predicate, value, spec)]
+        self.values.extend(new)
+        # The Python types of the values too: a parameter's SQL type is inferred from its first value
+        # (an int and a float leaf must not share a statement whose parameter is cast to INTEGER).
+        return ("payload", keys, op, shape_of(value), spec, tuple(type(v) for v in new))
 
 
 # ---------------------------------------------------------------------------- ordering
@@ -539,11 +671,16 @@ def sort_keys(
     return out
 
 
-def after_keys(keys: Sequence[tuple[ColumnElement[Any], bool]], last: Sequence[Any]) -> ColumnElement[bool]:
-    """Keyset condition: rows strictly after the row whose sort-key values are `last`."""
+def after_keys(
+    keys: Sequence[tuple[ColumnElement[Any], bool]], last: Sequence[Any], bind: Bind | None = None
+) -> ColumnElement[bool]:
+    """Keyset condition: rows strictly after the row whose sort-key values are `last` (`bind`: as in
+    `compile_filter`; each value is one parameter, of its key's type)."""
+    make = bind or anonymous
+    marks = [make(value, expr.type) for (expr, _), value in zip(keys, last, strict=True)]
     clauses: list[ColumnElement[bool]] = []
     for i, (expr, descending) in enumerate(keys):
-        equal = [keys[j][0] == last[j] for j in range(i)]
-        step = expr < last[i] if descending else expr > last[i]
+        equal = [keys[j][0] == marks[j] for j in range(i)]
+        step = expr < marks[i] if descending else expr > marks[i]
         clauses.append(and_(*equal, step))
     return or_(*clauses)

@@ -8,7 +8,7 @@ commits: the unit of work (`memstate_sql.uow`) owns the transaction.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -186,7 +186,7 @@ class _Sent:
     results: tuple[Any, ...]
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=1024)
 def _sent(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Sent | None:
     """`stmt` compiled for `dialect` with parameters `keys` (None: it needs SQLAlchemy's own execution,
     e.g. renamed or expanding parameters)."""
@@ -201,6 +201,63 @@ def _sent(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Sent | N
     columns = getattr(stmt, "selected_columns", ())
     results = tuple(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns)
     return _Sent(compiled.string, names, binds, defaults, bool(dialect.positional), results)
+
+
+class _Shaped:
+    """The cache key of a `query`/`count` statement (the filter's `flt.shape_key` and the statement's
+    options), carrying the spec and declared paths the statement is built from on a cache miss."""
+
+    __slots__ = ("indexed", "key", "spec")
+
+    def __init__(self, key: Hashable, spec: QuerySpec, indexed: flt.IndexLookup | None) -> None:
+        self.key = key
+        self.spec = spec
+        self.indexed = indexed
+
+    def __hash__(self) -> int:
+        return hash(self.key)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _Shaped) and self.key == other.key
+
+
+@functools.lru_cache(maxsize=512)
+def _query_statement(facts: Table, shaped: _Shaped) -> tuple[Select[Any], int]:
+    """The SELECT of `Repository.query` or `Repository.count` for one shape of query, built once: the
+    filter's values are the parameters ``q0``, ``q1``... (`flt.Numbered`, in `flt.shape_key` order),
+    keyset values ``a0``..., namespace ``w_ns``, instant ``w_now``, window ``w_limit``,
+    ``w_offset``; and how many filter parameters it has."""
+    spec, key = shaped.spec, shaped.key
+    assert isinstance(key, tuple)
+    c = facts.c
+    envelope = dict(c.items())
+    live = (c.namespace == bindparam("w_ns")) & (
+        c.expires_at.is_(None) | (c.expires_at > bindparam("w_now", type_=c.expires_at.type))
+    )
+    numbered = flt.Numbered("q")
+    where = live & flt.compile_filter(spec.node, c.payload, envelope, shaped.indexed, numbered)
+    if spec.type_filter is not None:
+        # Written into the SQL (part of the shape): PostgreSQL plans a prepared statement for any
+        # parameters after five runs, and a bound type there is estimated at 1/(number of types) of the
+        # rows, whatever its own share: it then prefers the type's btree over the payload's GIN index.
+        where = (c.type == flt.LiteralText(spec.type_filter)) & where
+    if key[0] == "count":
+        return select(func.count()).select_from(facts).where(where), numbered.made
+    _, _, _, _, limited, offset, after, with_keys = key
+    keys = flt.sort_keys(spec.order, c.payload, envelope)
+    if after:
+        where = where & flt.after_keys(keys, [None] * len(keys), flt.Numbered("a"))
+    labels = [expr.label(f"sk{i}") for i, (expr, _) in enumerate(keys)] if with_keys else []
+    stmt = (
+        select(facts, *labels)
+        .where(where)
+        .order_by(*(expr.desc() if descending else expr.asc() for expr, descending in keys))
+    )
+    if limited:
+        stmt = stmt.limit(bindparam("w_limit", type_=Integer))
+    if offset:
+        stmt = stmt.offset(bindparam("w_offset", type_=Integer))
+    return stmt, numbered.made
 
 
 class Repository:
@@ -377,27 +434,40 @@ class Repository:
         limit: int | None = None,
         offset: int = 0,
         after: Sequence[Any] | None = None,
+        keys: bool = True,
     ) -> list[tuple[FactState, tuple[Any, ...]]]:
-        """The facts `spec` selects, in its order (default: ts, then id), with their sort-key values;
+        """The facts `spec` selects, in its order (default: ts, then id), with their sort-key values
+        (read from the rows; ``()`` without `keys`, for a caller that does not page by keyset);
         `after` (a previous row's key values) pages by keyset."""
-        keys = flt.sort_keys(spec.order, self.facts.c.payload, dict(self.facts.c.items()))
-        where = self._filter_where(spec, indexed)
+        values: list[Any] = []
+        shape = flt.shape_key(spec.node, indexed, values)
+        key = ("query", spec.type_filter, shape, spec.order, limit is not None, bool(offset), after is not None, keys)
+        stmt, made = _query_statement(self.facts, _Shaped(key, spec, indexed))
+        params = self._query_params(values, made)
+        if limit is not None:
+            params["w_limit"] = limit
+        if offset:
+            params["w_offset"] = offset
         if after is not None:
-            where = where & flt.after_keys(keys, after)
-        labels = [expr.label(f"sk{i}") for i, (expr, _) in enumerate(keys)]
-        stmt = (
-            select(self.facts, *labels)
-            .where(where)
-            .order_by(*(expr.desc() if descending else expr.asc() for expr, descending in keys))
-        )
-        if limit is not None or offset:
-            stmt = stmt.limit(limit).offset(offset)
+            params.update((f"a{i}", value) for i, value in enumerate(after))
         n = len(self.facts.c)
-        return [(self._fact(row), tuple(row[n:])) for row in self._execute(stmt)]
+        fact = self._fact
+        return [(fact(row), tuple(row[n:])) for row in self._send(stmt, params)[0]]
 
     def count(self, spec: QuerySpec, *, indexed: flt.IndexLookup | None = None) -> int:
-        stmt = select(func.count()).select_from(self.facts).where(self._filter_where(spec, indexed))
-        return int(self._execute(stmt).scalar_one())
+        values: list[Any] = []
+        key = ("count", spec.type_filter, flt.shape_key(spec.node, indexed, values))
+        stmt, made = _query_statement(self.facts, _Shaped(key, spec, indexed))
+        return int(self._send(stmt, self._query_params(values, made))[0][0][0])
+
+    def _query_params(self, values: list[Any], made: int) -> dict[str, Any]:
+        """The parameters of a `_query_statement`: the filter's values (``q0``...), namespace, instant."""
+        if len(values) != made:  # pragma: no cover - `shape_key` and `compile_filter` disagree: a bug
+            raise AssertionError(f"filter shape has {len(values)} values, its statement {made} parameters")
+        params: dict[str, Any] = {f"q{i}": value for i, value in enumerate(values)}
+        params["w_ns"] = self.namespace
+        params["w_now"] = self.now
+        return params
 
     def insert(self, fact: FactState) -> None:
         # Parameters go with execute(), not .values(): the statement then compiles once and is

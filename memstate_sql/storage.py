@@ -417,7 +417,8 @@ class SQLStorage:
         """The documents of the facts `spec` selects, in its order, within the window."""
         check_window(limit, offset)
         found = self._read(
-            lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset), one_statement=True
+            lambda repo: repo.query(spec, indexed=self.indexed, limit=limit, offset=offset, keys=False),
+            one_statement=True,
         )
         return [fact.doc() for fact, _ in found]
 
@@ -436,7 +437,7 @@ class SQLStorage:
     def stream(self, spec: QuerySpec, batch_size: int = 500) -> Iterator[dict[str, Any]]:
         """Stream what `spec` selects in batches (see `iter_query`); arguments are checked at once."""
         check_batch(batch_size)
-        pages = keyset_pages(lambda after: self._rows(spec, batch_size, after), key=lambda row: row[1])
+        pages = keyset_pages(lambda after: self._rows(spec, batch_size, after), key=lambda row: row[1], size=batch_size)
         return (fact.doc() for page in pages for fact, _ in page)
 
     def _rows(

@@ -197,6 +197,23 @@ def test_hostile_strings_round_trip_as_data(store: Any) -> None:
     assert [d["id"] for d in store.query(None, None, "s'--")] == [fid]
 
 
+def test_hostile_types_are_matched_exactly(store: Any) -> None:
+    """A query's type is part of its cached statement (on PostgreSQL a literal of its SQL, which the
+    planner sees): every spelling is data, matched exactly, with the statement's own parameters beside it
+    ('t%(w_ns)s' in a SQLite literal was once taken for a parameter)."""
+    types = ["t\\", "t\\'", "\\'; --", "t''", "t%", "t%s", "t%(w_ns)s", "t?", "t:x", "ünï 🎉", "T", "t "]
+    ids = {t: store.commit(Fact(type=t, payload={"k": 1})) for t in types}
+    store.commit(Fact(type="t", payload={"k": 1}))
+    for t, fid in ids.items():
+        assert [d["id"] for d in store.query(t, {"payload.k": 1})] == [fid], t
+        assert store.count(t, {"payload.k": 1}) == 1, t
+    # Keys are literals of the SQL on every database, next to the statement's named parameters.
+    for key in ["%(q0)s", "%(w_ns)s", "%(param_1)s", "%", "%%", "?"]:
+        fid = store.commit(Fact(type="k", payload={key: [key]}))
+        assert [d["id"] for d in store.query("k", {("payload", key): [key]})] == [fid], key
+        assert [d["id"] for d in store.query("k", {("payload", key): {"$contains": key}})] == [fid], key
+
+
 # ---------------------------------------------------------------------------- fuzz
 
 hostile_text = st.one_of(

@@ -183,7 +183,11 @@ def test_iter_query_streams_in_batches(storage: ms.SQLStorage, monkeypatch: pyte
     got = ids(list(stream))
     assert got == ids(store.query("t", {"payload.n": {"$lt": 4}}, order_by=["-payload.n", "payload.s"]))
     assert len(got) == 19 and len(set(got)) == 19
-    assert pages == [4, 4, 4, 4, 3, 0]
+    assert pages == [4, 4, 4, 4, 3]  # a page shorter than the batch is the last: no read of an empty one
+    pages.clear()
+    exact = ids(store.iter_query("t", {"payload.n": {"$lt": 3}}, batch_size=5))  # 15 rows: 3 full pages
+    assert exact == ids(store.query("t", {"payload.n": {"$lt": 3}})) and len(exact) == 15
+    assert pages == [5, 5, 5, 0]  # a full page may have followers: the next read says there are none
     assert ids(storage.iter_query("t", batch_size=7)) == ids(store.query("t"))
     with pytest.raises(ValidationFailed, match="batch_size"):
         store.iter_query("t", batch_size=0)

@@ -42,7 +42,15 @@ def json_label(key: str) -> str:
 
 
 def sql_literal(compiler: SQLCompiler, text: str) -> str:
-    """`text` as a SQL string literal, escaped by the dialect's own literal renderer."""
+    """`text` as a SQL string literal, escaped by the dialect's own literal renderer.
+
+    A positional statement whose dialect does not double a literal's ``%`` (SQLite's qmark) gets its
+    ``?`` placeholders from SQLAlchemy's internal ``%(name)s`` marks, found by pattern: a literal
+    holding ``%(q0)s`` would be taken for one. There each ``%`` is spelled ``char(37)`` instead."""
+    dialect = compiler.dialect
+    if "%" in text and dialect.positional and not dialect.identifier_preparer._double_percents:
+        parts = (str(compiler.render_literal_value(part, String())) for part in text.split("%"))
+        return "(" + " || char(37) || ".join(parts) + ")"
     return str(compiler.render_literal_value(text, String()))
 
 

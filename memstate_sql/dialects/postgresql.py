@@ -31,7 +31,7 @@ from memstate_sql.dialects.base import (
     upsert_positions,
 )
 from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
-from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
+from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey, LiteralText
 from memstate_sql.indexes import IndexedPath
 
 _RETRY_STATES = {"40001", "40P01", "55P03"}  # serialization failure, deadlock, lock not available
@@ -253,6 +253,13 @@ def _compile_sort_key(element: JsonSortKey, compiler: SQLCompiler, **kw: Any) ->
     if element.part == "num":
         return f"(CASE WHEN jsonb_typeof({e}) = 'number' THEN ({e})::numeric ELSE 0 END)"
     return f"((CASE WHEN jsonb_typeof({e}) = 'string' THEN ({e}) #>> '{{}}' ELSE '' END) COLLATE \"C\")"
+
+
+@compiles(LiteralText, "postgresql")
+def _compile_literal_text(element: LiteralText, compiler: SQLCompiler, **kw: Any) -> str:
+    # A literal: a prepared statement's generic plan then estimates the type by its own statistics
+    # (SQLAlchemy doubles a literal's '%' for psycopg's pyformat: no literal is taken for a parameter).
+    return sql_literal(compiler, element.value)
 
 
 @compiles(CodePointText, "postgresql")
