@@ -41,36 +41,13 @@ def _workload(store: Any, fact_cls: Any, n: int) -> float:
 
 
 def _statements(store: Any) -> int:
-    """Statements one rollback sends (see `benchmarks.run.round_trips`)."""
-    import sqlalchemy as sa
-
+    """Messages one rollback sends (`benchmarks.run.messages`)."""
     import memstate_sql as ms
-
-    engine = store.storage.engine
-    dialect = engine.dialect.name
-    sent: list[str] = []
-
-    def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
-        dbapi = conn.connection.dbapi_connection
-        if dialect == "postgresql" and not dbapi.autocommit and dbapi.info.transaction_status == 0:
-            sent.append("BEGIN")
-        sent.append(sql)
-
-    def ended(conn: Any) -> None:
-        dbapi = conn.connection.dbapi_connection
-        if dialect == "postgresql" and dbapi.info.transaction_status == 0:
-            return
-        if dialect != "sqlite":
-            sent.append("END")
+    from benchmarks.run import messages
 
     store.commit(ms.Fact(id="rt", type="note", payload={}), session_id="rt")
-    sa.event.listen(engine, "before_cursor_execute", statement)
-    sa.event.listen(engine, "commit", ended)
-    try:
+    with messages(store.storage.engine) as sent:
         store.rollback("rt", 1)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", statement)
-        sa.event.remove(engine, "commit", ended)
     return len(sent)
 
 

@@ -392,10 +392,11 @@ def raw_floor(db: str, url: str, n: int, prefix: str, synchronous: str = "FULL")
 # ---------------------------------------------------------------------------- round trips, cold start
 
 
-def round_trips(store: Any, fact_id: str) -> dict[str, int]:
-    """Messages to the database per operation: statements sent, plus COMMIT/ROLLBACK where the driver
-    sends one (an idle psycopg connection's reset is local) and psycopg's implicit BEGIN."""
-    engine = store.storage.engine
+@contextmanager
+def messages(engine: Any) -> Iterator[list[str]]:
+    """The messages sent to the database while the block runs, by their first word: statements, plus
+    COMMIT/ROLLBACK (``END``) where the driver sends one (an idle psycopg connection's reset is local)
+    and psycopg's implicit BEGIN."""
     dialect = engine.dialect.name
     sent: list[str] = []
 
@@ -416,8 +417,18 @@ def round_trips(store: Any, fact_id: str) -> dict[str, int]:
     sa.event.listen(engine, "before_cursor_execute", statement)
     sa.event.listen(engine, "commit", ended)
     sa.event.listen(engine, "rollback", ended)
-    counts: dict[str, int] = {}
     try:
+        yield sent
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", statement)
+        sa.event.remove(engine, "commit", ended)
+        sa.event.remove(engine, "rollback", ended)
+
+
+def round_trips(store: Any, fact_id: str) -> dict[str, int]:
+    """Messages to the database per operation (`messages`)."""
+    counts: dict[str, int] = {}
+    with messages(store.storage.engine) as sent:
         for name, op in [
             ("commit", lambda: store.commit(ms.Fact(type="note", payload={"rt": 1}), session_id="rt")),
             ("update", lambda: store.update(fact_id, {"payload": {"rt": 2}})),
@@ -428,10 +439,6 @@ def round_trips(store: Any, fact_id: str) -> dict[str, int]:
             sent.clear()
             op()
             counts[name] = len(sent)
-    finally:
-        sa.event.remove(engine, "before_cursor_execute", statement)
-        sa.event.remove(engine, "commit", ended)
-        sa.event.remove(engine, "rollback", ended)
     return counts
 
 
