@@ -54,6 +54,7 @@ from typing import Any
 import sqlalchemy as sa
 
 import memstate_sql as ms
+from benchmarks import memory
 from memstate_sql.indexes import IndexedPath
 from memstate_sql.records import singleton_slot
 
@@ -128,6 +129,9 @@ class System:
     #: The memstate system this one is compared with, and (async rows) our sync system of the same durability.
     pair: str = "memstate"
     sync: str | None = None
+    #: memstate_sql's sync stores: the URL and table prefix, for the streaming-memory row (`benchmarks.memory`).
+    url: str = ""
+    prefix: str = ""
 
 
 def memstate_sqlite(workdir: str) -> System:
@@ -199,7 +203,7 @@ def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None)
 
         storage.transaction(work, name="bulk")
 
-    return System(name, db, store, ms.Fact, bulk, storage.close)
+    return System(name, db, store, ms.Fact, bulk, storage.close, url=url, prefix=prefix)
 
 
 # ---------------------------------------------------------------------------- async stores
@@ -519,6 +523,9 @@ def run_workload(system: System, sizes: Sizes, log: Callable[[str], None]) -> No
         log(f"  {system.name}/{system.db}: loaded {sizes.large} facts in {time.perf_counter() - t0:.1f}s")
         slow = system.name == "memstate"  # full scans: a few queries are enough for a median
         r["query ms @1M"] = median_ms(min(sizes.queries, 7) if slow else sizes.queries, filtered(sizes.large))
+        if system.url:
+            r["iter_query MB @1M"] = memory.measure(system.url, system.prefix)["growth MB"]
+            log(f"  {system.name}/{system.db}: streamed {sizes.large} facts, {r['iter_query MB @1M']:.1f} MB")
 
 
 def undeclared_query(system: System, sizes: Sizes) -> None:
@@ -560,6 +567,7 @@ def report(
     metrics = ["commits/s", "updates/s", "point reads/s", "rollbacks/s", "batch facts/s", "query ms @20k"]
     metrics.append("query undecl ms")  # 20k facts, payload.score undeclared
     metrics.append("query ms @1M")
+    metrics.append("iter_query MB @1M")  # peak RSS growth streaming the 1M facts (benchmarks.memory)
     lines = [
         f"{'database':<18} {'metric':<15} {'memstate':>10} {'memstate_sql':>13} {'ratio':>8}  note",
         "-" * 96,
@@ -595,9 +603,13 @@ def report(
             if metric == "batch facts/s":
                 batch_target = BATCH_TARGETS.get(db)
                 note = f"commit_many, {BATCH} facts per call" + (f" (target >= {batch_target})" if batch_target else "")
+            if metric == "iter_query MB @1M":
+                note = "peak RSS growth of a fresh process streaming 1M facts (target <= 100 MB)"
             if metric == "query ms @1M":
                 note = f"1M/20k = {mine / ours.results['query ms @20k']:.2f} (target <= 2)"
             value = f"{mine:.2f}" if metric.startswith("query") else f"{mine:.0f}"
+            if metric == "iter_query MB @1M":
+                value = f"{mine:.1f}"
             lines.append(f"{label:<18} {metric:<15} {shown:>10} {value:>13} {ratio:>8}  {note}")
         floor = floors.get(db + variant)
         if floor:

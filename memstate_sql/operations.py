@@ -182,8 +182,8 @@ class Operations:
             if "id" not in fact.model_fields_set:
                 # The common case, a new fact with the id it was given at construction (a fresh UUID, so
                 # no row holds it unless this Fact was committed before): one INSERT that does nothing
-                # when the id is taken, and no read; when it is taken, the general way below. Where the
-                # database has no such INSERT (MySQL), the general way only.
+                # when the id is taken (MySQL: a plain INSERT whose duplicate-key failure undoes that
+                # statement alone), and no read; when it is taken, the general way below.
                 inserted = new.evolve(version=1)
                 op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
                 if repo.insert_absent_supported and repo.insert_logged(

@@ -23,6 +23,7 @@ from sqlalchemy import (
     Update,
     bindparam,
     delete,
+    exc,
     func,
     insert,
     inspect,
@@ -33,7 +34,8 @@ from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.sql import ColumnElement, Executable
 
 from memstate_sql import filters as flt
-from memstate_sql.dialects import DialectSupport, Unindexed
+from memstate_sql.dialects import DialectSupport, ErrorKind, Unindexed
+from memstate_sql.dialects.base import traced
 from memstate_sql.models import Models
 from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord, singleton_slot
 from memstate_sql.timeutil import utcnow
@@ -305,11 +307,7 @@ class Repository:
         event listeners on the engine (instrumentation, tests) or ``echo`` on, the statement runs through
         `_execute`, so that every listener (and the echo log) sees it."""
         conn = self.conn
-        traced = conn._echo
-        if not traced and (conn._has_events or conn.engine._has_events):  # some listener was ever added
-            d = conn.dispatch
-            traced = bool(d.before_execute or d.after_execute or d.before_cursor_execute or d.after_cursor_execute)
-        sent = None if traced else _sent(stmt, conn.dialect, frozenset(params))
+        sent = None if traced(conn) else _sent(stmt, conn.dialect, frozenset(params))
         if sent is None:
             result = self._execute(stmt, params)
             return (list(result) if result.returns_rows else []), result.rowcount
@@ -830,16 +828,28 @@ class Repository:
 
     @property
     def insert_absent_supported(self) -> bool:
-        """Whether the database has an INSERT that does nothing when the id is taken (`insert_if_absent`)."""
-        return _insert_absent(self.facts, self.dialect) is not None
+        """Whether a new fact's row can be inserted without reading first (`insert_if_absent`): the
+        database has an INSERT that does nothing when the id is taken, or a failed INSERT undoes that
+        statement alone (`DialectSupport.failed_insert_keeps_transaction`)."""
+        return _insert_absent(self.facts, self.dialect) is not None or self.dialect.failed_insert_keeps_transaction
 
     def insert_if_absent(self, fact: FactState) -> bool:
         """Insert `fact`'s row unless its id is taken in this namespace, in one statement: True when the row
         was inserted, False when the id was taken (nothing written; a concurrent inserter's row is waited
         for and counts as taken). Only where `insert_absent_supported`."""
         stmt = _insert_absent(self.facts, self.dialect)
-        assert stmt is not None, "insert_if_absent() on a database without DialectSupport.insert_absent_statement"
-        return self._send(stmt, self._fact_row(fact))[1] == 1
+        if stmt is not None:
+            return self._send(stmt, self._fact_row(fact))[1] == 1
+        assert self.dialect.failed_insert_keeps_transaction, "insert_if_absent() where it is not supported"
+        try:
+            self._send(self._hot.insert_fact, self._fact_row(fact))
+        except exc.IntegrityError as err:
+            if self.dialect.classify(err) is ErrorKind.UNIQUE:
+                # The id is taken: the row's primary key or its per-fact singleton slot, the facts table's
+                # only keys, both derived from the id. The database undid this statement alone.
+                return False
+            raise
+        return True
 
     def insert_facts(self, facts: Sequence[FactState]) -> None:
         """Insert fact rows as given (version, immutable and singleton included), in one statement."""

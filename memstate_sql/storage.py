@@ -249,6 +249,8 @@ class SQLStorage:
         if sleep is not None:
             options["sleep"] = sleep
         self.runner = TransactionRunner(engine, self.models, self.dialect, owner=self, **options)
+        #: A `for_namespace` sibling reads on its parent's held connections: closing it leaves them be.
+        self._shares_readers = False
         self.schema_gate = SchemaGate(
             engine,
             self.models,
@@ -274,6 +276,8 @@ class SQLStorage:
         sibling._unapplied = set(self.constraints)
         sibling.schema_gate = self.schema_gate
         sibling.runner.prepare = self.schema_gate.ensure
+        sibling.runner.readers = self.runner.readers  # one held read connection per thread, not per tenant
+        sibling._shares_readers = True
         return sibling
 
     def transaction(
@@ -486,6 +490,8 @@ class SQLStorage:
         self._write(lambda repo: repo.delete_txs(uuids), "delete_txs")
 
     def close(self) -> None:
+        if not self._shares_readers:
+            self.runner.close()  # give this thread's (and every thread's) held read connection back
         if self.owns_engine:
             self.engine.dispose()
 

@@ -45,6 +45,7 @@ from memstate_sql.errors import (
     mark_joined,
 )
 from memstate_sql.models import Models
+from memstate_sql.readers import HeldReaders
 from memstate_sql.records import DEFAULT_NAMESPACE
 from memstate_sql.repository import Repository
 
@@ -118,6 +119,14 @@ class TransactionRunner:
         self.prepare = prepare
         #: Every repository this runner hands out reads and writes this namespace only.
         self.namespace = namespace
+        #: Each thread's held autocommit connection for one-statement reads (`memstate_sql.readers`);
+        #: None where the pool does not allow them, and for a runner bound to a caller's connection.
+        self.readers = HeldReaders.for_engine(engine, dialect.prepare_held) if bound is None else None
+
+    def close(self) -> None:
+        """Give the held read connections back to the pool (the storage is closing)."""
+        if self.readers is not None:
+            self.readers.close()
 
     def host_connection(self) -> Connection | None:
         """The caller's connection this runner is bound to (a Session's current one), if any."""
@@ -239,14 +248,35 @@ class TransactionRunner:
         while True:
             attempt += 1
             attempts[0] = attempt
+            single = one_statement and not write
+            readers = self.readers
             try:
-                connection = self.engine.connect()
+                held = None if readers is None else readers.acquire()
+                connection = self.engine.connect() if held is None else held
             except exc.DBAPIError as err:
                 # Not reachable (restarting, down): nothing was sent, nothing to retry blindly.
                 raise ConnectionLost(f"{name}: cannot connect to the database: {describe(err)}") from err
             committing = False
             repo = Repository(connection, self.models, self.dialect, self.namespace)
             try:
+                if held is not None and readers is not None:
+                    # This thread's held autocommit connection (`memstate_sql.readers`): no checkout. One
+                    # SELECT runs by itself; a transaction opens with an explicit BEGIN (`begin_held`).
+                    try:
+                        if single:
+                            result = self._call(held, fn, repo)
+                            readers.finish(held)
+                            return result
+                        with held.begin():
+                            self.dialect.begin_held(held, write)
+                            result = self._call(held, fn, repo)
+                            committing = True
+                    except BaseException as err:
+                        readers.after_error(held, err)
+                        raise
+                    if repo.after_commit:
+                        run_after_commit(repo.after_commit, name)
+                    return result
                 if one_statement and not write and self.dialect.autocommit_reads:
                     # One SELECT sees one snapshot by itself: no BEGIN/COMMIT round trips.
                     with connection as conn:

@@ -36,6 +36,10 @@ class ErrorKind(enum.Enum):
     OTHER = "other"
 
 
+#: Key of a held connection's ``info``: the BEGIN statement of its transactions (`DialectSupport.prepare_held`).
+HELD_BEGIN = "memstate_held_begin"
+
+
 def json_label(key: str) -> str:
     """A JSON-path member label: the key as a JSON string literal (escapes quotes, dots...)."""
     return json.dumps(key, ensure_ascii=False)
@@ -117,6 +121,10 @@ class DialectSupport:
     #: only where switching is free on the client (psycopg); pymysql's switch costs round trips itself,
     #: SQLite's driver opens no transaction for a SELECT anyway.
     autocommit_reads = False
+    #: Whether a failed INSERT (a duplicate key) undoes that statement alone and leaves the transaction
+    #: usable (InnoDB; PostgreSQL aborts the whole transaction, and SQLite has ON CONFLICT anyway): a new
+    #: fact's row is then inserted without reading first (`Repository.insert_if_absent`).
+    failed_insert_keeps_transaction = False
     #: The sync driver an asyncio storage swaps for `async_driver` (``mysql+pymysql://`` → ``aiomysql``).
     sync_driver = ""
     #: The asyncio driver `AsyncSQLStorage` uses for a sync URL (installed by ``memstate-sql[async]``).
@@ -201,6 +209,20 @@ class DialectSupport:
         multi-primary cluster — Galera's ``wsrep_sync_wait``; a single server always does)."""
         if sqlite_synchronous is not None:
             raise ValidationFailed(f"sqlite_synchronous applies to SQLite only, not to {self.name}")
+
+    def prepare_held(self, conn: Connection) -> None:
+        """Before a connection becomes a held autocommit one (`memstate_sql.readers`): note what the
+        driver would begin its transactions with. Here nothing: the transaction isolation level the
+        engine was given is a session setting, which autocommit leaves as it is (MySQL)."""
+
+    def begin_held(self, conn: Connection, write: bool) -> None:
+        """Open a unit of work's transaction on a held autocommit connection (`memstate_sql.readers`),
+        where the driver opens none by itself: the BEGIN the driver would send outside autocommit (pymysql
+        sends none, the server opens the transaction at the first statement), which the driver's commit()
+        and rollback() end."""
+        send_driver_sql(conn, conn.connection.info.get(HELD_BEGIN, "BEGIN"))
+        if write:
+            self.begin_write(conn)
 
     def begin_write(self, conn: Connection) -> None:
         """Called as the first statement of a write transaction memstate_sql owns."""
@@ -355,6 +377,35 @@ LOCK_TABLE = "memstate_sql_lock"
 #: Values of the storages' ``pooler=`` option: ``"transaction"`` is a proxy that hands the server
 #: connection to another client after every transaction (PgBouncer ``pool_mode = transaction``).
 POOLERS = ("transaction",)
+
+
+def traced(conn: Connection) -> bool:
+    """Whether a statement on `conn` must go through SQLAlchemy's execution layer: ``echo`` is on, or an
+    execution listener is attached (instrumentation, tests). Otherwise the hot statements are sent on the
+    DB-API cursor (`memstate_sql.repository`), which costs less than the statement on SQLite."""
+    if conn._echo:
+        return True
+    if not (conn._has_events or conn.engine._has_events):  # no listener was ever added
+        return False
+    d = conn.dispatch
+    return bool(d.before_execute or d.after_execute or d.before_cursor_execute or d.after_cursor_execute)
+
+
+def send_driver_sql(conn: Connection, sql: str) -> None:
+    """Run a parameterless statement that returns no rows (SQLite's ``BEGIN IMMEDIATE``) on the DB-API
+    cursor of `conn` unless `traced`; its errors go through SQLAlchemy's handling as `exec_driver_sql`'s do."""
+    if traced(conn):
+        conn.exec_driver_sql(sql)
+        return
+    cursor: Any = None
+    try:
+        cursor = conn.connection.cursor()
+        cursor.execute(sql)
+    except Exception as err:
+        conn._handle_dbapi_exception(err, sql, (), cursor, None)
+    finally:
+        if cursor is not None:
+            cursor.close()
 
 
 def check_pooler(pooler: str | None) -> str | None:

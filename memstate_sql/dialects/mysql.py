@@ -66,6 +66,7 @@ _MARIADB_TYPES = {
 
 class MySQLSupport(DialectSupport):
     name = "mysql"
+    failed_insert_keeps_transaction = True  # InnoDB rolls back the statement alone on a duplicate key
     #: DDL commits implicitly (and would commit a caller's open transaction).
     transactional_ddl = False
     sync_driver = "pymysql"

@@ -18,6 +18,7 @@ from sqlalchemy.types import TypeEngine
 
 from memstate_sql.dialects import pgvector
 from memstate_sql.dialects.base import (
+    HELD_BEGIN,
     DialectSupport,
     ErrorKind,
     NearestRequest,
@@ -55,6 +56,14 @@ class PostgreSQLSupport(DialectSupport):
     aware_timestamps = True
     autocommit_reads = True
     prepares_vector_search = True  # pgvector's HNSW index, where the extension is installed
+
+    def prepare_held(self, conn: Connection) -> None:
+        # psycopg sends the engine's isolation level with its own BEGIN (a connection attribute, not a
+        # session setting): a held autocommit connection's BEGIN must carry it too.
+        level = getattr(conn.connection.dbapi_connection, "isolation_level", None)
+        name = getattr(level, "name", None)
+        begin = "BEGIN" if name is None else "BEGIN ISOLATION LEVEL " + name.replace("_", " ")
+        conn.connection.info[HELD_BEGIN] = begin
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         return _append(log, sessions)

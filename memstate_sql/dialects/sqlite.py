@@ -32,6 +32,7 @@ from memstate_sql.dialects.base import (
     insert_ignoring_key,
     json_label,
     render_bind,
+    send_driver_sql,
     sql_literal,
     upsert_positions,
 )
@@ -110,6 +111,12 @@ class SQLiteSupport(DialectSupport):
         # Take the write lock up front: a deferred transaction that reads and then writes
         # fails with SQLITE_BUSY at once (no busy handler) when another writer got there first.
         _begin(conn, "BEGIN IMMEDIATE")
+
+    def begin_held(self, conn: Connection, write: bool) -> None:
+        # As outside autocommit: a writer opens with BEGIN IMMEDIATE (sqlite3's commit() ends it in any
+        # mode); a reader's SELECTs open no transaction (sqlite3 begins none for them either).
+        if write:
+            self.begin_write(conn)
 
     def begin_snapshot(self, conn: Connection) -> None:
         # pysqlite starts no transaction for SELECTs: begin one so that every read sees one snapshot.
@@ -191,6 +198,8 @@ def _begin(conn: Connection, begin: str) -> None:
         return
     if isinstance(dbapi_conn, OneCallConnection) and conn.in_transaction():
         dbapi_conn.begin_with_next_statement(begin)
+    elif isinstance(dbapi_conn, sqlite3.Connection):
+        send_driver_sql(conn, begin)  # sqlite3: on its cursor, without SQLAlchemy's execution layer
     else:
         conn.exec_driver_sql(begin)
 
