@@ -62,6 +62,28 @@ def write(repo: Repository, existing: FactState | None, new: FactState, *, allow
     return new
 
 
+def rewrite(
+    repo: Repository,
+    existing: FactState,
+    new: FactState,
+    op: Operation,
+    session_id: str | None,
+    actor: str | None,
+    reason: str | None,
+    *,
+    allow_immutable: bool = False,
+) -> FactState:
+    """`write` of `new` over `existing` and `log` of the change, in one statement where the database has
+    one (`Repository.update_logged`). Fails as `write` does."""
+    new = new.evolve(version=existing.version + 1)
+    logged = entry(op, session_id, new.id, existing, new, actor, reason)
+    if not repo.update_logged(new, logged, expected_version=existing.version, allow_immutable=allow_immutable):
+        if existing.immutable and not allow_immutable:
+            raise immutable_error(existing.type, existing.id)
+        raise RetryUnitOfWork()  # the row changed between our read and our write: re-run the unit of work
+    return new
+
+
 def log(
     repo: Repository,
     op: Operation,
@@ -213,8 +235,11 @@ class Operations:
             # A commit never pulls a fact that lives elsewhere into the caller's session (so
             # discard_session cannot delete it); a commit without a session makes it global.
             new = new.evolve(id=existing.id, session_id=None if requested is None else existing.session_id)
-        written = write(repo, existing, new, allow_immutable=replacing)
-        log(repo, op, requested, written.id, existing, written, actor, reason)
+        if existing is None:
+            written = write(repo, existing, new)
+            log(repo, op, requested, written.id, existing, written, actor, reason)
+        else:
+            written = rewrite(repo, existing, new, op, requested, actor, reason, allow_immutable=replacing)
         self._deliver(repo, [(op, written.id, written)])
         return written.id
 
@@ -349,8 +374,7 @@ class Operations:
                 )
         # A fact saved with a document of its own keeps it, with the new payload and ts (memstate's update).
         new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at).carry(existing)
-        written = write(repo, existing, new)
-        log(repo, Operation.UPDATE, existing.session_id, fact_id, existing, written, actor, reason)
+        written = rewrite(repo, existing, new, Operation.UPDATE, existing.session_id, actor, reason)
         self._deliver(repo, [(Operation.UPDATE, fact_id, written)])
         return fact_id
 

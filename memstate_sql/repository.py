@@ -123,6 +123,13 @@ def _insert_logged(facts: Table, log: Table, sessions: Table, dialect: DialectSu
     return dialect.insert_logged_statement(facts, log, sessions, in_session)
 
 
+@functools.cache
+def _update_logged(
+    facts: Table, log: Table, sessions: Table, dialect: DialectSupport, in_session: bool, allow_immutable: bool
+) -> Any:
+    return dialect.update_logged_statement(facts, log, sessions, in_session, allow_immutable)
+
+
 #: Up to this many keys, a statement with an IN list is built with one bound parameter per key
 #: (k0, k1, ...): one statement per arity, compiled once and sent on the DB-API cursor (`Repository._send`);
 #: longer lists use SQLAlchemy's expanding parameter (``w_in``), compiled per call.
@@ -678,12 +685,35 @@ class Repository:
                 self.append(**entry)
             return inserted
         params = {"f_" + name: value for name, value in self._fact_row(fact).items()}
+        return self._send(stmt, self._logged_params(params, entry))[1] == 1
+
+    def update_logged(
+        self, fact: FactState, entry: dict[str, Any], *, expected_version: int, allow_immutable: bool = False
+    ) -> bool:
+        """`update` of `fact` and, when it matched, `append(**entry)`: in one statement where the database
+        has one (`DialectSupport.update_logged_statement`), else two. Whether both were written (False:
+        nothing was, as `update`'s False)."""
+        in_session = entry["session_id"] is not None
+        stmt = _update_logged(self.facts, self.log, self.sessions, self.dialect, in_session, allow_immutable)
+        if stmt is None:
+            updated = self.update(fact, expected_version=expected_version, allow_immutable=allow_immutable)
+            if updated:
+                self.append(**entry)
+            return updated
+        params = {
+            name if name.startswith("w_") else "f_" + name: value
+            for name, value in self._update_params(fact, expected_version).items()
+        }
+        return self._send(stmt, self._logged_params(params, entry))[1] == 1
+
+    def _logged_params(self, params: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+        """`params` of a fact row's write with those of its log entry (`insert_logged`, `update_logged`)."""
         params.update(entry, namespace=self.namespace, document=entry.get("document"))
         params.setdefault("discarded", None)
         params.setdefault("reverted_by", None)
-        if in_session:
+        if entry["session_id"] is not None:
             params.update(self._position_params(entry["session_id"]))
-        return self._send(stmt, params)[1] == 1
+        return params
 
     def _session_where(self, session_id: str | None) -> ColumnElement[bool]:
         col = self.log.c.session_id

@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 import memstate_sql as ms
+from memstate_sql import operations
 from memstate_sql.errors import ConflictError
 
 
@@ -151,3 +152,38 @@ def test_echo_takes_sqlalchemys_path(db_url: str, prefix: str, monkeypatch: pyte
         assert executed == ["Select"]
     finally:
         storage.close()
+
+
+@pytest.mark.parametrize("in_session", [True, False])
+def test_a_stale_versioned_write_writes_no_log_entry_and_takes_no_position(
+    db_url: str, prefix: str, in_session: bool
+) -> None:
+    """`Repository.update_logged` (on PostgreSQL one statement: UPDATE, session position, entry): a row no
+    longer at the expected version (or immutable) leaves the row, the log and the session's positions as
+    they were, and says so."""
+    storage = ms.SQLStorage(db_url, table_prefix=prefix)
+    store = ms.MemoryStore(storage)
+    session = "s" if in_session else None
+    fid = store.commit(ms.Fact(id="v1", type="note", payload={"n": 1}), session_id=session)
+    store.update(fid, {"payload": {"n": 2}})  # now at version 2
+    store.commit(ms.Fact(id="v2", type="note", payload={"n": 1}), session_id=session)
+
+    def stale(repo: Any) -> bool:
+        current = repo.get(fid, lock=True)
+        assert current is not None and current.version == 2
+        entry = operations.entry(ms.Operation.UPDATE, session, fid, current, current, None, None)
+        fact = current.evolve(version=3, payload={"n": 99})
+        return bool(repo.update_logged(fact, entry, expected_version=1))
+
+    before = storage.get_tx_log(session, limit=100)
+    assert storage.transaction(stale) is False
+    assert store.get_with_version(fid) == (store.get(fid), 2)
+    assert store.get(fid)["payload"] == {"n": 2}
+    assert storage.get_tx_log(session, limit=100) == before
+    store.update(fid, {"payload": {"n": 3}})
+    if in_session:  # the next entry takes the next position: none was taken by the stale write
+        positions = storage.transaction(
+            lambda repo: sorted(r[0] for r in repo.conn.execute(sa.select(repo.log.c.session_seq)).all())
+        )
+        assert positions == list(range(1, len(before) + 2))
+    storage.close()

@@ -315,6 +315,16 @@ class DialectSupport:
         statements then)."""
         return None
 
+    def update_logged_statement(
+        self, facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool
+    ) -> Any:
+        """One statement that writes a fact over its row as the versioned UPDATE does (``w_ns``, ``w_id``,
+        ``w_version``; unless `allow_immutable`, never over an immutable row) and, only when it matched,
+        its log entry (as `insert_logged_statement`): row count 1 when both were written, 0 when nothing
+        was. Parameters: the written columns prefixed ``f_``, the log columns by name and, in a session,
+        ``p_ns``, ``p_sid``, ``p_none``, ``p_n``. None where the database cannot (two statements then)."""
+        return None
+
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         """The `request.limit` best ``(fact id, cosine similarity)`` of a vector search computed by the
         database (best first, ties by fact id), with the same answer as the exact scan of

@@ -77,6 +77,11 @@ class PostgreSQLSupport(DialectSupport):
     def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
         return _insert_logged(facts, log, sessions, in_session)
 
+    def update_logged_statement(
+        self, facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool
+    ) -> Any:
+        return _update_logged(facts, log, sessions, in_session, allow_immutable)
+
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         return pgvector.nearest(conn, request)
 
@@ -322,8 +327,6 @@ def _insert_logged(facts: Table, log: Table, sessions: Table, in_session: bool) 
     [, pos AS (INSERT INTO sessions SELECT ... FROM f ON CONFLICT DO UPDATE ... RETURNING last_seq)]
     INSERT INTO tx (...) SELECT ... FROM pos | f``: a new fact, its position and its entry in one
     statement; when the id is taken, `f` is empty and so is everything that selects from it."""
-    from sqlalchemy import Integer, null, select
-
     c = facts.c
     added = (
         dialect_insert(facts)
@@ -332,8 +335,43 @@ def _insert_logged(facts: Table, log: Table, sessions: Table, in_session: bool) 
         .returning(c.id)
         .cte("f")
     )
+    return _logged(added, log, sessions, in_session)
+
+
+#: The columns a versioned UPDATE writes (`Repository._update_params`): all but the key.
+_UPDATED = (
+    "type", "payload", "session_id", "source", "ts", "version", "singleton", "singleton_slot", "immutable",
+    "expires_at", "document",
+)  # fmt: skip
+
+
+@functools.cache
+def _update_logged(facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool) -> Any:
+    """``WITH f AS (UPDATE facts SET ... WHERE namespace, id, version [AND NOT immutable] RETURNING id)
+    [, pos AS (...)] INSERT INTO tx (...) SELECT ... FROM pos | f``: the versioned write of a fact over its
+    row, its position and its entry in one statement; when the row is not at the expected version (or is
+    immutable), `f` is empty and nothing is written."""
+    from sqlalchemy import bindparam, update
+
+    c = facts.c
+    where = (c.namespace == bindparam("w_ns")) & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
+    if not allow_immutable:
+        where = where & c.immutable.is_(False)
+    values = {name: bindparam("f_" + name, type_=c[name].type) for name in _UPDATED}
+    # The statement is compiled for its parameter names (`Repository._send`), among them the log entry's
+    # ``namespace``, which SQLAlchemy would otherwise add to this SET: set it, to the row's own namespace.
+    values["namespace"] = bindparam("w_ns", type_=c.namespace.type)
+    written = update(facts).where(where).values(values).returning(c.id).cte("f")
+    return _logged(written, log, sessions, in_session)
+
+
+def _logged(written: Any, log: Table, sessions: Table, in_session: bool) -> Any:
+    """The entry of the fact row `written` (a CTE with a row when it was written) at its session's next
+    position: row count 1 when both were written, 0 when nothing was."""
+    from sqlalchemy import Integer, null, select
+
     if not in_session:
-        return _entry(log, null().cast(Integer), added).execution_options(preserve_rowcount=True)
+        return _entry(log, null().cast(Integer), written).execution_options(preserve_rowcount=True)
     s = sessions.c
     taken = dialect_insert(sessions).from_select(
         ["namespace", "session_id", "without_session", "last_seq"],
@@ -342,7 +380,7 @@ def _insert_logged(facts: Table, log: Table, sessions: Table, in_session: bool) 
             _typed(sessions, "session_id", "p_sid"),
             _typed(sessions, "without_session", "p_none"),
             _typed(sessions, "last_seq", "p_n"),
-        ).select_from(added),
+        ).select_from(written),
     )
     pos = (
         taken.on_conflict_do_update(
