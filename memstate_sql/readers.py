@@ -80,11 +80,13 @@ def _release(conn: Connection, slots: _Slots, pid: int) -> None:
 class _Held:
     """One thread's connection; returned to the pool when this object dies (its thread ended)."""
 
-    __slots__ = ("__weakref__", "born", "conn", "finalizer", "pid", "pool")
+    __slots__ = ("__weakref__", "born", "busy", "conn", "finalizer", "pid", "pool")
 
     def __init__(self, conn: Connection, pool: Pool, slots: _Slots) -> None:
         self.conn = conn
         self.pool = pool
+        #: An operation is running on it (until `HeldReaders.release`).
+        self.busy = False
         self.born = time.time()
         self.pid = os.getpid()
         self.finalizer = weakref.finalize(self, _release, conn, slots, self.pid)
@@ -121,15 +123,19 @@ class HeldReaders:
         return cls(engine, prepare) if _allowed(engine.pool) else None
 
     def acquire(self) -> Connection | None:
-        """This thread's held connection, opened on first use; None: check one out per read instead (in
-        the asyncio bridge, after `close`, or when the pool has no slot to spare). Raises the driver's
-        error when a new connection cannot be opened."""
+        """This thread's held connection for one operation (opened on first use), until `release`; None:
+        check one out instead (in the asyncio bridge, after `close`, when the pool has no slot to spare,
+        or while another operation of this thread runs on it: a sibling storage's, called by a hook).
+        Raises the driver's error when a new connection cannot be opened."""
         if self._closed or in_greenlet():
             return None
         pool = self.engine.pool
         held: _Held | None = getattr(self.local, "held", None)
         if held is not None:
+            if held.busy:
+                return None
             if held.pool is pool and held.pid == os.getpid() and not self._outdated(held):
+                held.busy = True
                 return held.conn
             self.drop()
         if not _allowed(pool):
@@ -152,6 +158,7 @@ class HeldReaders:
             slots.give_back()
             raise
         held = _Held(conn, pool, slots)
+        held.busy = True
         self.local.held = held
         self._all.add(held)
         return conn
@@ -178,6 +185,15 @@ class HeldReaders:
         if not clean or conn.in_transaction() or conn.invalidated:
             self.drop()
 
+    def release(self, conn: Connection) -> None:
+        """The operation `acquire` handed `conn` to is over (given back to the pool if `close` came
+        meanwhile)."""
+        held: _Held | None = getattr(self.local, "held", None)
+        if held is not None and held.conn is conn:
+            held.busy = False
+            if self._closed:
+                self.drop()
+
     def drop(self) -> None:
         """Give this thread's connection back (after an error on it, or outdated)."""
         held: _Held | None = getattr(self.local, "held", None)
@@ -187,8 +203,10 @@ class HeldReaders:
             held.finalizer()
 
     def close(self) -> None:
-        """Give every thread's connection back; later reads check connections out per read."""
+        """Give every thread's connection back (one in use: when its operation ends); later operations
+        check connections out."""
         self._closed = True
         for held in list(self._all):
-            held.finalizer()
-        self._all.clear()
+            if not held.busy:
+                self._all.discard(held)
+                held.finalizer()

@@ -274,6 +274,8 @@ class TransactionRunner:
                     except BaseException as err:
                         readers.after_error(held, err)
                         raise
+                    finally:
+                        readers.release(held)
                     if repo.after_commit:
                         run_after_commit(repo.after_commit, name)
                     return result

@@ -244,3 +244,29 @@ def test_transactions_keep_the_isolation_level_the_engine_was_given(
     assert storage.runner.readers is not None and storage.runner.readers.local.held is not None
     assert str(seen).replace("-", " ").upper() == level
     storage.close()
+
+
+def test_a_sibling_called_from_a_hook_runs_beside_the_operation_not_inside_it(engine: sa.Engine, prefix: str) -> None:
+    """A `for_namespace` sibling shares its parent's held connections; its operation, called by a hook
+    of the parent's running operation, is an operation of its own on another connection: it does not
+    see the parent's uncommitted row."""
+    storage = ms.SQLStorage(engine, table_prefix=prefix)
+    tenant = storage.for_namespace("tenant-b")
+    store = ms.MemoryStore(storage)
+    store.count()
+    facts = storage.models.Fact.__table__.name
+    seen: list[int] = []
+
+    def count_rows(repo: Any) -> int:
+        return int(repo.conn.exec_driver_sql(f"SELECT count(*) FROM {facts}").scalar())
+
+    def hook(*_: Any) -> None:
+        seen.append(tenant.transaction(count_rows, write=False))
+        seen.append(tenant._read(count_rows, one_statement=True))
+
+    store.add_hook(hook)
+    store.commit(ms.Fact(type="note", payload={}))
+    assert seen == [0, 0]  # the hook ran before COMMIT: the row was not committed yet
+    assert tenant._read(count_rows, one_statement=True) == 1
+    storage.close()
+    assert engine.pool.checkedout() == 0  # type: ignore[attr-defined]
