@@ -125,15 +125,21 @@ def _kill(engine: sa.Engine, victim: Any) -> None:
             admin.execute(sa.text(f"KILL {int(victim.thread_id())}"))
 
 
+def _reading(engine: sa.Engine, prefix: str, payload: dict[str, Any]) -> tuple[ms.SQLStorage, ms.MemoryStore, str, Any]:
+    """A storage whose thread has read once (so holds a connection): storage, store, the fact's id, readers."""
+    storage = ms.SQLStorage(engine, table_prefix=prefix)
+    store = ms.MemoryStore(storage)
+    fid = store.commit(ms.Fact(type="note", payload=payload))
+    assert store.get(fid) is not None
+    readers = storage.runner.readers
+    assert readers is not None and readers.local.held is not None
+    return storage, store, fid, readers
+
+
 def test_a_held_connection_the_server_dropped_is_replaced(db: str, engine: sa.Engine, prefix: str) -> None:
     if db == "sqlite":
         pytest.skip("SQLite is embedded: there is no server to drop a connection")
-    storage = ms.SQLStorage(engine, table_prefix=prefix)
-    store = ms.MemoryStore(storage)
-    fid = store.commit(ms.Fact(type="note", payload={"n": 1}))
-    assert store.get(fid) is not None
-    readers = storage.runner.readers
-    assert readers is not None
+    storage, store, fid, readers = _reading(engine, prefix, {"n": 1})
     victim = readers.local.held.conn.connection.dbapi_connection
     _kill(engine, victim)
     got = store.get(fid)  # found dead at its first statement: read again on a fresh connection
@@ -157,12 +163,7 @@ _INHERITED_STORAGE: list[Any] = []
 @pytest.mark.skipif("fork" not in multiprocessing.get_all_start_methods(), reason="no fork on this platform")
 def test_a_forked_child_never_uses_its_parents_connection(db_url: str, prefix: str) -> None:
     engine = sa.create_engine(db_url, pool_size=3)
-    storage = ms.SQLStorage(engine, table_prefix=prefix)
-    store = ms.MemoryStore(storage)
-    fid = store.commit(ms.Fact(type="note", payload={"n": 7}))
-    assert store.get(fid) is not None
-    readers = storage.runner.readers
-    assert readers is not None
+    storage, store, fid, readers = _reading(engine, prefix, {"n": 7})
     parents = readers.local.held.conn
     _INHERITED_STORAGE[:] = [storage, parents]
     ctx = multiprocessing.get_context("fork")
