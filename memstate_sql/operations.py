@@ -272,11 +272,25 @@ class Operations:
             return []
         check_expiry(ttl, expires_at, repo.now)  # the arguments' errors first, before any row is read
         news = [self._new_state(repo, fact, session_id, ttl, expires_at) for fact in facts]
-        by_id, by_key = repo.lookup_for_batch(
-            [n.id for n in news], [(n.type, n.singleton) for n in news if n.singleton is not None]
-        )
+        keys = [(n.type, n.singleton) for n in news if n.singleton is not None]
+        if len({n.id for n in news}) < len(news) or len(set(keys)) < len(keys):
+            # Facts of the batch share an id or a singleton key: the general path, fact by fact.
+            return [self.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at) for fact in facts]
+        # The facts without a singleton key: their rows in multi-row INSERTs that skip a taken id, where the
+        # database has them (no read first: most ids of a batch are new); the rest (taken ids, singleton
+        # keys, MySQL) are read under lock, as `commit` reads them.
+        inserted: dict[str, FactState] = {}
+        if repo.insert_absent_supported:
+            fresh = [n.evolve(version=1) for n in news if n.singleton is None]
+            taken = repo.insert_absent_many(fresh)
+            inserted = {n.id: n for n in fresh if n.id in taken}
+        rest = [n for n in news if n.id not in inserted]
+        by_id, by_key = repo.lookup_for_batch([n.id for n in rest], [(n.type, n.singleton) for n in rest if n.singleton])
         plan = _batch_plan(repo, news, by_id, by_key)
-        if plan is None:  # rows shared inside the batch: the general path, fact by fact
+        if plan is None:
+            # Rows shared through the table (a singleton key held by the row of another fact's id, ...):
+            # undo the inserts (same transaction, nothing told yet), then the general path, fact by fact.
+            repo.delete_many(inserted)
             return [self.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at) for fact in facts]
         inserts: list[FactState] = []
         updates: dict[bool, list[tuple[FactState, int]]] = {False: [], True: []}
@@ -289,8 +303,12 @@ class Operations:
                 raise immutable_error(existing.type, existing.id)
             if existing is None:
                 op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
-                written = new.evolve(version=1)
-                inserts.append(written)
+                done = inserted.get(new.id)
+                if done is None:
+                    written = new.evolve(version=1)
+                    inserts.append(written)
+                else:
+                    written = done
             else:
                 op = Operation.UPDATE
                 if replacing:

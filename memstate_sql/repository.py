@@ -8,6 +8,7 @@ commits: the unit of work (`memstate_sql.uow`) owns the transaction.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -119,6 +120,13 @@ def _insert_absent(facts: Table, dialect: DialectSupport) -> Any:
 
 
 @functools.cache
+def _insert_absent_returning(facts: Table, dialect: DialectSupport) -> Any:
+    """`_insert_absent` returning the ids of the rows it inserted (`Repository.insert_absent_many`)."""
+    stmt = _insert_absent(facts, dialect)
+    return None if stmt is None else stmt.returning(facts.c.id)
+
+
+@functools.cache
 def _insert_logged(facts: Table, log: Table, sessions: Table, dialect: DialectSupport, in_session: bool) -> Any:
     return dialect.insert_logged_statement(facts, log, sessions, in_session)
 
@@ -210,6 +218,107 @@ def _sent(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Sent | N
     columns = getattr(stmt, "selected_columns", ())
     results = tuple(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns)
     return _Sent(compiled.string, names, binds, defaults, bool(dialect.positional), results)
+
+
+#: Parameters of one multi-row statement at most (SQLite's default limit since 3.32; PostgreSQL's is
+#: 65535, MySQL's is the packet size), and rows of one at most (SQLAlchemy's ``insertmanyvalues`` page).
+_MANY_PARAMS = 32766
+_MANY_ROWS = 1000
+
+#: A placeholder of each DB-API paramstyle, in a compiled statement's text.
+_PLACEHOLDER = {
+    "qmark": r"\?",
+    "format": r"%s",
+    "pyformat": r"%\(([^)]+)\)s",
+    "numeric": r":(\d+)",
+    "numeric_dollar": r"\$(\d+)",
+}
+
+
+@dataclass(frozen=True)
+class _Many:
+    """A one-row INSERT compiled once by SQLAlchemy for one dialect and set of columns, sent as multi-row
+    ``INSERT ... VALUES (...), (...)`` statements of up to `per_statement` rows on the DB-API cursor
+    (`Repository._send_many`): the text around its VALUES group, the group with one positional
+    placeholder per parameter, its parameters in order with their bind processors, and the result
+    processors of its RETURNING columns."""
+
+    head: str
+    group: tuple[str, ...]
+    tail: str
+    paramstyle: str
+    names: tuple[str, ...]
+    binds: tuple[Any, ...]
+    results: tuple[Any, ...]
+    per_statement: int
+
+    @functools.cached_property
+    def _texts(self) -> dict[tuple[int, str], str]:
+        return {}
+
+    def sql(self, rows: int, paramstyle: str | None = None) -> str:
+        """The statement's text for `rows` rows, its placeholders in `paramstyle` (default: the dialect's;
+        built once per count)."""
+        style = paramstyle or self.paramstyle
+        text = self._texts.get((rows, style))
+        if text is None:
+            numbered = style in ("numeric", "numeric_dollar")
+            mark = {"qmark": "?", "format": "%s", "pyformat": "%s"}.get(style, "")
+            sign = ":" if style == "numeric" else "$"
+            width = len(self.names)
+            groups = []
+            for r in range(rows):
+                parts = [self.group[0]]
+                for i, rest in enumerate(self.group[1:]):
+                    parts.append(f"{sign}{r * width + i + 1}" if numbered else mark)
+                    parts.append(rest)
+                groups.append("".join(parts))
+            text = self._texts[rows, style] = self.head + ", ".join(groups) + self.tail
+        return text
+
+
+@functools.lru_cache(maxsize=64)
+def _many(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Many | None:
+    """`stmt` (an INSERT of one row, its parameters the columns `keys`, none outside its VALUES) compiled
+    for `dialect` as a `_Many`; None where its text cannot be expanded here (the caller then executes
+    it through SQLAlchemy)."""
+    # for_executemany: no implicit RETURNING of the primary key (a one-row INSERT's, on PostgreSQL).
+    compiled: Any = stmt.compile(  # type: ignore[attr-defined]
+        dialect=dialect, column_keys=sorted(keys), for_executemany=True
+    )
+    pattern = _PLACEHOLDER.get(dialect.paramstyle)
+    text: str = compiled.string
+    start = text.find(" VALUES (")
+    if pattern is None or compiled.escaped_bind_names or start < 0 or text.find(" VALUES (", start + 1) >= 0:
+        return None
+    start += len(" VALUES (")
+    depth, end = 1, start
+    while depth and end < len(text):  # the VALUES group's closing parenthesis
+        depth += {"(": 1, ")": -1}.get(text[end], 0)
+        end += 1
+    if depth:
+        return None
+    head, single, tail = text[: start - len("VALUES (")], text[start : end - 1], text[end:]
+    found = list(re.finditer(pattern, single))
+    if dialect.paramstyle == "pyformat":
+        names = tuple(m.group(1) for m in found)
+    else:
+        names = tuple(compiled.positiontup)
+    if len(names) != len(found) or len(names) != len(compiled.binds) or set(names) != set(keys):
+        return None  # parameters outside the VALUES group, or defaults SQLAlchemy computes
+    group = []
+    start = 0
+    for m in found:
+        group.append(single[start : m.start()])
+        start = m.end()
+    group.append(single[start:])
+    group[0] = "(" + group[0]
+    group[-1] += ")"
+    binds = tuple(compiled.binds[n].type.dialect_impl(dialect).bind_processor(dialect) for n in names)
+    columns = compiled.returning or ()
+    results = tuple(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns)
+    per_statement = max(1, min(_MANY_ROWS, _MANY_PARAMS // max(1, len(names))))
+    return _Many(head + "VALUES ", tuple(group), tail, dialect.paramstyle, names, binds, results, per_statement)
 
 
 class _Shaped:
@@ -343,6 +452,58 @@ class Repository:
             ]
         return rows, count
 
+    def _send_many(self, stmt: Executable, rows: Sequence[dict[str, Any]]) -> list[Any]:
+        """Run a one-row INSERT (`_many`) for every row of `rows` (each with the same keys), in list order,
+        as few multi-row statements as the parameter limit allows (compiled once, sent on the DB-API
+        cursor, as `_send`); the rows its RETURNING clause returned (result processors applied). Traced
+        as `_send` is: with listeners or echo on, SQLAlchemy's own executemany (``insertmanyvalues``)."""
+        if not rows:
+            return []
+        conn = self.conn
+        traced = conn._echo
+        if not traced and (conn._has_events or conn.engine._has_events):
+            d = conn.dispatch
+            traced = bool(d.before_execute or d.after_execute or d.before_cursor_execute or d.after_cursor_execute)
+        many = None if traced else _many(stmt, conn.dialect, frozenset(rows[0]))
+        if many is None:
+            found: list[Any] = []
+            for lo in range(0, len(rows), _MANY_ROWS):
+                result = self._execute(stmt, list(rows[lo : lo + _MANY_ROWS]))
+                found += list(result) if result.returns_rows else []
+            return found
+        names, binds = many.names, many.binds
+        processed = [(i, p) for i, p in enumerate(binds) if p is not None]
+        out: list[Any] = []
+        dbapi = conn.connection
+        for lo in range(0, len(rows), many.per_statement):
+            chunk = rows[lo : lo + many.per_statement]
+            args: list[Any] = []
+            for row in chunk:
+                values = [row[n] for n in names]
+                for i, process in processed:
+                    v = values[i]
+                    if v is not None:
+                        values[i] = process(v)
+                args += values
+            self.statements += 1
+            sql = many.sql(len(chunk))
+            cursor: Any = None
+            try:
+                cursor, style = self.dialect.rows_cursor(dbapi)
+                sql = many.sql(len(chunk), style)
+                cursor.execute(sql, args)
+                if cursor.description is not None:
+                    out += cursor.fetchall()
+            except Exception as err:
+                conn._handle_dbapi_exception(err, sql, args, cursor, None)
+            finally:
+                if cursor is not None:
+                    cursor.close()
+        if out and any(many.results):
+            procs = many.results
+            out = [tuple(v if p is None or v is None else p(v) for p, v in zip(procs, row, strict=True)) for row in out]
+        return out
+
     @functools.cached_property
     def _in_ns(self) -> ColumnElement[bool]:
         return self.facts.c.namespace == self.namespace
@@ -393,7 +554,7 @@ class Repository:
         return {f.id: f for f in self._select_facts(self.facts.c.id.in_(list(fact_ids)), False)}
 
     def lookup_for_batch(
-        self, fact_ids: Sequence[str], singletons: Sequence[tuple[str, str]], chunk: int = 500
+        self, fact_ids: Sequence[str], singletons: Sequence[tuple[str, str]], chunk: int = 1000
     ) -> tuple[dict[str, FactState], dict[tuple[str, str], FactState]]:
         """The rows (expired ones included, locked for the write) a batch of commits may replace: by id,
         and by (type, singleton token)."""
@@ -883,12 +1044,18 @@ class Repository:
 
     def insert_facts(self, facts: Sequence[FactState]) -> None:
         """Insert fact rows as given (version, immutable and singleton included), in one statement."""
-        if facts:
-            rows = [self._fact_row(f) for f in facts]
-            if len(rows) == 1:
-                self._send(self._hot.insert_fact, rows[0])
-            else:
-                self._execute(self._hot.insert_fact, rows)
+        if len(facts) == 1:
+            self._send(self._hot.insert_fact, self._fact_row(facts[0]))
+        elif facts:
+            self._send_many(self._hot.insert_fact, [self._fact_row(f) for f in facts])
+
+    def insert_absent_many(self, facts: Sequence[FactState]) -> set[str]:
+        """`insert_if_absent` of many rows, in as few multi-row statements as the parameter limit allows:
+        the ids of the rows inserted (the others' ids were taken: nothing written for them). Only where
+        `insert_absent_supported`."""
+        stmt = _insert_absent_returning(self.facts, self.dialect)
+        assert stmt is not None, "insert_absent_many() on a database without DialectSupport.insert_absent_statement"
+        return {row[0] for row in self._send_many(stmt, [self._fact_row(f) for f in facts])}
 
     def insert_log(self, entries: Sequence[TxRecord], *, keep_positions: bool = False) -> None:
         """Append log entries in the given order; the database assigns their `seq` (the given one is ignored).
@@ -899,9 +1066,9 @@ class Repository:
         if not entries:
             return
         positions = self._positions(entries, keep_positions)
-        # One executemany: every driver here runs (or, pymysql, rewrites into one multi-row
-        # INSERT of) the rows in list order, so the identity follows the list order.
-        self._execute(
+        # Multi-row INSERTs in list order: every database here assigns the identity in the order of the
+        # VALUES rows, so it follows the list order.
+        self._send_many(
             self._hot.insert_log,
             [
                 {

@@ -306,6 +306,12 @@ class DialectSupport:
         ignores errors that are not conflicts): the commit then reads the row under lock first."""
         return None
 
+    def rows_cursor(self, dbapi_connection: Any) -> tuple[Any, str | None]:
+        """A DB-API cursor for a multi-row statement with thousands of parameters (`Repository._send_many`),
+        and the paramstyle to write its placeholders in (None: the driver's own). Default: the
+        connection's ordinary cursor."""
+        return dbapi_connection.cursor(), None
+
     def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
         """One statement that inserts a new fact's row as `insert_absent_statement` does and, only when it
         was inserted, its log entry (at its session's next position when `in_session`, as

@@ -82,6 +82,22 @@ class PostgreSQLSupport(DialectSupport):
     ) -> Any:
         return _update_logged(facts, log, sessions, in_session, allow_immutable)
 
+    def rows_cursor(self, dbapi_connection: Any) -> tuple[Any, str | None]:
+        # psycopg 3 rewrites a query's %s placeholders into $1, $2... in Python, and caches the result for
+        # short queries only: a multi-row INSERT of 1,000 rows would be parsed again on every call (more
+        # than its execution costs). Its raw cursors take PostgreSQL's own $n placeholders as written.
+        driver = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)  # the pool's wrapper
+        target = getattr(driver, "_connection", driver)  # SQLAlchemy's asyncio adapter: psycopg's connection
+        factory = _raw_cursor_factory(target)
+        if factory is None:
+            return dbapi_connection.cursor(), None
+        previous = target.cursor_factory
+        target.cursor_factory = factory
+        try:
+            return dbapi_connection.cursor(), "numeric_dollar"
+        finally:
+            target.cursor_factory = previous
+
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         return pgvector.nearest(conn, request)
 
@@ -282,6 +298,19 @@ def _compile_code_point_text(element: CodePointText, compiler: SQLCompiler, **kw
 
 
 @functools.cache
+def _raw_cursor_factory(connection: Any) -> Any:
+    """psycopg 3's raw cursor class for `connection` (sync or asyncio); None for another driver's."""
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover - another driver
+        return None
+    if isinstance(connection, psycopg.Connection):
+        return psycopg.RawCursor
+    if isinstance(connection, psycopg.AsyncConnection):
+        return psycopg.AsyncRawCursor
+    return None
+
+
 def _insert_absent(facts: Table) -> Any:
     return insert_ignoring_key(dialect_insert, facts)
 
