@@ -285,7 +285,9 @@ class Operations:
             taken = repo.insert_absent_many(fresh)
             inserted = {n.id: n for n in fresh if n.id in taken}
         rest = [n for n in news if n.id not in inserted]
-        by_id, by_key = repo.lookup_for_batch([n.id for n in rest], [(n.type, n.singleton) for n in rest if n.singleton])
+        by_id, by_key = repo.lookup_for_batch(
+            [n.id for n in rest], [(n.type, n.singleton) for n in rest if n.singleton]
+        )
         plan = _batch_plan(repo, news, by_id, by_key)
         if plan is None:
             # Rows shared through the table (a singleton key held by the row of another fact's id, ...):

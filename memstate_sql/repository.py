@@ -300,10 +300,7 @@ def _many(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Many | N
         return None
     head, single, tail = text[: start - len("VALUES (")], text[start : end - 1], text[end:]
     found = list(re.finditer(pattern, single))
-    if dialect.paramstyle == "pyformat":
-        names = tuple(m.group(1) for m in found)
-    else:
-        names = tuple(compiled.positiontup)
+    names = tuple(m.group(1) for m in found) if dialect.paramstyle == "pyformat" else tuple(compiled.positiontup)
     if len(names) != len(found) or len(names) != len(compiled.binds) or set(names) != set(keys):
         return None  # parameters outside the VALUES group, or defaults SQLAlchemy computes
     group = []

@@ -108,3 +108,37 @@ def test_a_large_batch_uses_multi_row_statements(store: Any, db_url: str, prefix
     assert store.count("note", {"payload.i": {"$gte": 2990}}) == 10
     assert len(store.storage.get_tx_log("s", limit=5000)) == 3000
     check_tables(db_url, prefix)
+
+
+def test_a_batch_whose_facts_meet_through_the_table_is_committed_in_order(store: Any, db_url: str, prefix: str) -> None:
+    """Facts that the batch's own ids and keys do not tie, but the stored rows do (a fact takes over the row
+    that holds another fact's singleton key): the same result as committing them one by one, including the
+    rows of the other facts, written once."""
+    store.register_schema("user", User, ms.Constraint(singleton_key="email"))
+    store.commit(Fact(id="held", type="user", payload={"email": "a@x", "name": "A0"}))
+    calls: list[tuple[str, str]] = []
+    store.add_hook(lambda op, fid, fact: calls.append((op.value, fid)))
+    batch = [
+        Fact(id="n1", type="note", payload={"i": 1}),
+        Fact(id="held", type="note", payload={"i": 2}),  # over the user row: it leaves the key a@x
+        Fact(type="user", payload={"email": "a@x", "name": "A1"}),  # a@x is free again: a new row
+        Fact(id="n2", type="note", payload={"i": 3}),
+    ]
+    ids = store.commit_many(batch, session_id="s")
+    assert ids[:2] == ["n1", "held"] and ids[3] == "n2" and ids[2] not in ("held", "n1", "n2")
+    assert store.get("held")["type"] == "note" and store.get_version("held") == 2
+    assert [d["id"] for d in store.query("user")] == [ids[2]]
+    assert store.count("note") == 3 and store.get_version("n1") == 1
+    assert log_of(store, "s") == [("COMMIT", "n1"), ("UPDATE", "held"), ("COMMIT", ids[2]), ("COMMIT", "n2")]
+    assert calls == [("COMMIT", "n1"), ("UPDATE", "held"), ("COMMIT", ids[2]), ("COMMIT", "n2")]
+    check_tables(db_url, prefix)
+
+
+def test_an_expired_row_under_a_new_id_of_a_batch_is_replaced(store: Any, db_url: str, prefix: str) -> None:
+    import datetime as dt
+
+    past = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)
+    store.commit(Fact(id="old", type="note", payload={"v": 1}), expires_at=past)
+    ids = store.commit_many([Fact(id="old", type="note", payload={"v": 2}), Fact(id="x", type="note", payload={})])
+    assert ids == ["old", "x"] and store.get("old")["payload"] == {"v": 2} and store.count() == 2
+    check_tables(db_url, prefix)

@@ -102,3 +102,24 @@ def test_point_read_is_one_select(db: str, counted: Any) -> None:
     store, run = counted
     fid = store.commit(ms.Fact(type="note", payload={"n": 1}))
     assert run(lambda: store.get(fid)) == ["SELECT facts"]
+
+
+def test_a_batch_of_new_facts_is_a_few_multi_row_statements(db: str, counted: Any) -> None:
+    """commit_many of 1,000 new facts: one multi-row INSERT of the rows (that skips taken ids; MySQL reads
+    the ids under lock first), the session's positions, one multi-row INSERT of the log entries; never
+    one statement per fact."""
+    store, run = counted
+    batch = [ms.Fact(id=f"b{i:04d}", type="note", payload={"i": i}) for i in range(1000)]
+    read = ["SELECT facts"] if db == "mysql" else []
+    sent = run(lambda: store.commit_many(batch, session_id="s"))
+    assert sent == [*_begin(db), *read, "INSERT facts", "INSERT sessions", "INSERT tx"]
+    # Taken ids among new ones: the rows the INSERT skipped are read under lock and updated.
+    mixed = [ms.Fact(id=f"b{i:04d}", type="note", payload={"i": -i}) for i in range(0, 1000, 100)]
+    mixed += [ms.Fact(id=f"c{i:04d}", type="note", payload={"i": i}) for i in range(990)]
+    sent = run(lambda: store.commit_many(mixed, session_id="s"))
+    if db == "mysql":
+        assert sent == ["SELECT facts", "UPDATE facts", "INSERT facts", "INSERT sessions", "INSERT tx"]
+    else:
+        assert sent == [*_begin(db), "INSERT facts", "SELECT facts", "UPDATE facts", "INSERT sessions", "INSERT tx"]
+    assert store.count("note") == 1990 and store.get("b0100")["payload"] == {"i": -100}
+    assert len(store.storage.get_tx_log("s", limit=5000)) == 2000
