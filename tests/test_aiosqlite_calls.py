@@ -106,11 +106,8 @@ def test_one_worker_call_per_statement(tmp_path: Path, recorder: Recorder) -> No
         ends = [s for s in traced if s in ("COMMIT", "ROLLBACK")]
         statements = len(traced) - len(begins) - len(ends)
         # A BEGIN costs no call of its own, every other statement one; COMMIT/ROLLBACK only when one ran.
-        # (SQLite traces each row of an executemany, which is one call: commit_many's multi-row INSERTs.)
-        if name == "commit_many":
-            assert calls < statements + len(ends), (name, names, traced)
-        else:
-            assert calls == statements + len(ends), (name, names, traced)
+        # (commit_many's rows and log entries are multi-row INSERTs: one statement, one call, each.)
+        assert calls == statements + len(ends), (name, names, traced)
         assert names.count("commit") + names.count("rollback") == len(ends), (name, names, traced)
         assert set(names) <= {"_one_call", "commit", "rollback"}, (name, names)
     writes = ("commit", "update", "rollback", "commit_many")
