@@ -270,8 +270,8 @@ class Operations:
         check_key("actor", actor, required=False)
         if not facts:
             return []
-        check_expiry(ttl, expires_at, repo.now)  # the arguments' errors first, before any row is read
-        news = [self._new_state(repo, fact, session_id, ttl, expires_at) for fact in facts]
+        expiry = check_expiry(ttl, expires_at, repo.now)  # the arguments' errors first, before any row is read
+        news = [self._new_state(repo, fact, session_id, expiry, ttl is None and expires_at is None) for fact in facts]
         keys = [(n.type, n.singleton) for n in news if n.singleton is not None]
         if len({n.id for n in news}) < len(news) or len(set(keys)) < len(keys):
             # Facts of the batch share an id or a singleton key: the general path, fact by fact.
@@ -281,9 +281,9 @@ class Operations:
         # keys, MySQL) are read under lock, as `commit` reads them.
         inserted: dict[str, FactState] = {}
         if repo.insert_absent_supported:
-            fresh = [n.evolve(version=1) for n in news if n.singleton is None]
-            taken = repo.insert_absent_many(fresh)
-            inserted = {n.id: n for n in fresh if n.id in taken}
+            fresh = [_first_version(n) for n in news if n.singleton is None]
+            written_ids = repo.insert_absent_many(fresh)
+            inserted = {n.id: n for n in fresh if n.id in written_ids}
         rest = [n for n in news if n.id not in inserted]
         by_id, by_key = repo.lookup_for_batch(
             [n.id for n in rest], [(n.type, n.singleton) for n in rest if n.singleton]
@@ -307,7 +307,7 @@ class Operations:
                 op = Operation.COMMIT_EPHEMERAL if ephemeral else Operation.COMMIT
                 done = inserted.get(new.id)
                 if done is None:
-                    written = new.evolve(version=1)
+                    written = _first_version(new)
                     inserts.append(written)
                 else:
                     written = done
@@ -344,12 +344,15 @@ class Operations:
         self._deliver(repo, calls)
         return [fact_id for _, fact_id, _ in calls]
 
-    def _new_state(self, repo: Repository, fact: Fact, session_id: str | None, ttl: Any, expires_at: Any) -> FactState:
-        """The validated row `commit` would write for `fact` (before looking at the table)."""
+    def _new_state(
+        self, repo: Repository, fact: Fact, session_id: str | None, expiry: datetime | None, by_type: bool
+    ) -> FactState:
+        """The validated row `commit` would write for `fact` (before looking at the table), expiring at
+        `expiry` (the checked ttl/expires_at arguments) or, with `by_type` (neither given), after its
+        type's `Constraint.ttl`."""
         payload = self.registry.validate(fact.type, fact.payload)
         constraint = self.constraints.get(fact.type)
-        expiry = check_expiry(ttl, expires_at, repo.now)
-        if expiry is None and ttl is None and expires_at is None and constraint is not None and constraint.ttl:
+        if by_type and constraint is not None and constraint.ttl:
             expiry = repo.now + constraint.ttl
         requested = session_id or fact.session_id
         return new_state(fact, payload, requested, self.constraints, self.max_bytes, expires_at=expiry)
@@ -737,6 +740,11 @@ def _batch_plan(
             keys.add((new.type, new.singleton))
         targets.append(existing)
     return targets
+
+
+def _first_version(new: FactState) -> FactState:
+    """`new` as a new row's first version."""
+    return new if new.version == 1 else new.evolve(version=1)
 
 
 def _expired(repo: Repository, fact: FactState) -> bool:
