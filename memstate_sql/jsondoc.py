@@ -42,8 +42,50 @@ def _fail(where: str, what: str) -> ValidationFailed:
     return ValidationFailed(f"{where}: {what}")
 
 
+class _Invalid(Exception):
+    """`_canonical` met a value `check_value` refuses (it then finds and names it)."""
+
+
+def _canonical(value: Any, depth: int) -> Any:
+    """`check_value` without the paths its errors name (building them for every value costs more than the
+    checks): the same canonical value, or `_Invalid` where `check_value` raises."""
+    if depth > MAX_DEPTH:
+        raise _Invalid
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise _Invalid
+        return value
+    if isinstance(value, int):
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise _Invalid
+        return int(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise _Invalid
+        return value
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str) or "\x00" in key:
+                raise _Invalid
+            out[key] = _canonical(item, depth + 1)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_canonical(item, depth + 1) for item in value]
+    raise _Invalid
+
+
 def check_value(value: Any, where: str = "payload", depth: int = 0) -> Any:
     """Return `value` as a canonical JSON value or raise `ValidationFailed` naming the path."""
+    try:
+        return _canonical(value, depth)
+    except _Invalid:
+        return _check_value(value, where, depth)  # raises, naming what was refused
+
+
+def _check_value(value: Any, where: str, depth: int) -> Any:
     if depth > MAX_DEPTH:
         raise _fail(where, f"nested deeper than {MAX_DEPTH} levels")
     if value is None or isinstance(value, bool):
@@ -71,10 +113,10 @@ def check_value(value: Any, where: str = "payload", depth: int = 0) -> Any:
                 raise _fail(where, f"object keys must be strings, got {type(key).__name__} {key!r}")
             if "\x00" in key:
                 raise _fail(where, "object keys must not contain U+0000")
-            out[key] = check_value(item, f"{where}.{key}", depth + 1)
+            out[key] = _check_value(item, f"{where}.{key}", depth + 1)
         return out
     if isinstance(value, (list, tuple)):
-        return [check_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
+        return [_check_value(item, f"{where}[{i}]", depth + 1) for i, item in enumerate(value)]
     raise _fail(where, f"{type(value).__name__} is not a JSON value")
 
 

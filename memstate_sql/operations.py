@@ -13,6 +13,7 @@ and the transaction rolls back.
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
@@ -298,7 +299,8 @@ class Operations:
         updates: dict[bool, list[tuple[FactState, int]]] = {False: [], True: []}
         entries: list[TxRecord] = []
         calls: list[Notification] = []
-        for fact, new, existing in zip(facts, news, plan, strict=True):
+        entry_ids = _uuid4s(len(facts))
+        for fact, new, existing, entry_id in zip(facts, news, plan, entry_ids, strict=True):
             requested = session_id or fact.session_id
             replacing = existing is not None and _expired(repo, existing)
             if existing is not None and existing.immutable and not replacing:
@@ -322,7 +324,7 @@ class Operations:
             entries.append(
                 TxRecord(
                     seq=0,
-                    uuid=str(uuid.uuid4()),
+                    uuid=entry_id,
                     op=op.value,
                     session_id=requested,
                     fact_id=written.id,
@@ -740,6 +742,18 @@ def _batch_plan(
             keys.add((new.type, new.singleton))
         targets.append(existing)
     return targets
+
+
+def _uuid4s(count: int) -> list[str]:
+    """`count` random (version 4) UUIDs as `str(uuid.uuid4())` spells them, from one read of the system's
+    random source (`uuid.uuid4` reads it once per UUID)."""
+    raw = os.urandom(16 * count).hex()
+    out = []
+    for i in range(0, 32 * count, 32):
+        h = raw[i : i + 32]
+        variant = "89ab"[int(h[16], 16) & 3]
+        out.append(f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{variant}{h[17:20]}-{h[20:]}")
+    return out
 
 
 def _first_version(new: FactState) -> FactState:
