@@ -34,6 +34,16 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
 
 
+class Dumped:
+    """A document already serialized by `dumps` (`check_payload`'s text): a JSON column's parameter that
+    is written as it is, not serialized again."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
 def loads(text: str | bytes) -> Any:
     return json.loads(text)
 

@@ -68,7 +68,9 @@ class JSONDocument(TypeDecorator[Any]):
 
     def bind_processor(self, dialect: Dialect) -> Any:
         def process(value: Any) -> str | None:
-            return None if value is None else jsondoc.dumps(value)
+            if value is None:
+                return None
+            return value.text if type(value) is jsondoc.Dumped else jsondoc.dumps(value)
 
         return process
 

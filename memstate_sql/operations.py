@@ -43,6 +43,7 @@ from memstate_sql.validation import (
     check_version,
     immutable_error,
     new_state,
+    new_state_text,
     state_from_doc,
     version_conflict,
 )
@@ -272,7 +273,10 @@ class Operations:
         if not facts:
             return []
         expiry = check_expiry(ttl, expires_at, repo.now)  # the arguments' errors first, before any row is read
-        news = [self._new_state(repo, fact, session_id, expiry, ttl is None and expires_at is None) for fact in facts]
+        texts: dict[str, str] = {}  # each new row's payload as `check_payload` serialized it: not serialized again
+        news = [
+            self._new_state(repo, fact, session_id, expiry, ttl is None and expires_at is None, texts) for fact in facts
+        ]
         keys = [(n.type, n.singleton) for n in news if n.singleton is not None]
         if len({n.id for n in news}) < len(news) or len(set(keys)) < len(keys):
             # Facts of the batch share an id or a singleton key: the general path, fact by fact.
@@ -283,7 +287,7 @@ class Operations:
         inserted: dict[str, FactState] = {}
         if repo.insert_absent_supported:
             fresh = [_first_version(n) for n in news if n.singleton is None]
-            written_ids = repo.insert_absent_many(fresh)
+            written_ids = repo.insert_absent_many(fresh, texts)
             inserted = {n.id: n for n in fresh if n.id in written_ids}
         rest = [n for n in news if n.id not in inserted]
         by_id, by_key = repo.lookup_for_batch(
@@ -341,23 +345,32 @@ class Operations:
         for allow, writes in updates.items():
             if not repo.update_many(writes, allow_immutable=allow):
                 raise RetryUnitOfWork()  # a row changed between the locked read and the write
-        repo.insert_facts(inserts)
+        repo.insert_facts(inserts, texts)
         repo.insert_log(entries)
         self._deliver(repo, calls)
         return [fact_id for _, fact_id, _ in calls]
 
     def _new_state(
-        self, repo: Repository, fact: Fact, session_id: str | None, expiry: datetime | None, by_type: bool
+        self,
+        repo: Repository,
+        fact: Fact,
+        session_id: str | None,
+        expiry: datetime | None,
+        by_type: bool,
+        texts: dict[str, str],
     ) -> FactState:
         """The validated row `commit` would write for `fact` (before looking at the table), expiring at
         `expiry` (the checked ttl/expires_at arguments) or, with `by_type` (neither given), after its
-        type's `Constraint.ttl`."""
+        type's `Constraint.ttl`; its serialized payload goes in `texts`, under its id."""
         payload = self.registry.validate(fact.type, fact.payload)
         constraint = self.constraints.get(fact.type)
         if by_type and constraint is not None and constraint.ttl:
             expiry = repo.now + constraint.ttl
         requested = session_id or fact.session_id
-        return new_state(fact, payload, requested, self.constraints, self.max_bytes, expires_at=expiry)
+        state, texts[fact.id] = new_state_text(
+            fact, payload, requested, self.constraints, self.max_bytes, expires_at=expiry
+        )
+        return state
 
     def update(
         self,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ from sqlalchemy.engine import CursorResult, Dialect
 from sqlalchemy.sql import ColumnElement, Executable
 
 from memstate_sql import filters as flt
+from memstate_sql import jsondoc
 from memstate_sql.dialects import DialectSupport, ErrorKind, Unindexed
 from memstate_sql.dialects.base import traced
 from memstate_sql.models import Models
@@ -996,13 +997,14 @@ class Repository:
             stmt = stmt.where(self.log.c.seq > after_seq)
         return [self._tx(row) for row in self._execute(stmt)]
 
-    def _fact_row(self, f: FactState) -> dict[str, Any]:
-        """The parameters of a fact row's INSERT."""
+    def _fact_row(self, f: FactState, texts: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """The parameters of a fact row's INSERT (`texts`: payloads already serialized, by fact id)."""
+        text = None if texts is None else texts.get(f.id)
         return {
             "namespace": self.namespace,
             "id": f.id,
             "type": f.type,
-            "payload": f.payload,
+            "payload": f.payload if text is None else jsondoc.Dumped(text),
             "session_id": f.session_id,
             "source": f.source,
             "ts": f.ts,
@@ -1039,20 +1041,21 @@ class Repository:
             raise
         return True
 
-    def insert_facts(self, facts: Sequence[FactState]) -> None:
-        """Insert fact rows as given (version, immutable and singleton included), in one statement."""
+    def insert_facts(self, facts: Sequence[FactState], texts: Mapping[str, str] | None = None) -> None:
+        """Insert fact rows as given (version, immutable and singleton included), in one statement
+        (`texts`: payloads already serialized by `jsondoc.dumps`, by fact id)."""
         if len(facts) == 1:
-            self._send(self._hot.insert_fact, self._fact_row(facts[0]))
+            self._send(self._hot.insert_fact, self._fact_row(facts[0], texts))
         elif facts:
-            self._send_many(self._hot.insert_fact, [self._fact_row(f) for f in facts])
+            self._send_many(self._hot.insert_fact, [self._fact_row(f, texts) for f in facts])
 
-    def insert_absent_many(self, facts: Sequence[FactState]) -> set[str]:
+    def insert_absent_many(self, facts: Sequence[FactState], texts: Mapping[str, str] | None = None) -> set[str]:
         """`insert_if_absent` of many rows, in as few multi-row statements as the parameter limit allows:
         the ids of the rows inserted (the others' ids were taken: nothing written for them). Only where
         `insert_absent_supported`."""
         stmt = _insert_absent_returning(self.facts, self.dialect)
         assert stmt is not None, "insert_absent_many() on a database without DialectSupport.insert_absent_statement"
-        return {row[0] for row in self._send_many(stmt, [self._fact_row(f) for f in facts])}
+        return {row[0] for row in self._send_many(stmt, [self._fact_row(f, texts) for f in facts])}
 
     def insert_log(self, entries: Sequence[TxRecord], *, keep_positions: bool = False) -> None:
         """Append log entries in the given order; the database assigns their `seq` (the given one is ignored).

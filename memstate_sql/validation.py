@@ -207,13 +207,26 @@ def new_state(
     *,
     expires_at: datetime | None = None,
 ) -> FactState:
+    return new_state_text(fact, payload, session_id, constraints, max_bytes, expires_at=expires_at)[0]
+
+
+def new_state_text(
+    fact: Fact,
+    payload: Any,
+    session_id: str | None,
+    constraints: Mapping[str, Constraint],
+    max_bytes: int,
+    *,
+    expires_at: datetime | None = None,
+) -> tuple[FactState, str]:
+    """`new_state` and its payload serialized (`jsondoc.check_payload`'s text)."""
     check_key("fact id", fact.id, required=True)
     check_key("fact type", fact.type, required=True)
     check_key("session_id", session_id, required=False)
     check_key("source", fact.source, required=False)
-    checked, _ = jsondoc.check_payload(payload, max_bytes)
+    checked, text = jsondoc.check_payload(payload, max_bytes)
     constraint = constraints.get(fact.type)
-    return FactState(
+    state = FactState(
         id=fact.id,
         type=fact.type,
         payload=checked,
@@ -224,6 +237,7 @@ def new_state(
         singleton=token_for(constraint, checked),
         expires_at=expires_at,
     )
+    return state, text
 
 
 def check_namespace(namespace: Any) -> str:
