@@ -58,9 +58,33 @@ class _Invalid(Exception):
 
 def _canonical(value: Any, depth: int) -> Any:
     """`check_value` without the paths its errors name (building them for every value costs more than the
-    checks): the same canonical value, or `_Invalid` where `check_value` raises."""
+    checks): the same canonical value, or `_Invalid` where `check_value` raises. The exact built-in types
+    first, most frequent first; subclasses (an IntEnum, an OrderedDict) as `check_value` takes them."""
     if depth > MAX_DEPTH:
         raise _Invalid
+    kind = type(value)
+    if kind is str:
+        if "\x00" in value:
+            raise _Invalid
+        return value
+    if kind is dict:
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if type(key) is not str or "\x00" in key:
+                return _subclassed(value, depth)  # a str subclass key is accepted as it is
+            out[key] = _canonical(item, depth + 1)
+        return out
+    if kind is int:
+        if not -MAX_SAFE_INTEGER <= value <= MAX_SAFE_INTEGER:
+            raise _Invalid
+        return value
+    if kind is list:
+        return [_canonical(item, depth + 1) for item in value]
+    return _subclassed(value, depth)
+
+
+def _subclassed(value: Any, depth: int) -> Any:
+    """`_canonical` of any value, by isinstance (as `check_value`)."""
     if value is None or isinstance(value, bool):
         return value
     if isinstance(value, str):

@@ -297,3 +297,34 @@ def test_fuzz_left_the_tables_intact_for_a_fresh_store(storage: ms.SQLStorage, d
     fid = store.commit(Fact(type="t", payload=CANARY))
     assert store.query("t", {"payload.nested.k": [1, "two", None]})[0]["id"] == fid
     check_tables(db_url, prefix)
+
+
+_JSONISH = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**60), max_value=2**60)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(alphabet=st.sampled_from("ab\x00é"), max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.dictionaries(st.text(alphabet=st.sampled_from("k\x00"), max_size=2) | st.integers(0, 2), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_JSONISH)
+def test_check_value_fast_path_agrees_with_the_checks_that_name_paths(value: Any) -> None:
+    """`jsondoc.check_value` walks a valid document without building paths; it must accept and canonicalise
+    exactly what the path-naming checks (`_check_value`) do, and refuse with their message."""
+    from memstate_sql import jsondoc
+
+    def outcome(check: Callable[[], Any]) -> tuple[str, str]:
+        try:
+            return "ok", jsondoc.dumps(check())
+        except ValidationFailed as err:
+            return "refused", str(err)
+
+    assert outcome(lambda: jsondoc.check_value(value)) == outcome(lambda: jsondoc._check_value(value, "payload", 0))
