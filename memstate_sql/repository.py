@@ -484,7 +484,7 @@ class Repository:
                         values[i] = process(v)
                 args += values
             self.statements += 1
-            sql = many.sql(len(chunk))
+            sql = ""
             cursor: Any = None
             try:
                 cursor, style = self.dialect.rows_cursor(dbapi)
