@@ -458,11 +458,7 @@ class Repository:
         if not rows:
             return []
         conn = self.conn
-        traced = conn._echo
-        if not traced and (conn._has_events or conn.engine._has_events):
-            d = conn.dispatch
-            traced = bool(d.before_execute or d.after_execute or d.before_cursor_execute or d.after_cursor_execute)
-        many = None if traced else _many(stmt, conn.dialect, frozenset(rows[0]))
+        many = None if traced(conn) else _many(stmt, conn.dialect, frozenset(rows[0]))
         if many is None:
             found: list[Any] = []
             for lo in range(0, len(rows), _MANY_ROWS):
