@@ -285,7 +285,7 @@ class Operations:
         # database has them (no read first: most ids of a batch are new); the rest (taken ids, singleton
         # keys, MySQL) are read under lock, as `commit` reads them.
         inserted: dict[str, FactState] = {}
-        if repo.insert_absent_supported:
+        if repo.insert_absent_many_supported:
             fresh = [_first_version(n) for n in news if n.singleton is None]
             written_ids = repo.insert_absent_many(fresh, texts)
             inserted = {n.id: n for n in fresh if n.id in written_ids}

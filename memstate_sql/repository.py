@@ -1045,10 +1045,15 @@ class Repository:
         elif facts:
             self._send_many(self._hot.insert_fact, [self._fact_row(f, texts) for f in facts])
 
+    @property
+    def insert_absent_many_supported(self) -> bool:
+        """Whether the database has an INSERT of many rows that skips the taken ids (`insert_absent_many`)."""
+        return _insert_absent_returning(self.facts, self.dialect) is not None
+
     def insert_absent_many(self, facts: Sequence[FactState], texts: Mapping[str, str] | None = None) -> set[str]:
         """`insert_if_absent` of many rows, in as few multi-row statements as the parameter limit allows:
         the ids of the rows inserted (the others' ids were taken: nothing written for them). Only where
-        `insert_absent_supported`."""
+        `insert_absent_many_supported`."""
         stmt = _insert_absent_returning(self.facts, self.dialect)
         assert stmt is not None, "insert_absent_many() on a database without DialectSupport.insert_absent_statement"
         return {row[0] for row in self._send_many(stmt, [self._fact_row(f, texts) for f in facts])}

@@ -118,7 +118,7 @@ def test_a_batch_of_new_facts_is_a_few_multi_row_statements(db: str, counted: An
     mixed += [ms.Fact(id=f"c{i:04d}", type="note", payload={"i": i}) for i in range(990)]
     sent = run(lambda: store.commit_many(mixed, session_id="s"))
     if db == "mysql":
-        assert sent == ["SELECT facts", "UPDATE facts", "INSERT facts", "INSERT sessions", "INSERT tx"]
+        assert sent == [*_begin(db), "SELECT facts", "UPDATE facts", "INSERT facts", "INSERT sessions", "INSERT tx"]
     else:
         assert sent == [*_begin(db), "INSERT facts", "SELECT facts", "UPDATE facts", "INSERT sessions", "INSERT tx"]
     assert store.count("note") == 1990 and store.get("b0100")["payload"] == {"i": -100}
