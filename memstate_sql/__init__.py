@@ -28,7 +28,7 @@ from memstate_sql.errors import (
 from memstate_sql.facts import Fact, Operation, ScoredFact, SearchResult, TxEntry
 from memstate_sql.hooks import AsyncMemoryHook, MemoryHook
 from memstate_sql.indexes import IndexedPath
-from memstate_sql.models import DEFAULT_PREFIX, metadata, models_for
+from memstate_sql.models import DEFAULT_PREFIX, models_for
 from memstate_sql.records import RollbackAction, RollbackConflict, RollbackPlan
 from memstate_sql.registry import Constraint, SchemaRegistry
 from memstate_sql.storage import SQLStorage
@@ -39,10 +39,11 @@ from memstate_sql.verify import VerifyReport, verify
 if TYPE_CHECKING:
     from memstate_sql.aio import AsyncMemoryStore, AsyncSQLStorage
     from memstate_sql.migrations import VERSION_TABLE, migrate
+    from memstate_sql.models import metadata
     from memstate_sql.sweeper import AsyncSweeper, Sweeper
 
 #: Loaded on first use (`import memstate_sql` stays cheap): the asyncio layer (SQLAlchemy's asyncio
-#: extension), the migrations (Alembic), the sweepers.
+#: extension), the migrations (Alembic), the sweepers, the default store's metadata (built on first access).
 _LAZY = {
     "AsyncMemoryStore": "memstate_sql.aio",
     "AsyncSQLStorage": "memstate_sql.aio",
@@ -50,6 +51,7 @@ _LAZY = {
     "migrate": "memstate_sql.migrations",
     "AsyncSweeper": "memstate_sql.sweeper",
     "Sweeper": "memstate_sql.sweeper",
+    "metadata": "memstate_sql.models",
 }
 
 

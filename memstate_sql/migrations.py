@@ -202,7 +202,7 @@ class OwnFilters:
         self.dialect_name = dialect_name
         self.tables = {table.name for table in tgt.models.metadata.tables.values()}
         #: Indexes a storage creates at run time, per embedding dimension (pgvector's HNSW indexes).
-        self.runtime_indexes = pgvector.index_name(inspect(tgt.models.Vector).local_table.name, 0)[:-1]
+        self.runtime_indexes = pgvector.index_name(tgt.models.vectors.name, 0)[:-1]
 
     def include_name(self, name: str | None, type_: str, parent_names: Any) -> bool:
         if type_ == "schema":
@@ -371,7 +371,7 @@ def schema_state(conn: Connection, table_prefix: str = DEFAULT_PREFIX, schema: s
         with _read_only(conn):
             insp = inspect(conn)
             # The tables of revision 1 (facts first, then the log): what a killed first migration leaves.
-            first = (tgt.models.Fact.__table__, tgt.models.Tx.__table__)  # type: ignore[attr-defined]
+            first = (tgt.models.facts, tgt.models.log)
             ours = any(insp.has_table(table.name, schema=schema) for table in first)
             versioned = insp.has_table(tgt.version_table, schema=schema)
         state = (State.INTERRUPTED if versioned else State.UNMANAGED) if ours else State.MISSING
@@ -526,8 +526,8 @@ def downgrade_refusals(
             path = list(_scripts().iterate_revisions(current, revision))
         except Exception:  # unknown revisions: left to Alembic's own errors
             return None
-        facts = tgt.models.Fact.__table__.name  # type: ignore[attr-defined]
-        log = tgt.models.Tx.__table__.name  # type: ignore[attr-defined]
+        facts = tgt.models.facts.name
+        log = tgt.models.log.name
         for script in path:
             check = getattr(script.module, "downgrade_refusal", None)
             if check is None:

@@ -68,8 +68,7 @@ def backoff(attempts: int) -> float:
 
 
 def table(repo: Repository) -> Table:
-    outbox: Table = repo.models.Outbox.__table__  # type: ignore[attr-defined]
-    return outbox
+    return repo.models.outbox
 
 
 @dataclass(frozen=True)

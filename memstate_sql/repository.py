@@ -12,7 +12,7 @@ import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -27,7 +27,6 @@ from sqlalchemy import (
     exc,
     func,
     insert,
-    inspect,
     select,
     update,
 )
@@ -43,6 +42,23 @@ from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord, singlet
 from memstate_sql.timeutil import utcnow
 from memstate_sql.validation import QuerySpec
 
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class _Built(dict[K, V]):
+    """Statements built on the first use of their key: a process builds (and compiles) only the shapes it
+    runs. Two threads missing the same key at once build it twice and keep the first one stored."""
+
+    __slots__ = ("_build",)
+
+    def __init__(self, build: Callable[[K], V]) -> None:
+        super().__init__()
+        self._build = build
+
+    def __missing__(self, key: K) -> V:
+        return self.setdefault(key, self._build(key))
+
 
 @dataclass(frozen=True)
 class _Hot:
@@ -50,6 +66,7 @@ class _Hot:
     tables: namespace, instant and keys are bound parameters, so each compiles once for the engine and
     every later call only binds values (building a statement costs more than running it on SQLite)."""
 
+    #: Keyed by (lock, expired); built on first use (`_Built`), as are the log reads.
     by_id: dict[tuple[bool, bool], Select[Any]]
     by_singleton: dict[tuple[bool, bool], Select[Any]]
     update: dict[bool, Update]
@@ -68,35 +85,35 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
     live = in_ns & (c.expires_at.is_(None) | (c.expires_at > bindparam("w_now", type_=c.expires_at.type)))
 
     def selects(where: ColumnElement[bool]) -> dict[tuple[bool, bool], Select[Any]]:
-        found: dict[tuple[bool, bool], Select[Any]] = {}
-        for lock in (False, True):
-            for expired in (False, True):
-                stmt = select(facts).where((in_ns if expired else live) & where).order_by(c.ts, c.id)
-                found[lock, expired] = stmt.with_for_update() if lock and row_locks else stmt
-        return found
+        def build(key: tuple[bool, bool]) -> Select[Any]:
+            lock, expired = key
+            stmt = select(facts).where((in_ns if expired else live) & where).order_by(c.ts, c.id)
+            return stmt.with_for_update() if lock and row_locks else stmt
+
+        return _Built(build)
 
     versioned = in_ns & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
     t = log.c
-    log_ns = t.namespace == bindparam("w_ns")
-    tx_logs: dict[tuple[bool, bool, int], Select[Any]] = {}
-    for no_session in (False, True):
-        for lock in (False, True):
-            for excluded in range(KEYED_IN + 1):
-                where = log_ns & (t.session_id.is_(None) if no_session else t.session_id == bindparam("w_session"))
-                where = where & t.reverted_by.is_(None)
-                if excluded:
-                    where = where & t.op.not_in(_keys(t.op, excluded))
-                stmt = (
-                    select(log)
-                    .where(where)
-                    # A session's own order: `seq` is not commit order on every engine (docs/log-order.md).
-                    # Entries without a session have no positions: `seq` (on one server, a caller's
-                    # consecutive operations).
-                    .order_by((t.seq if no_session else t.session_seq).desc())
-                    .limit(bindparam("w_limit", type_=Integer))
-                    .offset(bindparam("w_offset", type_=Integer))
-                )
-                tx_logs[no_session, lock, excluded] = stmt.with_for_update() if lock and row_locks else stmt
+
+    def tx_log(key: tuple[bool, bool, int]) -> Select[Any]:
+        no_session, lock, excluded = key
+        where = t.namespace == bindparam("w_ns")
+        where = where & (t.session_id.is_(None) if no_session else t.session_id == bindparam("w_session"))
+        where = where & t.reverted_by.is_(None)
+        if excluded:
+            where = where & t.op.not_in(_keys(t.op, excluded))
+        stmt = (
+            select(log)
+            .where(where)
+            # A session's own order: `seq` is not commit order on every engine (docs/log-order.md).
+            # Entries without a session have no positions: `seq` (on one server, a caller's
+            # consecutive operations).
+            .order_by((t.seq if no_session else t.session_seq).desc())
+            .limit(bindparam("w_limit", type_=Integer))
+            .offset(bindparam("w_offset", type_=Integer))
+        )
+        return stmt.with_for_update() if lock and row_locks else stmt
+
     return _Hot(
         by_id=selects(c.id == bindparam("w_id")),
         by_singleton=selects((c.type == bindparam("w_type")) & (c.singleton_slot == bindparam("w_token"))),
@@ -111,7 +128,7 @@ def _hot(facts: Table, log: Table, row_locks: bool) -> _Hot:
         },
         insert_fact=insert(facts),
         insert_log=insert(log),
-        tx_log=tx_logs,
+        tx_log=_Built(tx_log),
     )
 
 
@@ -1175,10 +1192,9 @@ class Repository:
 
 @functools.cache
 def _sessions_table(models: Models) -> Table:
-    table: Table = inspect(models.Session).local_table
-    return table
+    return models.sessions
 
 
 @functools.cache
 def _tables(models: Models) -> tuple[Table, Table]:
-    return inspect(models.Fact).local_table, inspect(models.Tx).local_table
+    return models.facts, models.log

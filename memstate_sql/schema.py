@@ -104,7 +104,7 @@ def _migrate_engine(engine: Engine, models: Models, *, auto_migrate: bool) -> No
 
 def _ensure_path_indexes(engine: Engine, models: Models, paths: Sequence[IndexedPath]) -> None:
     support = support_for(engine.dialect)
-    facts = inspect(models.Fact).local_table
+    facts = models.facts
     lock = f"{models.prefix}_path_indexes"
 
     def create() -> None:
@@ -128,7 +128,7 @@ def _prepare_vector_search(engine: Engine, models: Models, dims: Sequence[int]) 
     support = support_for(engine.dialect)
     if not support.prepares_vector_search:
         return
-    vectors = inspect(models.Vector).local_table
+    vectors = models.vectors
     lock = f"{models.prefix}_path_indexes"
     with engine.connect() as conn, support.migration_lock(conn, lock, PATH_INDEX_TIMEOUT, default_sleep):
         open_before = conn.in_transaction()

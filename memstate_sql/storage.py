@@ -9,13 +9,13 @@ code written against memstate's backends works unchanged.
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeGuard, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.engine import URL
-from sqlalchemy.orm import Session
 
 from memstate_sql import indexes, jsondoc, operations, vectors
 from memstate_sql.dialects import DialectSupport, engine_for, support_for
@@ -45,8 +45,17 @@ from memstate_sql.validation import (
 )
 from memstate_sql.verify import VerifyReport, verify
 
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
+
 T = TypeVar("T")
-Bindable = Connection | Session
+
+
+def _is_orm_session(value: object) -> TypeGuard[Session]:
+    """Whether `value` is an ORM `Session`, without importing ``sqlalchemy.orm``: a process that never
+    imported it holds no Session."""
+    orm = sys.modules.get("sqlalchemy.orm")
+    return orm is not None and isinstance(value, orm.Session)
 
 
 def check_engine_settings(
@@ -135,7 +144,7 @@ class SQLStorage:
             owns = True
         elif isinstance(url_or_engine, Engine):
             engine, owns = url_or_engine, False
-        elif isinstance(url_or_engine, Session):
+        elif _is_orm_session(url_or_engine):
             # The session's connection of the moment: it changes after each commit.
             bound = url_or_engine.connection
             bind = url_or_engine.get_bind()

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Table, and_, bindparam, delete, func, insert, inspect, select, update
+from sqlalchemy import Table, and_, bindparam, delete, func, insert, select, update
 from sqlalchemy.sql import ColumnElement
 
 from memstate_sql.dialects import NearestRequest
@@ -212,8 +212,7 @@ def prepared(index: VectorIndex | None, texts: Sequence[tuple[str, Mapping[str, 
 
 @functools.cache
 def table_of(models: Models) -> Table:
-    table: Table = inspect(models.Vector).local_table
-    return table
+    return models.vectors
 
 
 def _chunks(items: Sequence[str]) -> Iterator[Sequence[str]]:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Engine, inspect, select
+from sqlalchemy import Engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 
@@ -169,8 +169,8 @@ def verify(
             with contextlib.suppress(ArgumentError):
                 conn.execution_options(isolation_level="REPEATABLE READ")
             conn.begin()
-            facts_table = inspect(models.Fact).local_table
-            log_table = inspect(models.Tx).local_table
+            facts_table = models.facts
+            log_table = models.log
             facts_stmt, log_stmt = select(facts_table), select(log_table)
             if not all_namespaces:
                 only = namespace or DEFAULT_NAMESPACE

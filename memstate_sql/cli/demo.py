@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 from pydantic import BaseModel
-from sqlalchemy import Engine, Table, create_engine, func, inspect, select
+from sqlalchemy import Engine, Table, create_engine, func, select
 
 from memstate_sql import jsondoc
 from memstate_sql.cli.base import command
@@ -51,8 +51,8 @@ class Show:
 
     def __init__(self, engine: Engine, storage: SQLStorage) -> None:
         self.engine = engine
-        self.facts: Table = inspect(storage.models.Fact).local_table
-        self.log: Table = inspect(storage.models.Tx).local_table
+        self.facts: Table = storage.models.facts
+        self.log: Table = storage.models.log
         self.step = 0
 
     def title(self, text: str) -> None:
