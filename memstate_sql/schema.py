@@ -24,6 +24,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select
+from sqlalchemy.exc import DBAPIError
 
 from memstate_sql.dialects import support_for
 from memstate_sql.indexes import IndexedPath
@@ -32,7 +33,8 @@ from memstate_sql.uow import default_sleep, holding
 
 #: The head of memstate_sql's migration history (`migrations.head_revision()`, checked by
 #: tests/test_migrations.py): a database found at it needs no Alembic at all, so a process whose
-#: schema is up to date never imports Alembic nor parses the migration scripts.
+#: schema is up to date never imports Alembic nor parses the migration scripts; its storages confirm
+#: it with one statement each (`at_head`).
 HEAD_REVISION = "ms_0008_pgvector"
 #: Seconds the creation of declared path indexes waits for another process's (lock and DDL).
 PATH_INDEX_TIMEOUT = 60.0
@@ -43,12 +45,22 @@ def _version_table(models: Models) -> Table:
     return Table(models.version_table, MetaData(schema=models.schema), Column("version_num", String(32)))
 
 
-def at_head(conn: Connection, models: Models) -> bool:
-    """Whether the prefix's version table says `HEAD_REVISION` (two cheap reads on `conn`); a
-    transaction they autobegin is ended again (a caller's is left alone)."""
+def at_head(conn: Connection, models: Models, *, own: bool = False) -> bool:
+    """Whether the prefix's version table says `HEAD_REVISION`; a transaction the reads autobegin is
+    ended again (a caller's is left alone). False also when the check cannot tell: the caller then asks
+    Alembic (`_migrate_engine`, `_prepare_bound`), which decides.
+
+    On a connection of its `own` (no caller's transaction to protect), one statement: the version row
+    read directly, a missing table being its error. On a host's connection, the table's existence is
+    looked up first, so that no failing statement aborts the host's transaction (PostgreSQL)."""
     was_open = conn.in_transaction()
+    table = _version_table(models)
     try:
-        table = _version_table(models)
+        if own:
+            try:
+                return list(conn.execute(select(table.c.version_num)).scalars()) == [HEAD_REVISION]
+            except DBAPIError:
+                return False  # no version table (or another failure): Alembic's check decides, and reports
         if not inspect(conn).has_table(table.name, schema=models.schema):
             return False
         return list(conn.execute(select(table.c.version_num)).scalars()) == [HEAD_REVISION]
@@ -77,7 +89,7 @@ def prepare_schema(
         durable = at_head(connection, models) or _prepare_bound(engine, connection, models, auto_migrate=auto_migrate)
     else:
         with engine.connect() as conn:
-            current = at_head(conn, models)
+            current = at_head(conn, models, own=True)
         if not current:
             _migrate_engine(engine, models, auto_migrate=auto_migrate)
         durable = True
