@@ -7,11 +7,7 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-#: Pydantic builds the models' validators and serializers on first use rather than at import
-#: (`import memstate_sql` stays cheap; a process pays only for the models it uses).
-_DEFERRED = ConfigDict(defer_build=True)
+from pydantic import BaseModel, Field
 
 
 def _new_id() -> str:
@@ -42,8 +38,6 @@ class Operation(str, Enum):
 class Fact(BaseModel):
     """One stored fact: an envelope (id, type, source, session, timestamp) and a JSON payload."""
 
-    model_config = _DEFERRED
-
     id: str = Field(default_factory=_new_id)
     type: str
     payload: dict[str, Any]
@@ -54,8 +48,6 @@ class Fact(BaseModel):
 
 class TxEntry(BaseModel):
     """One entry of the transaction log. `seq` is assigned by the database."""
-
-    model_config = _DEFERRED
 
     uuid: str = Field(default_factory=_new_id)
     session_id: str | None
@@ -72,16 +64,12 @@ class TxEntry(BaseModel):
 class SearchResult(BaseModel):
     """What a search hook returns: a fact id and its relevance score."""
 
-    model_config = _DEFERRED
-
     fact_id: str
     score: float
 
 
 class ScoredFact(BaseModel):
     """A fact read back from the database together with its search score."""
-
-    model_config = _DEFERRED
 
     fact: Fact
     score: float

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
 from memstate_sql import jsondoc
 from memstate_sql.timeutil import format_iso
@@ -194,15 +194,8 @@ class TxRecord:
         }
 
 
-#: Pydantic builds the models' validators and serializers on first use rather than at import
-#: (`import memstate_sql` stays cheap; a process pays only for the models it uses).
-_DEFERRED = ConfigDict(defer_build=True)
-
-
 class RollbackAction(BaseModel):
     """One fact change a rollback makes, in the order it makes them."""
-
-    model_config = _DEFERRED
 
     seq: int
     """The log entry being undone."""
@@ -218,8 +211,6 @@ class RollbackAction(BaseModel):
 class RollbackConflict(BaseModel):
     """A fact the rollback would overwrite although it changed after the undone entry."""
 
-    model_config = _DEFERRED
-
     fact_id: str
     seq: int
     """The log entry being undone."""
@@ -233,8 +224,6 @@ class RollbackConflict(BaseModel):
 
 class RollbackPlan(BaseModel):
     """What `rollback(session_id, steps)` would do now (`MemoryStore.plan_rollback`)."""
-
-    model_config = _DEFERRED
 
     session_id: str | None
     steps: int
