@@ -43,8 +43,8 @@ NOT_AT_IMPORT = (
     "aiosqlite",
 )
 
-#: Never loaded by a first operation on an up-to-date SQLite database either.
-NOT_AT_FIRST_SQLITE_OPERATION = tuple(m for m in NOT_AT_IMPORT if "sqlite" not in m)
+#: Never loaded by a first operation on an up-to-date SQLite database either (nor SQLite's vector search).
+NOT_AT_FIRST_SQLITE_OPERATION = (*(m for m in NOT_AT_IMPORT if "sqlite" not in m), "memstate_sql.dialects.sqlitevec")
 
 
 def run(code: str) -> dict[str, object]:

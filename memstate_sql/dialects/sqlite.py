@@ -20,7 +20,6 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.util import EMPTY_DICT
 
 from memstate_sql._compat import await_only
-from memstate_sql.dialects import sqlitevec
 from memstate_sql.dialects._paths import dollar_path
 from memstate_sql.dialects.base import (
     DialectSupport,
@@ -68,9 +67,13 @@ class SQLiteSupport(DialectSupport):
         return _insert_absent(facts)
 
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
+        from memstate_sql.dialects import sqlitevec  # vector search: on first use
+
         return sqlitevec.nearest(conn, request)
 
     def nearest_status(self, conn: Connection, approximate: bool = False) -> tuple[bool, str]:
+        from memstate_sql.dialects import sqlitevec
+
         return sqlitevec.status(conn)
 
     def writers_excluded(self, conn: Connection, *, rows_locked: bool) -> bool:
