@@ -24,7 +24,6 @@ import threading
 from collections.abc import Callable, Sequence
 
 from sqlalchemy import Column, Connection, Engine, MetaData, String, Table, inspect, select
-from sqlalchemy.exc import DBAPIError
 
 from memstate_sql.dialects import support_for
 from memstate_sql.indexes import IndexedPath
@@ -59,8 +58,10 @@ def at_head(conn: Connection, models: Models, *, own: bool = False) -> bool:
         if own:
             try:
                 return list(conn.execute(select(table.c.version_num)).scalars()) == [HEAD_REVISION]
-            except DBAPIError:
-                return False  # no version table (or another failure): Alembic's check decides, and reports
+            except Exception:
+                # No version table, or another failure (not always a DBAPIError: pysqlite3 under aiosqlite
+                # raises its own): Alembic's check decides, and reports.
+                return False
         if not inspect(conn).has_table(table.name, schema=models.schema):
             return False
         return list(conn.execute(select(table.c.version_num)).scalars()) == [HEAD_REVISION]
