@@ -659,10 +659,12 @@ def test_built_wheel_migrates_from_another_directory(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600)
+    # Nothing of this process's environment: on a PYTHONPATH that holds the checkout (and the egg-info the
+    # build left there), pip would take the package as installed already and install nothing.
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    subprocess.run([str(python), "-m", "pip", "install", "-q", str(wheel)], check=True, timeout=600, env=env)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     url = f"sqlite:///{elsewhere / 'fresh.db'}"
     out = subprocess.run(
         [str(python), "-c", WHEEL_SCRIPT, url],
