@@ -683,4 +683,11 @@ def after_keys(
         equal = [keys[j][0] == marks[j] for j in range(i)]
         step = expr < marks[i] if descending else expr > marks[i]
         clauses.append(and_(*equal, step))
-    return or_(*clauses)
+    if len(keys) == 1:
+        return clauses[0]
+    # Implied by every branch of the OR (so the same rows, NULLs included), and what lets a database seek
+    # an index on the leading key to the page's start instead of scanning from the first row each page:
+    # without it, streaming n rows read O(n^2) index entries (SQLite: a 1M-fact iter_query took minutes).
+    first, descending = keys[0]
+    lead = first <= marks[0] if descending else first >= marks[0]
+    return and_(lead, or_(*clauses))

@@ -337,3 +337,28 @@ def test_keys_with_quotes_on_every_database(store: Any) -> None:
     assert ids(store.query("t", {'payload.n.e"': {"$gte": 5}})) == ["q"]
     assert ids(store.query("t", {"payload.n": {'e"': "5"}})) == ["r"]
     assert ids(store.query("t", {'payload.a"b.x': {"$exists": False}}, order_by='-payload.n.e"')) == ["r", "q"]
+
+
+def test_a_stream_page_seeks_the_index_to_its_start(tmp_path: Any) -> None:
+    """Each `iter_query` page after the first starts at the previous page's last sort key: on SQLite the
+    (namespace, ts) index is searched from there (``ts>?``), not scanned from the namespace's first row,
+    which made streaming n facts read O(n^2) index entries."""
+    import sqlalchemy as sa
+
+    from memstate_sql.validation import query_spec
+
+    storage = ms.SQLStorage(f"sqlite:///{tmp_path / 'seek.db'}")
+    store = ms.MemoryStore(storage)
+    for i in range(3):
+        store.commit(ms.Fact(type="note", payload={"i": i}))
+    sent: list[tuple[str, Any]] = []
+    sa.event.listen(storage.engine, "before_cursor_execute", lambda c, cur, sql, params, *a: sent.append((sql, params)))
+    assert [d["payload"]["i"] for d in storage.stream(query_spec("note", None, None), batch_size=1)] == [0, 1, 2]
+    paged = [(sql, params) for sql, params in sent if " > ?" in sql and "ORDER BY" in sql]
+    assert paged, sent
+    with storage.engine.connect() as conn:
+        plan = " ".join(
+            str(row[-1]) for row in conn.exec_driver_sql("EXPLAIN QUERY PLAN " + paged[-1][0], paged[-1][1])
+        )
+    assert "ts>?" in plan, plan
+    storage.close()
