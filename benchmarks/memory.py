@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> None:
     workdir = tempfile.mkdtemp(prefix="memstate-mem-")
     db = {"mariadb": "mysql"}.get(args.db, args.db)
     url = {"sqlite": f"sqlite:///{workdir}/mem.db", "postgresql": PG_URL, "mysql": MY_URL}[db]
-    system = memstate_sql(db, url, prefix)
+    system = memstate_sql(db, url, prefix)  # distinct timestamps (see there)
     try:
         start = time.perf_counter()
         for lo in range(0, args.facts, 100_000):

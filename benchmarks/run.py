@@ -48,7 +48,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import sqlalchemy as sa
@@ -175,6 +175,9 @@ def memstate_postgres(prefix: str) -> System:
 
 
 def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None) -> System:
+    """memstate_sql's store. Its bulk-loaded facts have distinct timestamps (one microsecond apart), as facts
+    committed over time have: `iter_query` pages by (ts, id) and the ts index has no id, so a page inside a
+    run of equal timestamps sorts the whole run (benchmarks/README.md, "After the 2026-12-04 merges")."""
     name = "memstate_sql"
     options: dict[str, Any] = {}
     if synchronous is not None:
@@ -193,7 +196,8 @@ def memstate_sql(db: str, url: str, prefix: str, synchronous: str | None = None)
                 for i in range(lo, min(stop, lo + 10_000)):
                     d = fact_doc(i)
                     rows.append({
-                        **d, "ts": TS, "version": 1, "immutable": False, "singleton": None,
+                        **d, "ts": TS + timedelta(microseconds=i), "version": 1,
+                        "immutable": False, "singleton": None,
                         "singleton_slot": singleton_slot(d["id"], None),
                     })  # fmt: skip
                 repo.conn.execute(sa.insert(repo.facts), rows)
