@@ -1,17 +1,20 @@
-"""Held read connections: one autocommit connection per thread for a sync storage's one-statement reads.
+"""Held connections: one autocommit connection per thread, which a sync storage's operations run on.
 
-A `get`, `query` or `count` is one SELECT. Checking a connection out of the pool for it, switching it to
-autocommit and checking it back in (the pool's reset included) costs more than the SELECT itself on
-SQLite and a good part of it on a local PostgreSQL. A thread that reads keeps one connection instead, in
-autocommit, for the statement alone: every SELECT still runs in its own implicit transaction and sees
-every commit acknowledged before it (no snapshot is held between reads, so nothing goes stale and no
-WAL checkpoint is held back).
+Checking a connection out of the pool for every operation, switching it to autocommit (reads) and checking
+it back in (the pool's reset included) costs more than a SELECT on SQLite and a good part of a write on a
+local PostgreSQL. A thread keeps one connection instead, in autocommit (`memstate_sql.uow`): a
+one-statement read is the SELECT alone, in its own implicit transaction, and sees every commit
+acknowledged before it (no snapshot is held between operations, so nothing goes stale and no WAL
+checkpoint is held back); a transaction is opened by an explicit BEGIN (`DialectSupport.begin_held`) and
+ended by the driver's COMMIT or ROLLBACK.
 
 Bounds and hygiene:
 
 * Only under a `QueuePool` of a sync engine (never inside the asyncio bridge, where the coroutines of
   one thread would share a connection), and at most ``pool.size() - 1`` held connections per pool over
-  every storage on it, so writers always find one; a thread beyond that checks out per read as before.
+  every storage on it, so other threads always find one; a thread beyond that checks out per operation.
+* One operation at a time on each (`HeldReaders.acquire` / `release`): another storage's operation
+  called from inside it (a sibling's, by a hook) checks a connection out.
 * A thread's connection goes back to the pool when the thread ends, when the storage is closed or
   garbage-collected, after any database error on it, and when the pool's recycle time or an
   invalidation (a disconnect seen on another connection) has passed it by.
@@ -106,7 +109,7 @@ def _slots_for(pool: QueuePool) -> _Slots:
 
 
 class HeldReaders:
-    """The held read connections of one storage (and of its `for_namespace` siblings)."""
+    """The held connections of one storage (and of its `for_namespace` siblings), one per thread."""
 
     def __init__(self, engine: Engine, prepare: Callable[[Connection], None] | None = None) -> None:
         self.engine = engine
@@ -173,7 +176,8 @@ class HeldReaders:
         return bool(held.born < pool._invalidate_time)
 
     def finish(self, conn: Connection) -> None:
-        """After a read: end SQLAlchemy's own (autobegun) transaction, which autocommit makes empty."""
+        """After a one-statement read: end SQLAlchemy's own (autobegun) transaction, which autocommit
+        makes empty."""
         if conn.in_transaction():
             conn.commit()
 

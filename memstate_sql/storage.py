@@ -258,7 +258,7 @@ class SQLStorage:
         if sleep is not None:
             options["sleep"] = sleep
         self.runner = TransactionRunner(engine, self.models, self.dialect, owner=self, **options)
-        #: A `for_namespace` sibling reads on its parent's held connections: closing it leaves them be.
+        #: A `for_namespace` sibling runs on its parent's held connections: closing it leaves them be.
         self._shares_readers = False
         self.schema_gate = SchemaGate(
             engine,
@@ -285,7 +285,7 @@ class SQLStorage:
         sibling._unapplied = set(self.constraints)
         sibling.schema_gate = self.schema_gate
         sibling.runner.prepare = self.schema_gate.ensure
-        sibling.runner.readers = self.runner.readers  # one held read connection per thread, not per tenant
+        sibling.runner.readers = self.runner.readers  # one held connection per thread, not per tenant
         sibling._shares_readers = True
         return sibling
 
@@ -500,7 +500,7 @@ class SQLStorage:
 
     def close(self) -> None:
         if not self._shares_readers:
-            self.runner.close()  # give this thread's (and every thread's) held read connection back
+            self.runner.close()  # give every thread's held connection back
         if self.owns_engine:
             self.engine.dispose()
 

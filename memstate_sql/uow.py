@@ -119,12 +119,12 @@ class TransactionRunner:
         self.prepare = prepare
         #: Every repository this runner hands out reads and writes this namespace only.
         self.namespace = namespace
-        #: Each thread's held autocommit connection for one-statement reads (`memstate_sql.readers`);
+        #: Each thread's held autocommit connection, which its operations run on (`memstate_sql.readers`);
         #: None where the pool does not allow them, and for a runner bound to a caller's connection.
         self.readers = HeldReaders.for_engine(engine, dialect.prepare_held) if bound is None else None
 
     def close(self) -> None:
-        """Give the held read connections back to the pool (the storage is closing)."""
+        """Give the held connections back to the pool (the storage is closing)."""
         if self.readers is not None:
             self.readers.close()
 
