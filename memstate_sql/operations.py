@@ -57,11 +57,16 @@ def write(repo: Repository, existing: FactState | None, new: FactState, *, allow
         return new
     new = new.evolve(version=existing.version + 1)
     if not repo.update(new, expected_version=existing.version, allow_immutable=allow_immutable):
-        if existing.immutable and not allow_immutable:
-            raise immutable_error(existing.type, existing.id)
-        # The row changed between our read and our write: re-run the unit of work.
-        raise RetryUnitOfWork()
+        raise _not_written(existing, allow_immutable)
     return new
+
+
+def _not_written(existing: FactState, allow_immutable: bool) -> Exception:
+    """Why a versioned write over `existing` matched no row: the row is immutable, or it changed between
+    our read and our write (re-run the unit of work)."""
+    if existing.immutable and not allow_immutable:
+        return immutable_error(existing.type, existing.id)
+    return RetryUnitOfWork()
 
 
 def rewrite(
@@ -80,9 +85,7 @@ def rewrite(
     new = new.evolve(version=existing.version + 1)
     logged = entry(op, session_id, new.id, existing, new, actor, reason)
     if not repo.update_logged(new, logged, expected_version=existing.version, allow_immutable=allow_immutable):
-        if existing.immutable and not allow_immutable:
-            raise immutable_error(existing.type, existing.id)
-        raise RetryUnitOfWork()  # the row changed between our read and our write: re-run the unit of work
+        raise _not_written(existing, allow_immutable)
     return new
 
 

@@ -36,7 +36,7 @@ from sqlalchemy.sql import ColumnElement, Executable
 from memstate_sql import filters as flt
 from memstate_sql import jsondoc
 from memstate_sql.dialects import DialectSupport, ErrorKind, Unindexed
-from memstate_sql.dialects.base import traced
+from memstate_sql.dialects.base import on_cursor, traced
 from memstate_sql.models import Models
 from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord, singleton_slot
 from memstate_sql.timeutil import utcnow
@@ -336,6 +336,13 @@ def _many(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Many | N
     return _Many(head + "VALUES ", tuple(group), tail, dialect.paramstyle, names, binds, results, per_statement)
 
 
+def _processed(rows: list[Any], procs: Sequence[Any]) -> list[Any]:
+    """`rows` from a DB-API cursor with their columns' result processors `procs` applied (None: as is)."""
+    if not rows or not any(procs):
+        return rows
+    return [tuple(v if p is None or v is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows]
+
+
 class _Shaped:
     """The cache key of a `query`/`count` statement (the filter's `flt.shape_key` and the statement's
     options), carrying the spec and declared paths the statement is built from on a cache miss."""
@@ -448,24 +455,8 @@ class Repository:
             if process is not None and values[i] is not None:
                 values[i] = process(values[i])
         args: Any = values if sent.positional else dict(zip(sent.names, values, strict=True))
-        dbapi = conn.connection
-        cursor: Any = None
-        try:
-            cursor = dbapi.cursor()  # inside: a failure to open one (closed connection) is a database error too
-            cursor.execute(sent.sql, args)
-            rows: list[Any] = list(cursor.fetchall()) if cursor.description is not None else []
-            count = cursor.rowcount
-        except Exception as err:
-            conn._handle_dbapi_exception(err, sent.sql, args, cursor, None)
-        finally:
-            if cursor is not None:
-                cursor.close()
-        if rows and any(sent.results):
-            procs = sent.results
-            rows = [
-                tuple(v if p is None or v is None else p(v) for p, v in zip(procs, row, strict=True)) for row in rows
-            ]
-        return rows, count
+        rows, count = on_cursor(conn, sent.sql, args)
+        return _processed(rows, sent.results), count
 
     def _send_many(self, stmt: Executable, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """Run a one-row INSERT (`_many`) for every row of `rows` (each with the same keys), in list order,
@@ -485,7 +476,6 @@ class Repository:
         names, binds = many.names, many.binds
         processed = [(i, p) for i, p in enumerate(binds) if p is not None]
         out: list[Any] = []
-        dbapi = conn.connection
         for lo in range(0, len(rows), many.per_statement):
             chunk = rows[lo : lo + many.per_statement]
             args: list[Any] = []
@@ -497,23 +487,8 @@ class Repository:
                         values[i] = process(v)
                 args += values
             self.statements += 1
-            sql = ""
-            cursor: Any = None
-            try:
-                cursor, style = self.dialect.rows_cursor(dbapi)
-                sql = many.sql(len(chunk), style)
-                cursor.execute(sql, args)
-                if cursor.description is not None:
-                    out += cursor.fetchall()
-            except Exception as err:
-                conn._handle_dbapi_exception(err, sql, args, cursor, None)
-            finally:
-                if cursor is not None:
-                    cursor.close()
-        if out and any(many.results):
-            procs = many.results
-            out = [tuple(v if p is None or v is None else p(v) for p, v in zip(procs, row, strict=True)) for row in out]
-        return out
+            out += on_cursor(conn, functools.partial(many.sql, len(chunk)), args, self.dialect.rows_cursor)[0]
+        return _processed(out, many.results)
 
     @functools.cached_property
     def _in_ns(self) -> ColumnElement[bool]:

@@ -412,13 +412,39 @@ def send_driver_sql(conn: Connection, sql: str) -> None:
     cursor of `conn` unless `traced`; its errors go through SQLAlchemy's handling as `exec_driver_sql`'s do."""
     if traced(conn):
         conn.exec_driver_sql(sql)
-        return
+    else:
+        on_cursor(conn, sql)
+
+
+def on_cursor(
+    conn: Connection,
+    sql: str | Callable[[str | None], str],
+    args: Any = None,
+    open_cursor: Callable[[Any], tuple[Any, str | None]] | None = None,
+) -> tuple[list[Any], int]:
+    """Run `sql` (with `args`, if any) on a DB-API cursor of `conn`'s connection: its rows (none for a
+    statement that returns none) and its row count. `open_cursor(dbapi_connection)` gives the cursor and
+    the paramstyle it takes, and `sql` is then a function of that paramstyle (None: the driver's own).
+    The cursor is opened inside (a closed connection fails there too), and every error goes through
+    SQLAlchemy's own handling, as `Connection.execute`'s do: wrapped, a lost connection invalidating the
+    pool."""
+    text = sql if isinstance(sql, str) else ""
     cursor: Any = None
     try:
-        cursor = conn.connection.cursor()
-        cursor.execute(sql)
+        if open_cursor is None:
+            cursor = conn.connection.cursor()
+        else:
+            cursor, style = open_cursor(conn.connection)
+        if not isinstance(sql, str):
+            text = sql(style)
+        if args is None:
+            cursor.execute(text)
+        else:
+            cursor.execute(text, args)
+        rows: list[Any] = list(cursor.fetchall()) if cursor.description is not None else []
+        return rows, cursor.rowcount
     except Exception as err:
-        conn._handle_dbapi_exception(err, sql, (), cursor, None)
+        conn._handle_dbapi_exception(err, text, args, cursor, None)
     finally:
         if cursor is not None:
             cursor.close()
