@@ -82,10 +82,28 @@ def rewrite(
 ) -> FactState:
     """`write` of `new` over `existing` and `log` of the change, in one statement where the database has
     one (`Repository.update_logged`). Fails as `write` does."""
+    written = rewritten(repo, existing, new, op, session_id, actor, reason, allow_immutable=allow_immutable)
+    if written is None:
+        raise _not_written(existing, allow_immutable)
+    return written
+
+
+def rewritten(
+    repo: Repository,
+    existing: FactState,
+    new: FactState,
+    op: Operation,
+    session_id: str | None,
+    actor: str | None,
+    reason: str | None,
+    *,
+    allow_immutable: bool = False,
+) -> FactState | None:
+    """`rewrite`, or None where the row is no longer at `existing`'s version (nothing written)."""
     new = new.evolve(version=existing.version + 1)
     logged = entry(op, session_id, new.id, existing, new, actor, reason)
     if not repo.update_logged(new, logged, expected_version=existing.version, allow_immutable=allow_immutable):
-        raise _not_written(existing, allow_immutable)
+        return None
     return new
 
 
@@ -154,6 +172,33 @@ def history(repo: Repository, fact_id: str) -> list[TxRecord]:
     return sorted(own + [e for e in others if e.uuid not in seen], key=lambda e: e.seq)
 
 
+class _GivenIds:
+    """Whether a lone commit is worth trying for a fact whose id the caller gave (`commit_alone`): a new id
+    is one statement alone, a taken one (a commit that updates) costs that statement in vain before the
+    transaction. After `_TAKEN` taken ids in a row, only every `_PROBE`-th such commit tries, until one
+    finds its id new. Unsynchronised on purpose: a lost count between threads changes a guess, never a
+    result."""
+
+    __slots__ = ("calls", "taken")
+
+    def __init__(self) -> None:
+        self.taken = 0
+        self.calls = 0
+
+    def worth_trying(self) -> bool:
+        if self.taken < _TAKEN:
+            return True
+        self.calls += 1
+        return self.calls % _PROBE == 0
+
+    def found(self, *, taken: bool) -> None:
+        self.taken = min(self.taken + 1, _TAKEN) if taken else 0
+
+
+_TAKEN = 3
+_PROBE = 16
+
+
 class Operations:
     """The semantics of every store operation, given the store's schemas (`registry`), the storage's
     constraints (shared by every store on it) and the store's hooks."""
@@ -171,6 +216,13 @@ class Operations:
         self.max_bytes = max_bytes
         #: The storage's in-database vector index (`memstate_sql.vectors`), kept in each operation's transaction.
         self.vectors = vectors
+        self._ids = _GivenIds()
+
+    @property
+    def writes_alone(self) -> bool:
+        """Whether a write's statements are all the operation sends: no hook to tell, no vector to keep
+        (then a one-statement write can run alone, in autocommit: `commit_alone`, `update_alone`)."""
+        return self.vectors is None and not self.hooks
 
     def _deliver(self, repo: Repository, calls: list[Notification]) -> None:
         """After an operation's writes, before COMMIT: its vectors, then its hooks."""
@@ -191,6 +243,49 @@ class Operations:
         ttl: Any = None,
         expires_at: Any = None,
     ) -> str:
+        written = self._commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at, alone=False)
+        assert written is not None  # keep: only a lone commit gives up
+        return written
+
+    def commit_alone(
+        self,
+        repo: Repository,
+        fact: Fact,
+        session_id: str | None,
+        ephemeral: bool,
+        actor: str | None,
+        reason: str | None,
+        ttl: Any = None,
+        expires_at: Any = None,
+    ) -> str | None:
+        """`commit` as one self-contained statement (the unit of work runs it in autocommit), or None,
+        having written nothing, where the commit takes more: then `commit` runs, in a transaction."""
+        if not self.writes_alone or not isinstance(fact, Fact):
+            return None
+        constraint = self.constraints.get(fact.type)
+        if constraint is not None and constraint.singleton_key is not None:
+            return None  # a singleton's key may be taken: the general way reads it, locked
+        given = "id" in fact.model_fields_set
+        if given and not self._ids.worth_trying():
+            return None
+        written = self._commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at, alone=True)
+        if given:
+            self._ids.found(taken=written is None)
+        return written
+
+    def _commit(
+        self,
+        repo: Repository,
+        fact: Fact,
+        session_id: str | None,
+        ephemeral: bool,
+        actor: str | None,
+        reason: str | None,
+        ttl: Any,
+        expires_at: Any,
+        *,
+        alone: bool,
+    ) -> str | None:
         if not isinstance(fact, Fact):
             raise ValidationFailed(f"commit() takes a Fact, got {type(fact).__name__}")
         check_key("actor", actor, required=False)
@@ -206,7 +301,7 @@ class Operations:
         # exists for any reader, but its id and singleton key are still taken until the sweep).
         existing: FactState | None = None
         if new.singleton is None:
-            if "id" not in fact.model_fields_set:
+            if alone or "id" not in fact.model_fields_set:
                 # The common case, a new fact with the id it was given at construction (a fresh UUID, so
                 # no row holds it unless this Fact was committed before): one INSERT that does nothing
                 # when the id is taken (MySQL: a plain INSERT whose duplicate-key failure undoes that
@@ -218,6 +313,10 @@ class Operations:
                 ):
                     self._deliver(repo, [(op, inserted.id, inserted)])
                     return inserted.id
+            if alone:
+                return None  # the id is taken: nothing was written
+        elif alone:
+            return None
         else:
             existing = repo.find_singleton(new.type, new.singleton, lock=True, expired=True)
             live = existing is not None and not _expired(repo, existing)
@@ -384,6 +483,39 @@ class Operations:
         reason: str | None,
         expected_version: int | None = None,
     ) -> str:
+        written = self._update(repo, fact_id, patch, actor, reason, expected_version, alone=False)
+        assert written is not None  # keep: only a lone update gives up
+        return written
+
+    def update_alone(
+        self,
+        repo: Repository,
+        fact_id: str,
+        patch: Mapping[str, Any],
+        actor: str | None,
+        reason: str | None,
+        expected_version: int | None = None,
+    ) -> str | None:
+        """`update` as an unlocked read and one self-contained write (the unit of work runs both in
+        autocommit), the write conditional on the version read: optimistic, where `update` locks the
+        row first. None, having written nothing, wherever the update is not the plain case (no such
+        fact, another version than expected, immutable, a changed singleton key, a concurrent write):
+        then `update` runs, in a transaction, and answers (or refuses) as always."""
+        if not self.writes_alone:
+            return None
+        return self._update(repo, fact_id, patch, actor, reason, expected_version, alone=True)
+
+    def _update(
+        self,
+        repo: Repository,
+        fact_id: str,
+        patch: Mapping[str, Any],
+        actor: str | None,
+        reason: str | None,
+        expected_version: int | None,
+        *,
+        alone: bool,
+    ) -> str | None:
         check_key("fact id", fact_id, required=True)
         check_key("actor", actor, required=False)
         expected = check_version(expected_version)
@@ -396,7 +528,11 @@ class Operations:
             )
         if "payload" not in patch or not isinstance(patch["payload"], Mapping):
             raise ValidationFailed("update() needs a patch of the form {'payload': {...}}")
-        existing = repo.get(fact_id, lock=True)
+        existing = repo.get(fact_id, lock=not alone)
+        if alone and (
+            existing is None or existing.immutable or (expected is not None and existing.version != expected)
+        ):
+            return None  # refused under the row's lock, by `update`
         if existing is None:
             raise FactNotFound("Fact not found")
         if expected is not None and existing.version != expected:
@@ -408,6 +544,8 @@ class Operations:
         probe = Fact(id=existing.id, type=existing.type, payload={}, source=existing.source, ts=utcnow())
         new = new_state(probe, payload, existing.session_id, self.constraints, self.max_bytes)
         if new.singleton is not None and new.singleton != existing.singleton:
+            if alone:
+                return None
             other = repo.find_singleton(new.type, new.singleton, lock=True)
             if other is not None and other.id != existing.id:
                 raise ConflictError(
@@ -415,6 +553,10 @@ class Operations:
                 )
         # A fact saved with a document of its own keeps it, with the new payload and ts (memstate's update).
         new = new.evolve(immutable=existing.immutable, expires_at=existing.expires_at).carry(existing)
+        if alone:
+            # Conditional on the version read: a write in between makes it match nothing, write nothing.
+            lone = rewritten(repo, existing, new, Operation.UPDATE, existing.session_id, actor, reason)
+            return None if lone is None else fact_id
         written = rewrite(repo, existing, new, Operation.UPDATE, existing.session_id, actor, reason)
         self._deliver(repo, [(Operation.UPDATE, fact_id, written)])
         return fact_id

@@ -425,6 +425,11 @@ class Repository:
         #: Statements this repository has sent: the unit of work retries an operation whose connection
         #: turns out dead at its first statement (nothing of it can have been applied).
         self.statements = 0
+        #: Whether the connection is in autocommit, each statement its own transaction (a lone write,
+        #: `memstate_sql.uow`), and the logged writes sent (`insert_logged`, `update_logged`): a
+        #: connection lost under one of them there leaves its outcome unknown.
+        self.autocommit = False
+        self.logged_writes = 0
         self._hot = _hot(self.facts, self.log, dialect.row_locks)
         #: Called, in order, once this repository's transaction has committed (the unit of work runs them;
         #: None where it cannot: inside a host application's transaction, which the host commits).
@@ -832,6 +837,7 @@ class Repository:
                 self.append(**entry)
             return inserted
         params = {"f_" + name: value for name, value in self._fact_row(fact).items()}
+        self.logged_writes += 1
         return self._send(stmt, self._logged_params(params, entry))[1] == 1
 
     def update_logged(
@@ -851,6 +857,7 @@ class Repository:
             name if name.startswith("w_") else "f_" + name: value
             for name, value in self._update_params(fact, expected_version).items()
         }
+        self.logged_writes += 1
         return self._send(stmt, self._logged_params(params, entry))[1] == 1
 
     def _logged_params(self, params: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:

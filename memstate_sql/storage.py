@@ -297,13 +297,15 @@ class SQLStorage:
         name: str = "operation",
         fact_id: str | None = None,
         session_id: str | None = None,
+        alone: Callable[[Repository], T | None] | None = None,
     ) -> T:
         """Run `work` as one unit of work (`memstate_sql.uow`): one database transaction, committed when
         it returns, rolled back when it raises, retried on transient failures; joined to the enclosing
-        operation's transaction when called from inside one (a hook's storage call)."""
+        operation's transaction when called from inside one (a hook's storage call). `alone`: the same
+        work as one self-contained write, tried first where it can run in autocommit (`TransactionRunner.run`)."""
         if write and self._unapplied:
             self._apply_constraints()
-        return self.runner.run(work, write=write, name=name, fact_id=fact_id, session_id=session_id)
+        return self.runner.run(work, write=write, name=name, fact_id=fact_id, session_id=session_id, alone=alone)
 
     def register_constraint(self, typename: str, constraint: Constraint) -> None:
         """Register `constraint` for `typename` on this storage (every store on it shares it). Facts of

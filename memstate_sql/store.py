@@ -78,6 +78,9 @@ class MemoryStore:
             return self.storage.transaction(
                 lambda repo: self._ops.commit(repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at),
                 name="commit",
+                alone=lambda repo: self._ops.commit_alone(
+                    repo, fact, session_id, ephemeral, actor, reason, ttl, expires_at
+                ),
             )
 
     def commit_many(
@@ -180,6 +183,7 @@ class MemoryStore:
         with vectors.prepared(self.storage.vector_index, ahead):
             return self.storage.transaction(
                 lambda repo: self._ops.update(repo, fact_id, patch, actor, reason, expected_version),
+                alone=lambda repo: self._ops.update_alone(repo, fact_id, patch, actor, reason, expected_version),
                 name="update",
                 fact_id=fact_id,
             )

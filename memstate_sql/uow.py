@@ -155,9 +155,13 @@ class TransactionRunner:
         fact_id: str | None = None,
         session_id: str | None = None,
         one_statement: bool = False,
+        alone: Callable[[Repository], T | None] | None = None,
     ) -> T:
         """Run `fn` in one transaction. `one_statement`: `fn` is a read of a single statement, which needs
-        no transaction of its own (run in autocommit where the dialect makes that free)."""
+        no transaction of its own (run in autocommit where the dialect makes that free). `alone`: the same
+        operation as a write of one self-contained statement, with at most unlocked reads before it
+        (`DialectSupport.one_statement_writes`), or None, having written nothing, where it cannot be
+        (then `fn` runs as usual); tried first, in autocommit, where the dialect and connection allow."""
         joined = self.active()
         if joined is not None:
             try:
@@ -179,7 +183,7 @@ class TransactionRunner:
                 attempts[0] = 1
                 result = self._run_bound(fn, write, name)
             else:
-                result = self._run_owned(fn, write, name, attempts, one_statement)
+                result = self._run_owned(fn, write, name, attempts, one_statement, alone)
         except Exception as err:
             self._report(name, fact_id, session_id, started, max(attempts[0], 1), err)
             raise
@@ -241,7 +245,13 @@ class TransactionRunner:
             )
 
     def _run_owned(
-        self, fn: Callable[[Repository], T], write: bool, name: str, attempts: list[int], one_statement: bool = False
+        self,
+        fn: Callable[[Repository], T],
+        write: bool,
+        name: str,
+        attempts: list[int],
+        one_statement: bool = False,
+        alone: Callable[[Repository], T | None] | None = None,
     ) -> T:
         attempt = 0
         stale = 0
@@ -267,6 +277,11 @@ class TransactionRunner:
                             result = self._call(held, fn, repo)
                             readers.finish(held)
                             return result
+                        if alone is not None and write and self.dialect.one_statement_writes:
+                            done = self._alone(held, readers, alone, repo, name)
+                            if done is not None:
+                                return done
+                            repo = Repository(held, self.models, self.dialect, self.namespace)
                         with held.begin():
                             self.dialect.begin_held(held, write)
                             result = self._call(held, fn, repo)
@@ -297,6 +312,7 @@ class TransactionRunner:
                 error: BaseException | None = None
             except exc.DBAPIError as err:
                 kind, error = self.dialect.classify(err), err
+                committing = committing or (repo.autocommit and repo.logged_writes > 0)  # a lone write's outcome
                 if kind is ErrorKind.DISCONNECT and not committing and repo.statements <= 1 and stale < 2:
                     # The pooled connection was dead before this operation used it (a server restart,
                     # an idle timeout): found at the first statement, so nothing of the operation was
@@ -332,6 +348,26 @@ class TransactionRunner:
                 extra={"memstate_op": name, "memstate_attempts": attempt},
             )
             self.sleep(backoff(attempt))
+
+    def _alone(
+        self,
+        held: Connection,
+        readers: HeldReaders,
+        alone: Callable[[Repository], T | None],
+        repo: Repository,
+        name: str,
+    ) -> T | None:
+        """`alone` on the held connection in autocommit, when the dialect lets it write alone there (else
+        None, nothing sent): its result, or None when it wrote nothing and the operation must run as a
+        transaction. Its write, if any, committed by itself."""
+        if not self.dialect.can_write_alone(held):
+            return None
+        repo.autocommit = True
+        result = self._call(held, alone, repo)
+        readers.finish(held)
+        if result is not None and repo.after_commit:
+            run_after_commit(repo.after_commit, name)
+        return result
 
     def _run_bound(self, fn: Callable[[Repository], T], write: bool, name: str) -> T:
         conn = self.host_connection()

@@ -65,11 +65,12 @@ def test_commit_of_a_new_fact_is_one_insert_and_its_log_entry(db: str, counted: 
     # PostgreSQL: the fact row, its session position and its log entry in one statement (data-modifying
     # CTEs). MySQL has no INSERT that ignores a taken key only (INSERT IGNORE ignores other errors too),
     # but a duplicate key there undoes the failed statement alone: a plain INSERT, no read either.
+    # PostgreSQL sends that statement alone, in autocommit: no BEGIN, no COMMIT (tests/test_lone_writes.py).
     sent = run(lambda: store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s"))
-    written = ["WITH"] if db == "postgresql" else ["INSERT facts", "INSERT sessions", "INSERT tx"]
-    assert sent == [*_begin(db), *written]
+    written = ["WITH"] if db == "postgresql" else [*_begin(db), "INSERT facts", "INSERT sessions", "INSERT tx"]
+    assert sent == written
     sent = run(lambda: store.commit(ms.Fact(type="note", payload={"n": 1})))
-    assert sent == [*_begin(db), *(["WITH"] if db == "postgresql" else ["INSERT facts", "INSERT tx"])]
+    assert sent == (["WITH"] if db == "postgresql" else [*_begin(db), "INSERT facts", "INSERT tx"])
 
 
 def test_commit_over_an_existing_id_reads_it_under_lock_then_writes(db: str, counted: Any) -> None:
@@ -78,8 +79,14 @@ def test_commit_over_an_existing_id_reads_it_under_lock_then_writes(db: str, cou
     # PostgreSQL: the versioned UPDATE, the session position and the log entry in one statement.
     written = ["WITH"] if db == "postgresql" else ["UPDATE facts", "INSERT sessions", "INSERT tx"]
     expected = [*_begin(db), "SELECT facts", *written]
-    assert run(lambda: store.commit(ms.Fact(id=fid, type="note", payload={"n": 2}), session_id="s")) == expected
-    assert run(lambda: store.update(fid, {"payload": {"n": 3}})) == expected
+    # PostgreSQL tries a caller's id alone first (tests/test_lone_writes.py): here taken, so nothing written.
+    tried = ["WITH"] if db == "postgresql" else []
+    sent = run(lambda: store.commit(ms.Fact(id=fid, type="note", payload={"n": 2}), session_id="s"))
+    assert sent == tried + expected
+    # An update on PostgreSQL: the row read without a lock, then that statement alone, conditional on the
+    # version read (in autocommit: no BEGIN, no COMMIT).
+    updated = ["SELECT facts", "WITH"] if db == "postgresql" else expected
+    assert run(lambda: store.update(fid, {"payload": {"n": 3}})) == updated
     assert store.get_with_version(fid)[1] == 3
 
 
@@ -92,7 +99,9 @@ def test_a_taken_generated_id_falls_back_to_the_general_commit(db: str, counted:
     sent = run(lambda: store.commit(fact.model_copy(update={"payload": {"n": 2}})))
     tried = ["WITH"] if db == "postgresql" else ["INSERT facts"]  # MySQL: failed on the duplicate key
     written = ["WITH"] if db == "postgresql" else ["UPDATE facts", "INSERT tx"]
-    assert sent == _begin(db) + tried + ["SELECT facts", *written]
+    # PostgreSQL: the lone INSERT wrote nothing, so the commit runs again as a transaction.
+    alone = ["WITH"] if db == "postgresql" else []
+    assert sent == alone + _begin(db) + tried + ["SELECT facts", *written]
     assert store.get(fact.id)["payload"] == {"n": 2}
     assert store.get_with_version(fact.id)[1] == 2
     assert [e["op"] for e in store.storage.get_tx_log(None)] == ["UPDATE", "COMMIT"]

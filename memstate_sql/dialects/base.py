@@ -125,6 +125,10 @@ class DialectSupport:
     #: usable (InnoDB; PostgreSQL aborts the whole transaction, and SQLite has ON CONFLICT anyway): a new
     #: fact's row is then inserted without reading first (`Repository.insert_if_absent`).
     failed_insert_keeps_transaction = False
+    #: Whether a write of one fact with its log entry (and session position) is one self-contained
+    #: statement (`insert_logged_statement`, `update_logged_statement`): an operation that needs no other
+    #: statement then runs it alone in autocommit, with no BEGIN/COMMIT round trips (`memstate_sql.uow`).
+    one_statement_writes = False
     #: The sync driver an asyncio storage swaps for `async_driver` (``mysql+pymysql://`` → ``aiomysql``).
     sync_driver = ""
     #: The asyncio driver `AsyncSQLStorage` uses for a sync URL (installed by ``memstate-sql[async]``).
@@ -226,6 +230,17 @@ class DialectSupport:
 
     def begin_write(self, conn: Connection) -> None:
         """Called as the first statement of a write transaction memstate_sql owns."""
+
+    def can_write_alone(self, conn: Connection) -> bool:
+        """Whether a one-statement write (`one_statement_writes`) may run alone in autocommit on this held
+        connection: it runs at the isolation level the engine's transactions have, and the connection,
+        idle since its last operation, is still open as far as the client can tell without a round trip
+        (nothing unread on its socket: a server that closed it, restarted or terminated the session, has
+        sent an error or an end of file). If the connection breaks under a lone statement, that statement
+        may or may not have committed, whereas a transaction's first statement breaking leaves nothing
+        applied (retried on a new connection): a connection already dead is found this way instead,
+        and the operation runs as a transaction. Here False: never."""
+        return False
 
     def begin_snapshot(self, conn: Connection) -> None:
         """Called as the first statement of a read transaction that must see one consistent

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -48,6 +49,11 @@ POOLER_HINT = (
 )
 
 
+#: Held BEGINs whose isolation level is the one a statement in autocommit gets (the server's default,
+#: READ COMMITTED unless a host configured otherwise: then its engine says so and the BEGIN carries it).
+_AUTOCOMMIT_LEVEL = frozenset({"BEGIN", "BEGIN ISOLATION LEVEL READ COMMITTED"})
+
+
 class PostgreSQLSupport(DialectSupport):
     name = "postgresql"
     sync_driver = "psycopg"
@@ -55,6 +61,7 @@ class PostgreSQLSupport(DialectSupport):
     async_drivers = frozenset({"psycopg", "asyncpg"})
     aware_timestamps = True
     autocommit_reads = True
+    one_statement_writes = True  # fact row, session position and log entry in one CTE
     prepares_vector_search = True  # pgvector's HNSW index, where the extension is installed
 
     def prepare_held(self, conn: Connection) -> None:
@@ -64,6 +71,21 @@ class PostgreSQLSupport(DialectSupport):
         name = getattr(level, "name", None)
         begin = "BEGIN" if name is None else "BEGIN ISOLATION LEVEL " + name.replace("_", " ")
         conn.connection.info[HELD_BEGIN] = begin
+
+    def can_write_alone(self, conn: Connection) -> bool:
+        if conn.connection.info.get(HELD_BEGIN, "BEGIN") not in _AUTOCOMMIT_LEVEL:
+            return False  # the engine asks for a stricter isolation level than a lone statement gets
+        driver: Any = conn.connection.dbapi_connection
+        pgconn = getattr(driver, "pgconn", None)  # psycopg 3's libpq connection
+        if pgconn is None or getattr(driver.info.transaction_status, "name", None) != "IDLE":
+            return False  # not psycopg, or inside a transaction
+        try:
+            fd = pgconn.socket
+        except Exception:  # closed: psycopg raises its OperationalError
+            return False
+        poller = select.poll()
+        poller.register(fd, select.POLLIN | select.POLLPRI)
+        return not poller.poll(0)  # anything readable (an error, a notice, the end of file): not idle
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         return _append(log, sessions)
