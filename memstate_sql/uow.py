@@ -299,6 +299,17 @@ class TransactionRunner:
                     with connection as conn:
                         conn.execution_options(isolation_level="AUTOCOMMIT")
                         return self._call(conn, fn, repo)
+                if alone is not None and write and self.dialect.one_statement_writes and self.dialect.autocommit_reads:
+                    # A checked-out connection (the asyncio storage's, or with no held one to spare): as
+                    # on a held one, the lone write in autocommit, which the driver switches to for free.
+                    if self.dialect.can_write_alone(connection):
+                        with connection as conn:
+                            conn.execution_options(isolation_level="AUTOCOMMIT")
+                            done = self._lone(conn, alone, repo, name)
+                        if done is not None:
+                            return done
+                        connection = self.engine.connect()
+                        repo = Repository(connection, self.models, self.dialect, self.namespace)
                 with connection as conn, conn.begin():
                     if write:
                         self.dialect.begin_write(conn)
@@ -362,9 +373,14 @@ class TransactionRunner:
         transaction. Its write, if any, committed by itself."""
         if not self.dialect.can_write_alone(held):
             return None
-        repo.autocommit = True
-        result = self._call(held, alone, repo)
+        result = self._lone(held, alone, repo, name)
         readers.finish(held)
+        return result
+
+    def _lone(self, conn: Connection, alone: Callable[[Repository], T | None], repo: Repository, name: str) -> T | None:
+        """`alone` on `conn`, in autocommit: its result (None: it wrote nothing)."""
+        repo.autocommit = True
+        result = self._call(conn, alone, repo)
         if result is not None and repo.after_commit:
             run_after_commit(repo.after_commit, name)
         return result

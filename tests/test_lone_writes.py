@@ -12,6 +12,7 @@ blindly; an engine with a stricter isolation level keeps its transactions.
 
 from __future__ import annotations
 
+import asyncio
 import select
 import time
 from collections.abc import Callable, Iterator
@@ -264,3 +265,51 @@ def test_a_stricter_isolation_level_keeps_its_transactions(pg: None, opened: Cal
     store.update(fid, {"payload": {"n": 2}})
     assert [word for word, _ in sent] == ["BEGIN", "WITH", "BEGIN", "SELECT", "WITH"]
     assert all(in_tx for word, in_tx in sent if word != "BEGIN")
+
+
+def test_the_asyncio_store_writes_alone_on_its_checked_out_connection(pg: None, db_url: str, prefix: str) -> None:
+    """`AsyncSQLStorage` checks a connection out per operation (no held ones): the lone write runs there,
+    in autocommit (psycopg switches for free), and a hook still keeps the transaction."""
+    sent: Sent = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        # Whether the statement is part of a transaction: psycopg, outside autocommit, sends its BEGIN
+        # within this very execute.
+        driver = conn.connection.dbapi_connection._connection  # psycopg's AsyncConnection
+        sent.append((statement.split()[0], not driver.autocommit))
+
+    hooked: list[str] = []
+
+    async def hook(op: ms.Operation, fact_id: str, fact: ms.Fact | None) -> None:
+        hooked.append(fact_id)
+
+    async def scenario() -> None:
+        storage = ms.AsyncSQLStorage(db_url, table_prefix=prefix)
+        store, with_hook = ms.AsyncMemoryStore(storage), ms.AsyncMemoryStore(storage, [hook])
+        try:
+            await store.count()
+            sa.event.listen(storage.engine.sync_engine, "before_cursor_execute", listener)
+            fid = await store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")
+            assert sent == [("WITH", False)]
+            sent.clear()
+            await store.update(fid, {"payload": {"m": 2}})
+            assert sent == [("SELECT", False), ("WITH", False)]
+            sent.clear()
+            other = await with_hook.commit(ms.Fact(type="note", payload={"n": 2}), session_id="s")
+            assert sent == [("WITH", True)] and hooked == [other]
+            assert (await store.get(fid))["payload"] == {"n": 1, "m": 2}
+            assert [e["op"] for e in await storage.get_tx_log("s")] == ["COMMIT", "UPDATE", "COMMIT"]
+        finally:
+            await storage.close()
+        strict = ms.AsyncSQLStorage(db_url, table_prefix=prefix, engine_options={"isolation_level": "SERIALIZABLE"})
+        try:
+            strict_store = ms.AsyncMemoryStore(strict)
+            await strict_store.count()  # the schema check
+            sa.event.listen(strict.engine.sync_engine, "before_cursor_execute", listener)
+            sent.clear()
+            await strict_store.commit(ms.Fact(type="note", payload={"n": 3}), session_id="s")
+            assert sent == [("WITH", True)]  # a stricter isolation level keeps its transaction
+        finally:
+            await strict.close()
+
+    asyncio.run(scenario())

@@ -49,8 +49,14 @@ POOLER_HINT = (
 )
 
 
-#: Held BEGINs whose isolation level is the one a statement in autocommit gets (the server's default,
-#: READ COMMITTED unless a host configured otherwise: then its engine says so and the BEGIN carries it).
+def _begin_for(driver: Any) -> str:
+    """The BEGIN psycopg would send on `driver` (its isolation level, a connection attribute)."""
+    name = getattr(getattr(driver, "isolation_level", None), "name", None)
+    return "BEGIN" if name is None else "BEGIN ISOLATION LEVEL " + name.replace("_", " ")
+
+
+#: BEGINs whose isolation level is the one a statement in autocommit gets (the server's default, READ
+#: COMMITTED unless configured otherwise: then an engine that wants another says so, and its BEGIN too).
 _AUTOCOMMIT_LEVEL = frozenset({"BEGIN", "BEGIN ISOLATION LEVEL READ COMMITTED"})
 
 
@@ -67,18 +73,18 @@ class PostgreSQLSupport(DialectSupport):
     def prepare_held(self, conn: Connection) -> None:
         # psycopg sends the engine's isolation level with its own BEGIN (a connection attribute, not a
         # session setting): a held autocommit connection's BEGIN must carry it too.
-        level = getattr(conn.connection.dbapi_connection, "isolation_level", None)
-        name = getattr(level, "name", None)
-        begin = "BEGIN" if name is None else "BEGIN ISOLATION LEVEL " + name.replace("_", " ")
-        conn.connection.info[HELD_BEGIN] = begin
+        conn.connection.info[HELD_BEGIN] = _begin_for(conn.connection.dbapi_connection)
 
     def can_write_alone(self, conn: Connection) -> bool:
-        if conn.connection.info.get(HELD_BEGIN, "BEGIN") not in _AUTOCOMMIT_LEVEL:
-            return False  # the engine asks for a stricter isolation level than a lone statement gets
         driver: Any = conn.connection.dbapi_connection
+        driver = getattr(driver, "_connection", driver)  # SQLAlchemy's asyncio adapter: psycopg's connection
         pgconn = getattr(driver, "pgconn", None)  # psycopg 3's libpq connection
         if pgconn is None or getattr(driver.info.transaction_status, "name", None) != "IDLE":
             return False  # not psycopg, or inside a transaction
+        # A held connection is in autocommit already: its transactions' level is the one noted before.
+        begin = conn.connection.info.get(HELD_BEGIN) or _begin_for(driver)
+        if begin not in _AUTOCOMMIT_LEVEL:
+            return False  # the engine asks for a stricter isolation level than a lone statement gets
         try:
             fd = pgconn.socket
         except Exception:  # closed: psycopg raises its OperationalError
