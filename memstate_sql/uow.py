@@ -299,17 +299,16 @@ class TransactionRunner:
                     with connection as conn:
                         conn.execution_options(isolation_level="AUTOCOMMIT")
                         return self._call(conn, fn, repo)
-                if alone is not None and write and self.dialect.one_statement_writes and self.dialect.autocommit_reads:
+                if alone is not None and write and self._alone_on_checkout(connection):
                     # A checked-out connection (the asyncio storage's, or with no held one to spare): as
                     # on a held one, the lone write in autocommit, which the driver switches to for free.
-                    if self.dialect.can_write_alone(connection):
-                        with connection as conn:
-                            conn.execution_options(isolation_level="AUTOCOMMIT")
-                            done = self._lone(conn, alone, repo, name)
-                        if done is not None:
-                            return done
-                        connection = self.engine.connect()
-                        repo = Repository(connection, self.models, self.dialect, self.namespace)
+                    with connection as conn:
+                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        done = self._lone(conn, alone, repo, name)
+                    if done is not None:
+                        return done
+                    connection = self.engine.connect()
+                    repo = Repository(connection, self.models, self.dialect, self.namespace)
                 with connection as conn, conn.begin():
                     if write:
                         self.dialect.begin_write(conn)
@@ -376,6 +375,10 @@ class TransactionRunner:
         result = self._lone(held, alone, repo, name)
         readers.finish(held)
         return result
+
+    def _alone_on_checkout(self, conn: Connection) -> bool:
+        dialect = self.dialect
+        return dialect.one_statement_writes and dialect.autocommit_reads and dialect.can_write_alone(conn)
 
     def _lone(self, conn: Connection, alone: Callable[[Repository], T | None], repo: Repository, name: str) -> T | None:
         """`alone` on `conn`, in autocommit: its result (None: it wrote nothing)."""

@@ -79,12 +79,38 @@ def test_a_database_error_between_fact_and_log_write_leaves_neither(
         self.conn.execute(sa.insert(self.log).values(uuid=None, op="COMMIT", ts=sa.func.now()))
 
     monkeypatch.setattr(Repository, "append", broken_append)
+    # The transaction's route (PostgreSQL would send fact and entry as one lone statement instead: below).
+    monkeypatch.setattr(ms.operations.Operations, "writes_alone", property(lambda self: False))
     with pytest.raises(StorageError):
         store.commit(Fact(id="f1", type="t", payload={"v": 1}))
     monkeypatch.undo()
     assert store.get("f1") is None
     assert count_rows(db_url, prefix, "facts") == 0
     assert count_rows(db_url, prefix, "tx") == 0
+
+
+def test_a_database_error_in_the_log_part_of_a_lone_write_leaves_neither(
+    db: str, store: Any, db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL's one-statement commit and update (fact row, session position and log entry; alone in
+    autocommit, tests/test_lone_writes.py): the database refusing the entry refuses the whole statement."""
+    if db != "postgresql":
+        pytest.skip("one-statement writes are PostgreSQL's")
+    fid = store.commit(Fact(type="t", payload={"v": 1}), session_id="s")
+    logged = Repository._logged_params
+
+    def broken_entry(self: Repository, params: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+        return {**logged(self, params, entry), "uuid": None}  # NOT NULL: refused by the database
+
+    before = snapshot(store)
+    monkeypatch.setattr(Repository, "_logged_params", broken_entry)
+    with pytest.raises(StorageError):
+        store.commit(Fact(type="t", payload={"v": 2}), session_id="s")
+    with pytest.raises(StorageError):
+        store.update(fid, {"payload": {"v": 3}})
+    monkeypatch.undo()
+    assert snapshot(store) == before
+    assert count_rows(db_url, prefix, "facts") == 1 and count_rows(db_url, prefix, "tx") == 1
 
 
 def test_other_connections_never_see_a_fact_before_commit(mode: str, make_store: Any, db_url: str, prefix: str) -> None:
