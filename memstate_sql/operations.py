@@ -730,7 +730,6 @@ class Operations:
             if any(other.uuid not in planned for _, _, other in rb.later_entries(repo, entries)):
                 # A writer logged a change to one of the facts between the plan and the writes: re-plan.
                 raise RetryUnitOfWork()
-        repo.mark_reverted([e.uuid for e in entries] + sorted(overridden), by=rollback_id)
         only = next(iter(changes)) if len(changes) == 1 else None
         single = changes[only] if only is not None else None
         repo.append(
@@ -745,6 +744,7 @@ class Operations:
             reason=reason or _rollback_reason(session_id, len(entries), force and bool(overridden)),
             discarded=logentry.rollback_record(changes.values()),
             reverted_by=rollback_id,  # outside the active log: it cannot itself be rolled back
+            reverting=[e.uuid for e in entries] + sorted(overridden),  # marked undone by this rollback
         )
         self._deliver(repo, calls)
         return entries

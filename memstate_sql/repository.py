@@ -441,10 +441,11 @@ class Repository:
         self.statements += 1
         return self.conn.execute(stmt, params)
 
-    def _send(self, stmt: Executable, params: dict[str, Any]) -> tuple[list[Any], int]:
+    def _send(self, stmt: Executable, params: dict[str, Any], *, inserted_id: bool = False) -> tuple[list[Any], int]:
         """Run one of the hot statements (`_hot`) with one set of parameters: its rows (result processors
-        applied) and its row count. The SQL is compiled once by SQLAlchemy for the dialect (`_sent`) and
-        sent on the DB-API cursor of this unit of work's connection, which skips SQLAlchemy's per-call
+        applied) and its row count (with `inserted_id`: its insert id instead). The SQL is compiled once by
+        SQLAlchemy for the dialect (`_sent`) and sent on the DB-API cursor of this unit of work's connection,
+        which skips SQLAlchemy's per-call
         execution layer (it costs more than the statement on SQLite). Database errors go through
         SQLAlchemy's own handling (wrapped, disconnects invalidating the pool), as `_execute`'s do. With
         event listeners on the engine (instrumentation, tests) or ``echo`` on, the statement runs through
@@ -453,14 +454,14 @@ class Repository:
         sent = None if traced(conn) else _sent(stmt, conn.dialect, frozenset(params))
         if sent is None:
             result = self._execute(stmt, params)
-            return (list(result) if result.returns_rows else []), result.rowcount
+            return (list(result) if result.returns_rows else []), result.lastrowid if inserted_id else result.rowcount
         self.statements += 1
         values = [params[n] if n in params else sent.defaults[n] for n in sent.names]
         for i, process in enumerate(sent.binds):
             if process is not None and values[i] is not None:
                 values[i] = process(values[i])
         args: Any = values if sent.positional else dict(zip(sent.names, values, strict=True))
-        rows, count = on_cursor(conn, sent.sql, args)
+        rows, count = on_cursor(conn, sent.sql, args, inserted_id=inserted_id)
         return _processed(rows, sent.results), count
 
     def _send_many(self, stmt: Executable, rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -722,14 +723,17 @@ class Repository:
         return (self.namespace, session_id, False)
 
     def reserve_positions(self, session_id: str, count: int) -> int:
-        """Take `count` positions in the session's log (see `DialectSupport.reserve_positions`): returns
+        """Take `count` positions in the session's log (see `DialectSupport.positions_statement`): returns
         the last one; the session's row stays locked until the transaction ends. Entries without a
         session take no position (and no lock): never call this for them."""
         return self._reserve(self._session_key(session_id), count)
 
     def _reserve(self, key: tuple[str, str, bool], count: int) -> int:
-        self.statements += 1
-        return self.dialect.reserve_positions(self.conn, self.sessions, key, count)
+        dialect = self.dialect
+        params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
+        as_id = dialect.positions_in_insert_id
+        rows, last = self._send(dialect.positions_statement(self.sessions), params, inserted_id=as_id)
+        return int(last if as_id else rows[0][0])
 
     def lock_session(self, session_id: str | None) -> None:
         """Serialise with the session's other log writers until the transaction ends (a rollback takes
@@ -792,9 +796,12 @@ class Repository:
         discarded: list[dict[str, Any]] | None = None,
         reverted_by: str | None = None,
         document: dict[str, Any] | None = None,
+        reverting: Sequence[str] = (),
     ) -> None:
         """Append one log entry: at the session's next position, or (no session) without a position,
-        taking no lock beyond the INSERT's own."""
+        taking no lock beyond the INSERT's own. `reverting`: first `mark_reverted(reverting, by=uuid)`
+        (the entries a rollback undoes, this entry being the rollback's), in the same statement where the
+        database has one (`DialectSupport.append_after_statement`)."""
         params: dict[str, Any] = {
             "namespace": self.namespace,
             "uuid": uuid,
@@ -810,6 +817,10 @@ class Repository:
             "reverted_by": reverted_by,
             "document": document,
         }
+        if reverting and self._append_reverting(params, reverting):
+            return
+        if reverting:
+            self.mark_reverted(reverting, by=uuid)
         one = None if session_id is None else self.dialect.append_at_next_position(self.log, self.sessions)
         if one is None:
             stmt = self._hot.insert_log
@@ -819,6 +830,23 @@ class Repository:
             stmt = one
             params.update(self._position_params(session_id))
         self._send(stmt, params)
+
+    def _append_reverting(self, entry: dict[str, Any], uuids: Sequence[str]) -> bool:
+        """`append`'s marks and entry in one statement, where there is one for this many marks: whether it
+        ran."""
+        session_id = entry["session_id"]
+        if len(uuids) > KEYED_IN:
+            return False
+        first = _mark_reverted(self.log, len(uuids))
+        stmt = self.dialect.append_after_statement(self.log, self.sessions, first, session_id is not None)
+        if stmt is None:
+            return False
+        params = {"e_" + name: value for name, value in entry.items()}
+        params.update(zip(_KEY_NAMES, uuids, strict=False), w_ns=self.namespace, w_by=entry["uuid"])
+        if session_id is not None:
+            params.update(self._position_params(session_id))
+        self._send(stmt, params)
+        return True
 
     def _position_params(self, session_id: str) -> dict[str, Any]:
         key = self._session_key(session_id)

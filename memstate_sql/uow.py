@@ -281,7 +281,8 @@ class TransactionRunner:
                             done = self._alone(held, readers, alone, repo, name)
                             if done is not None:
                                 return done
-                            repo = Repository(held, self.models, self.dialect, self.namespace)
+                            if repo.autocommit:  # the lone attempt ran (and wrote nothing): a fresh one
+                                repo = Repository(held, self.models, self.dialect, self.namespace)
                         with held.begin():
                             self.dialect.begin_held(held, write)
                             result = self._call(held, fn, repo)

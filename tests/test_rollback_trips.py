@@ -3,11 +3,11 @@
 Counted as `benchmarks/run.py` counts them: every statement sent (a SQLAlchemy ``before_cursor_execute``
 listener, which also moves the hot statements onto SQLAlchemy's path so that it sees them), psycopg's own
 BEGIN, and the COMMIT of a server database (SQLite's is in-process). A one-step rollback of a session's
-last change to a fact that exists takes 9 on SQLite and PostgreSQL:
+last change to a fact that exists takes 9 on SQLite, 8 on PostgreSQL:
 
     (BEGIN) · session row locked · the session's newest entry · the fact read and locked · later entries of
     the fact · the versioned UPDATE/DELETE · the entry marked undone · ROLLBACK entry (SQLite, MySQL: its
-    position, then the row; PostgreSQL: one statement) · (COMMIT)
+    position, then the row; PostgreSQL: the mark, the position and the row in one statement) · (COMMIT)
 
 and 10 on MySQL: a sync store runs its transactions on the thread's held autocommit connection
 (`memstate_sql.readers`), which MySQL enters with a BEGIN of ours (pymysql, outside autocommit, sends none:
@@ -31,7 +31,7 @@ import sqlalchemy as sa
 import memstate_sql as ms
 
 #: The statements of one-step rollback of a present fact, per database (see the module docstring).
-ONE_STEP = {"sqlite": 9, "postgresql": 9, "mysql": 10}
+ONE_STEP = {"sqlite": 9, "postgresql": 8, "mysql": 10}
 
 
 @contextmanager

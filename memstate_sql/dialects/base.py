@@ -307,11 +307,19 @@ class DialectSupport:
         return rows_locked and self.row_locks
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
-        """A statement that takes the session's next position (as `reserve_positions` with count 1) and
+        """A statement that takes the session's next position (as `positions_statement` with count 1) and
         inserts one log entry at it, in one round trip; None where the database cannot (two statements
         then). Parameters: ``p_ns``, ``p_sid``, ``p_none``, ``p_n`` (1) and the log columns by name.
         Only for entries of a session: an entry without a session is a plain INSERT with no position
         (no sessions row, no lock), so writers without a session are not serialised."""
+        return None
+
+    def append_after_statement(self, log: Table, sessions: Table, first: Any, in_session: bool) -> Any:
+        """A statement that runs the data-modifying statement `first` (an UPDATE that returns nothing, its
+        parameters its own) and then appends one log entry, in one round trip: with `in_session`, at the
+        session's next position (as `append_at_next_position`, parameters ``p_ns``, ``p_sid``, ``p_none``,
+        ``p_n``), else without one; the entry's columns are parameters named ``e_<column>``. None where the
+        database cannot (two statements then)."""
         return None
 
     def insert_absent_statement(self, facts: Table) -> Any:
@@ -364,13 +372,19 @@ class DialectSupport:
         can serve them (pgvector's HNSW index on PostgreSQL); idempotent, run once per storage whose
         `VectorIndex` allows it (``ann=True``), under the prefix's migration lock. Default: nothing."""
 
-    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-        """Add `count` to the last log position of a session (`key`: namespace, session id, and false: the
-        column that once told the log of entries without a session apart), creating its row at 0 first;
-        returns the new last position. Never called for entries without a session (they take none).
-        The row stays write-locked until the transaction ends: a session's writers take their
-        positions one transaction after the other, on every engine, and on Galera the row is part
-        of the write set, so two nodes cannot hand out the same position (certification fails one)."""
+    #: Whether the new last position `positions_statement` takes is the statement's insert id (the
+    #: cursor's ``lastrowid``) rather than its one row's one column.
+    positions_in_insert_id = False
+
+    def positions_statement(self, sessions: Table) -> Any:
+        """The statement that adds ``:p_n`` to the last log position of a session (parameters ``p_ns``,
+        ``p_sid``, ``p_none``: namespace, session id, and false, the column that once told the log of
+        entries without a session apart), creating its row at 0 first, and gives the new last position
+        (its one row, or its insert id: `positions_in_insert_id`); `Repository.reserve_positions` runs it
+        on the fast path. Never run for entries without a session (they take none). The row stays
+        write-locked until the transaction ends: a session's writers take their positions one
+        transaction after the other, on every engine, and on Galera the row is part of the write set,
+        so two nodes cannot hand out the same position (certification fails one)."""
         raise NotImplementedError
 
 
@@ -436,9 +450,12 @@ def on_cursor(
     sql: str | Callable[[str | None], str],
     args: Any = None,
     open_cursor: Callable[[Any], tuple[Any, str | None]] | None = None,
+    *,
+    inserted_id: bool = False,
 ) -> tuple[list[Any], int]:
     """Run `sql` (with `args`, if any) on a DB-API cursor of `conn`'s connection: its rows (none for a
-    statement that returns none) and its row count. `open_cursor(dbapi_connection)` gives the cursor and
+    statement that returns none) and its row count (with `inserted_id`: its insert id instead, the
+    cursor's ``lastrowid``). `open_cursor(dbapi_connection)` gives the cursor and
     the paramstyle it takes, and `sql` is then a function of that paramstyle (None: the driver's own).
     The cursor is opened inside (a closed connection fails there too), and every error goes through
     SQLAlchemy's own handling, as `Connection.execute`'s do: wrapped, a lost connection invalidating the
@@ -457,7 +474,7 @@ def on_cursor(
         else:
             cursor.execute(text, args)
         rows: list[Any] = list(cursor.fetchall()) if cursor.description is not None else []
-        return rows, cursor.rowcount
+        return rows, cursor.lastrowid if inserted_id else cursor.rowcount
     except Exception as err:
         conn._handle_dbapi_exception(err, text, args, cursor, None)
     finally:

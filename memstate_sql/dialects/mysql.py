@@ -73,12 +73,12 @@ class MySQLSupport(DialectSupport):
     async_driver = "aiomysql"
     async_drivers = frozenset({"aiomysql", "asyncmy"})
 
-    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-        # No RETURNING on an upsert here: LAST_INSERT_ID(expr) makes the new value the statement's
-        # insert id, which the driver reports with the result (no second round trip).
-        params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
-        result = conn.execute(_positions(sessions), params)
-        return int(result.lastrowid)
+    #: No RETURNING on an upsert here: LAST_INSERT_ID(expr) makes the new value the statement's insert id,
+    #: which the driver reports with the result (no second round trip).
+    positions_in_insert_id = True
+
+    def positions_statement(self, sessions: Table) -> Any:
+        return _positions(sessions)
 
     def writers_excluded(self, conn: Connection, *, rows_locked: bool) -> bool:
         # A Galera node's row locks are its own: a writer on another node changes the row, certifies

@@ -96,11 +96,14 @@ class PostgreSQLSupport(DialectSupport):
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         return _append(log, sessions)
 
-    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-        return _reserve(conn, sessions, key, count)
+    def positions_statement(self, sessions: Table) -> Any:
+        return _positions(sessions)
 
     def insert_absent_statement(self, facts: Table) -> Any:
         return _insert_absent(facts)
+
+    def append_after_statement(self, log: Table, sessions: Table, first: Any, in_session: bool) -> Any:
+        return _append_after(log, sessions, first, in_session)
 
     def insert_logged_statement(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Any:
         return _insert_logged(facts, log, sessions, in_session)
@@ -348,11 +351,6 @@ def _positions(sessions: Table) -> Any:
     return upsert_positions(dialect_insert, sessions)
 
 
-def _reserve(conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-    params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
-    return int(conn.execute(_positions(sessions), params).scalar_one())
-
-
 def _typed(table: Table, name: str, key: str | None = None) -> Any:
     """A parameter cast to its column's type (an INSERT ... SELECT gives the server no column to infer it from)."""
     from sqlalchemy import bindparam, cast
@@ -361,12 +359,13 @@ def _typed(table: Table, name: str, key: str | None = None) -> Any:
     return cast(bindparam(key or name, type_=column.type), column.type)
 
 
-def _entry(log: Table, position: Any, source: Any = None) -> Any:
-    """``INSERT INTO tx (...) SELECT :uuid, ..., <position> [FROM source]``: a log entry from parameters."""
+def _entry(log: Table, position: Any, source: Any = None, prefix: str = "") -> Any:
+    """``INSERT INTO tx (...) SELECT :uuid, ..., <position> [FROM source]``: a log entry from parameters
+    (named after their columns, with `prefix`)."""
     from sqlalchemy import insert, select
 
     names = [c.name for c in log.c if c.name not in ("seq", "session_seq")]
-    rows = select(*(_typed(log, name) for name in names), position)
+    rows = select(*(_typed(log, name, prefix + name) for name in names), position)
     return insert(log).from_select([*names, "session_seq"], rows if source is None else rows.select_from(source))
 
 
@@ -376,6 +375,19 @@ def _append(log: Table, sessions: Table) -> Any:
     INSERT INTO tx (...) SELECT :uuid, ..., pos.last_seq FROM pos``: position and entry in one statement."""
     pos = _positions(sessions).cte("pos")
     return _entry(log, pos.c.last_seq)
+
+
+@functools.cache
+def _append_after(log: Table, sessions: Table, first: Any, in_session: bool) -> Any:
+    """``WITH done AS (<first>) [, pos AS (INSERT INTO sessions ... RETURNING last_seq)] INSERT INTO tx
+    (...) SELECT :e_uuid, ..., pos.last_seq | NULL``: a data-modifying statement and a log entry in one
+    statement (PostgreSQL runs a data-modifying CTE to completion whether or not anything reads it). The
+    entry's parameters are prefixed (``e_``): SQLAlchemy would add a parameter named after one of the log's
+    columns to `first`'s SET (it compiles every DML statement for the statement's parameter names)."""
+    from sqlalchemy import Integer, null
+
+    position = _positions(sessions).cte("pos").c.last_seq if in_session else null().cast(Integer)
+    return _entry(log, position, prefix="e_").add_cte(first.cte("done"))
 
 
 @functools.cache

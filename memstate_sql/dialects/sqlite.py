@@ -60,8 +60,8 @@ class SQLiteSupport(DialectSupport):
     async_driver = "aiosqlite"
     async_drivers = frozenset({"aiosqlite"})
 
-    def reserve_positions(self, conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-        return _reserve(conn, sessions, key, count)
+    def positions_statement(self, sessions: Table) -> Any:
+        return _positions(sessions)
 
     def insert_absent_statement(self, facts: Table) -> Any:
         return _insert_absent(facts)
@@ -528,8 +528,3 @@ def _insert_absent(facts: Table) -> Any:
 @functools.cache
 def _positions(sessions: Table) -> Any:
     return upsert_positions(dialect_insert, sessions)
-
-
-def _reserve(conn: Connection, sessions: Table, key: tuple[str, str, bool], count: int) -> int:
-    params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
-    return int(conn.execute(_positions(sessions), params).scalar_one())
