@@ -445,11 +445,10 @@ class Repository:
         """Run one of the hot statements (`_hot`) with one set of parameters: its rows (result processors
         applied) and its row count (with `inserted_id`: its insert id instead). The SQL is compiled once by
         SQLAlchemy for the dialect (`_sent`) and sent on the DB-API cursor of this unit of work's connection,
-        which skips SQLAlchemy's per-call
-        execution layer (it costs more than the statement on SQLite). Database errors go through
-        SQLAlchemy's own handling (wrapped, disconnects invalidating the pool), as `_execute`'s do. With
-        event listeners on the engine (instrumentation, tests) or ``echo`` on, the statement runs through
-        `_execute`, so that every listener (and the echo log) sees it."""
+        which skips SQLAlchemy's per-call execution layer (it costs more than the statement on SQLite).
+        Database errors go through SQLAlchemy's own handling (wrapped, disconnects invalidating the pool),
+        as `_execute`'s do. With event listeners on the engine (instrumentation, tests) or ``echo`` on, the
+        statement runs through `_execute`, so that every listener (and the echo log) sees it."""
         conn = self.conn
         sent = None if traced(conn) else _sent(stmt, conn.dialect, frozenset(params))
         if sent is None:
@@ -730,9 +729,10 @@ class Repository:
 
     def _reserve(self, key: tuple[str, str, bool], count: int) -> int:
         dialect = self.dialect
-        params = {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
         as_id = dialect.positions_in_insert_id
-        rows, last = self._send(dialect.positions_statement(self.sessions), params, inserted_id=as_id)
+        rows, last = self._send(
+            dialect.positions_statement(self.sessions), _position_args(key, count), inserted_id=as_id
+        )
         return int(last if as_id else rows[0][0])
 
     def lock_session(self, session_id: str | None) -> None:
@@ -817,9 +817,9 @@ class Repository:
             "reverted_by": reverted_by,
             "document": document,
         }
-        if reverting and self._append_reverting(params, reverting):
-            return
         if reverting:
+            if self._append_reverting(params, reverting):
+                return
             self.mark_reverted(reverting, by=uuid)
         one = None if session_id is None else self.dialect.append_at_next_position(self.log, self.sessions)
         if one is None:
@@ -849,8 +849,7 @@ class Repository:
         return True
 
     def _position_params(self, session_id: str) -> dict[str, Any]:
-        key = self._session_key(session_id)
-        return {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": 1}
+        return _position_args(self._session_key(session_id), 1)
 
     def insert_logged(self, fact: FactState, entry: dict[str, Any]) -> bool:
         """`insert_if_absent` of `fact` and, when it was inserted, `append(**entry)`, in one statement where
@@ -1198,6 +1197,12 @@ class Repository:
         args = (0,) if table is None else (table, 0)
         result = self._execute(build(*args), {**params, "w_in": list(keys)})
         return (list(result) if result.returns_rows else []), result.rowcount
+
+
+def _position_args(key: tuple[str, str, bool], count: int) -> dict[str, Any]:
+    """The parameters of a statement that takes `count` positions of the session `key`
+    (`DialectSupport.positions_statement`, `append_at_next_position`)."""
+    return {"p_ns": key[0], "p_sid": key[1], "p_none": key[2], "p_n": count}
 
 
 @functools.cache
