@@ -36,7 +36,7 @@ from sqlalchemy.sql import ColumnElement, Executable
 from memstate_sql import filters as flt
 from memstate_sql import jsondoc
 from memstate_sql.dialects import DialectSupport, ErrorKind, Unindexed
-from memstate_sql.dialects.base import on_cursor, traced
+from memstate_sql.dialects.base import Script, on_cursor, on_script, traced
 from memstate_sql.models import Models
 from memstate_sql.records import DEFAULT_NAMESPACE, FactState, TxRecord, singleton_slot
 from memstate_sql.timeutil import utcnow
@@ -236,6 +236,45 @@ def _sent(stmt: Executable, dialect: Dialect, keys: frozenset[str]) -> _Sent | N
     columns = getattr(stmt, "selected_columns", ())
     results = tuple(col.type.dialect_impl(dialect).result_processor(dialect, None) for col in columns)
     return _Sent(compiled.string, names, binds, defaults, bool(dialect.positional), results)
+
+
+@dataclass(frozen=True)
+class _Scripted:
+    """A `Script` compiled once by SQLAlchemy for one dialect and set of parameter names: one text, its
+    placeholders positional (``%s``) whatever the driver's paramstyle, and for each placeholder the
+    parameter it takes, the value it has when that parameter is not given, and its bind processor."""
+
+    sql: str
+    slots: tuple[tuple[str, Any, Any], ...]
+    statements: int
+    answer: int
+
+
+@functools.lru_cache(maxsize=64)
+def _scripted(script: Script, dialect: Dialect, keys: frozenset[str]) -> _Scripted:
+    """`script` compiled for `dialect` (a MySQL driver's: ``format`` or ``pyformat``), each statement for
+    the parameters of `keys` it names (an INSERT compiled for a name of one of its table's columns would
+    write that column too)."""
+    texts: list[str] = []
+    slots: list[tuple[str, Any, Any]] = []
+    for part in script.parts:
+        if isinstance(part, str):
+            texts.append(part)
+            continue
+        own = frozenset(part.compile(dialect=dialect).binds)
+        sent = _sent(part, dialect, keys & own)
+        if sent is None:  # pragma: no cover - the scripts' statements have plain parameters
+            raise AssertionError(f"a script statement needs SQLAlchemy's own execution: {part}")
+        process = dict(zip(sent.names, sent.binds, strict=True))
+        if sent.positional:
+            names: list[str] = list(sent.names)
+            text = sent.sql
+        else:  # pyformat: the names in order of appearance, each placeholder made positional
+            names = re.findall(_PLACEHOLDER["pyformat"], sent.sql)
+            text = re.sub(_PLACEHOLDER["pyformat"], "%s", sent.sql)
+        slots += [(name, sent.defaults.get(name), process[name]) for name in names]
+        texts.append(text)
+    return _Scripted("; ".join(texts), tuple(slots), len(texts), script.answer)
 
 
 #: Parameters of one multi-row statement at most (SQLite's default limit since 3.32; PostgreSQL's is
@@ -462,6 +501,18 @@ class Repository:
         args: Any = values if sent.positional else dict(zip(sent.names, values, strict=True))
         rows, count = on_cursor(conn, sent.sql, args, inserted_id=inserted_id)
         return _processed(rows, sent.results), count
+
+    def _send_script(self, script: Script, params: dict[str, Any]) -> int:
+        """Send `script` with one set of parameters in one round trip (`on_script`): the row count of its
+        answering statement. Compiled once for the dialect (`_scripted`), on the DB-API cursor, traced or
+        not (listeners see the one text sent)."""
+        compiled = _scripted(script, self.conn.dialect, frozenset(params))
+        self.statements += 1
+        args: list[Any] = []
+        for name, default, process in compiled.slots:
+            value = params.get(name, default)
+            args.append(value if process is None or value is None else process(value))
+        return on_script(self.conn, compiled.sql, args, compiled.statements)[compiled.answer]
 
     def _send_many(self, stmt: Executable, rows: Sequence[dict[str, Any]]) -> list[Any]:
         """Run a one-row INSERT (`_many`) for every row of `rows` (each with the same keys), in list order,
@@ -857,6 +908,11 @@ class Repository:
         and its entry were written, False when the id was taken (nothing written). Only where
         `insert_if_absent` is supported."""
         in_session = entry["session_id"] is not None
+        if self.autocommit and self.dialect.scripted_writes:
+            script = self.dialect.insert_logged_script(self.facts, self.log, self.sessions, in_session)
+            if script is not None:
+                params = {"f_" + name: value for name, value in self._fact_row(fact).items()}
+                return self._scripted_write(script, self._logged_params(params, entry))
         stmt = _insert_logged(self.facts, self.log, self.sessions, self.dialect, in_session)
         if stmt is None:
             inserted = self.insert_if_absent(fact)
@@ -874,18 +930,38 @@ class Repository:
         has one (`DialectSupport.update_logged_statement`), else two. Whether both were written (False:
         nothing was, as `update`'s False)."""
         in_session = entry["session_id"] is not None
+        if self.autocommit and self.dialect.scripted_writes:
+            script = self.dialect.update_logged_script(self.facts, self.log, self.sessions, in_session, allow_immutable)
+            if script is not None:
+                return self._scripted_write(script, self._rewrite_params(fact, expected_version, entry))
         stmt = _update_logged(self.facts, self.log, self.sessions, self.dialect, in_session, allow_immutable)
         if stmt is None:
             updated = self.update(fact, expected_version=expected_version, allow_immutable=allow_immutable)
             if updated:
                 self.append(**entry)
             return updated
+        self.logged_writes += 1
+        return self._send(stmt, self._rewrite_params(fact, expected_version, entry))[1] == 1
+
+    def _rewrite_params(self, fact: FactState, expected_version: int, entry: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of `update_logged`'s one statement or script."""
         params = {
             name if name.startswith("w_") else "f_" + name: value
             for name, value in self._update_params(fact, expected_version).items()
         }
+        return self._logged_params(params, entry)
+
+    def _scripted_write(self, script: Script, params: dict[str, Any]) -> bool:
+        """A lone write as a `Script` (`DialectSupport.scripted_writes`): whether it wrote its row and entry
+        (False: nothing was written; a duplicate key, as a taken id, rolled the script back)."""
         self.logged_writes += 1
-        return self._send(stmt, self._logged_params(params, entry))[1] == 1
+        try:
+            return self._send_script(script, params) == 1
+        except exc.IntegrityError as err:
+            if self.dialect.classify(err) is not ErrorKind.UNIQUE:
+                raise
+            self.logged_writes -= 1  # known: nothing was written
+            return False
 
     def _logged_params(self, params: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
         """`params` of a fact row's write with those of its log entry (`insert_logged`, `update_logged`)."""

@@ -302,9 +302,11 @@ class TransactionRunner:
                         return self._call(conn, fn, repo)
                 if alone is not None and write and self._alone_on_checkout(connection):
                     # A checked-out connection (the asyncio storage's, or with no held one to spare): as
-                    # on a held one, the lone write in autocommit, which the driver switches to for free.
+                    # on a held one, the lone write in autocommit, which the driver switches to for free
+                    # (a script brings its own transaction: no switch, `DialectSupport.scripted_writes`).
                     with connection as conn:
-                        conn.execution_options(isolation_level="AUTOCOMMIT")
+                        if not self.dialect.scripted_writes:
+                            conn.execution_options(isolation_level="AUTOCOMMIT")
                         done = self._lone(conn, alone, repo, name)
                     if done is not None:
                         return done
@@ -379,7 +381,8 @@ class TransactionRunner:
 
     def _alone_on_checkout(self, conn: Connection) -> bool:
         dialect = self.dialect
-        return dialect.one_statement_writes and dialect.autocommit_reads and dialect.can_write_alone(conn)
+        free = dialect.autocommit_reads or dialect.scripted_writes  # no round trip to write alone
+        return dialect.one_statement_writes and free and dialect.can_write_alone(conn)
 
     def _lone(self, conn: Connection, alone: Callable[[Repository], T | None], repo: Repository, name: str) -> T | None:
         """`alone` on `conn`, in autocommit: its result (None: it wrote nothing)."""

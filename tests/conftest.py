@@ -296,6 +296,21 @@ class Blocking:
         self._target.add_hook(as_async_hook(hook))
 
 
+@pytest.fixture
+def opened(db_url: str, prefix: str) -> Iterator[Callable[..., ms.SQLStorage]]:
+    """``opened(**options)``: a new `SQLStorage` on the test's database and prefix, closed at the end."""
+    made: list[ms.SQLStorage] = []
+
+    def make(**options: Any) -> ms.SQLStorage:
+        storage = ms.SQLStorage(db_url, table_prefix=prefix, **options)
+        made.append(storage)
+        return storage
+
+    yield make
+    for storage in made:
+        storage.close()
+
+
 def as_async_hook(hook: Any) -> Any:
     """Wrap a sync test hook as a genuine coroutine hook (with an async search if it has one)."""
 

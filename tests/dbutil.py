@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -47,3 +47,43 @@ def table_names(url: str, schema: str | None = None) -> set[str]:
 def fetch_columns(url: str, table: str, schema: str | None = None) -> list[str]:
     with temporary_engine(url) as engine:
         return [c["name"] for c in sa.inspect(engine).get_columns(table, schema=schema)]
+
+
+T = TypeVar("T")
+
+_LISTENERS: dict[int, tuple[sa.Engine, Any]] = {}
+
+
+def listen(
+    engine: sa.Engine, record: Callable[[Any, str], T], hook: Callable[[Any, str], None] | None = None
+) -> list[T]:
+    """``record(connection, statement)`` of every statement `engine` sends from now on (until `stop`), then
+    ``hook(connection, statement)``: what a test sees of a store's round trips."""
+    sent: list[T] = []
+
+    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        sent.append(record(conn, statement))
+        if hook is not None:
+            hook(conn, statement)
+
+    sa.event.listen(engine, "before_cursor_execute", listener)
+    _LISTENERS[id(sent)] = (engine, listener)
+    return sent
+
+
+def stop(sent: list[Any]) -> None:
+    """No more statements into `sent` (`listen`)."""
+    engine, listener = _LISTENERS.pop(id(sent))
+    sa.event.remove(engine, "before_cursor_execute", listener)
+
+
+def driver_of(storage: Any) -> Any:
+    """The driver connection a sync store operation on `storage` runs on now (this thread's held one)."""
+    import memstate_sql as ms
+
+    seen = listen(storage.engine, lambda conn, _: conn.connection.dbapi_connection)
+    try:
+        ms.MemoryStore(storage).count()
+    finally:
+        stop(seen)
+    return seen[-1]

@@ -1,13 +1,16 @@
-"""Lone writes: on PostgreSQL a commit of a new fact, and an update, send their one self-contained write
-(fact row, session position and log entry in one statement) in autocommit, with no BEGIN and no COMMIT
-(`Operations.commit_alone`, `Operations.update_alone`, `TransactionRunner._alone`).
+"""Lone writes: a commit of a new fact, and an update, send their write without a transaction's round
+trips (`Operations.commit_alone`, `Operations.update_alone`, `TransactionRunner._alone`): on PostgreSQL
+one self-contained statement (fact row, session position and log entry) in autocommit, with no BEGIN and
+no COMMIT; on MySQL/MariaDB the transaction's statements as one multi-statement text
+(tests/test_scripted_writes.py has what is MySQL's own).
 
-What must still hold, and is tried here: hooks and vectors keep the transaction (a raising hook leaves
-nothing); an update whose row changed between its unlocked read and its write writes nothing and runs
-again under the row's lock (nothing lost); refusals are the locked path's; a connection the server
+What must still hold, and is tried here on both: hooks and vectors keep the transaction (a raising hook
+leaves nothing); an update whose row changed between its unlocked read and its write writes nothing and
+runs again under the row's lock (nothing lost); refusals are the locked path's; a connection the server
 closed while it was idle is never written on alone (the operation runs as a transaction and is retried,
 as before); a connection lost under a lone write is reported as an unknown outcome, never retried
-blindly; an engine with a stricter isolation level keeps its transactions.
+blindly. PostgreSQL's own: an engine with a stricter isolation level keeps its transactions; the
+caller-id predictor.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -23,53 +27,26 @@ import sqlalchemy as sa
 
 import memstate_sql as ms
 from memstate_sql import ConnectionLost
+from tests import scripts_support as scripts
+from tests.dbutil import driver_of, listen, stop
 
 
 @pytest.fixture
 def pg(db: str) -> None:
     if db != "postgresql":
-        pytest.skip("one-statement writes are PostgreSQL's (data-modifying CTEs); elsewhere a write is a transaction")
+        pytest.skip("one-statement writes are PostgreSQL's (data-modifying CTEs)")
 
 
 Sent = list[tuple[str, bool]]
 
 
+def _status(conn: Any, statement: str) -> tuple[str, bool]:
+    """(first word of the statement, whether the driver had a transaction open)."""
+    return statement.split()[0], conn.connection.dbapi_connection.info.transaction_status.name != "IDLE"
+
+
 def _listen(storage: ms.SQLStorage, hook: Callable[[Any, str], None] | None = None) -> Sent:
-    """(first word of each statement, whether the driver had a transaction open) for every statement
-    from now on (until `_stop`)."""
-    sent: Sent = []
-
-    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        status = conn.connection.dbapi_connection.info.transaction_status.name
-        sent.append((statement.split()[0], status != "IDLE"))
-        if hook is not None:
-            hook(conn, statement)
-
-    sa.event.listen(storage.engine, "before_cursor_execute", listener)
-    _LISTENERS[id(sent)] = (storage, listener)
-    return sent
-
-
-_LISTENERS: dict[int, tuple[ms.SQLStorage, Any]] = {}
-
-
-def _stop(sent: Sent) -> None:
-    storage, listener = _LISTENERS.pop(id(sent))
-    sa.event.remove(storage.engine, "before_cursor_execute", listener)
-
-
-@pytest.fixture
-def opened(db_url: str, prefix: str) -> Iterator[Callable[..., ms.SQLStorage]]:
-    made: list[ms.SQLStorage] = []
-
-    def make(**options: Any) -> ms.SQLStorage:
-        storage = ms.SQLStorage(db_url, table_prefix=prefix, **options)
-        made.append(storage)
-        return storage
-
-    yield make
-    for storage in made:
-        storage.close()
+    return listen(storage.engine, _status, hook)
 
 
 def _terminate(db_url: str, pid: int) -> None:
@@ -87,19 +64,70 @@ def _terminate(db_url: str, pid: int) -> None:
 def _wait_readable(fd: int) -> None:
     poller = select.poll()
     poller.register(fd, select.POLLIN)
-    assert poller.poll(5000), "the terminated session's socket never became readable"
+    assert poller.poll(5000), "the ended session's socket never became readable"
 
 
-def test_commit_and_update_send_their_write_alone(pg: None, opened: Callable[..., ms.SQLStorage]) -> None:
+@dataclass(frozen=True)
+class Lone:
+    """What one database's lone writes look like from a statement listener, and how a test ends the
+    server session of a connection."""
+
+    status: Callable[[Any, str], tuple[str, bool]]  # (kind, whether a transaction was open) of a statement
+    commit: str  # the kind of a lone commit's one round trip
+    update: str  # the kind of a lone update's write (after its SELECT)
+    read: str  # the kind of an update's read
+    hooked_commit: Sent  # a commit with a hook: a transaction
+    locked_update: Sent  # an update as a transaction, after its lone attempt
+    ident: Callable[[Any], int]  # the server's id of a driver connection's session
+    socket: Callable[[Any], int]  # its socket's file descriptor
+    end: Callable[[str, int], None]  # end that session from another connection, and wait until it is gone
+
+
+_PG = Lone(
+    status=_status,
+    commit="WITH",
+    update="WITH",
+    read="SELECT",
+    hooked_commit=[("BEGIN", False), ("WITH", True)],
+    locked_update=[("BEGIN", False), ("SELECT", True), ("WITH", True)],
+    ident=lambda driver: int(driver.info.backend_pid),
+    socket=lambda driver: int(driver.pgconn.socket),
+    end=_terminate,
+)
+
+
+def _mysql() -> Lone:
+    return Lone(
+        status=scripts.status,
+        commit=scripts.COMMIT,
+        update=scripts.UPDATE,
+        read="SELECT facts",
+        hooked_commit=[("BEGIN", False), ("INSERT facts", True), ("INSERT sessions", True), ("INSERT tx", True)],
+        locked_update=[(kind, kind != "BEGIN") for kind in scripts.LOCKED_UPDATE],
+        ident=lambda driver: int(driver.thread_id()),
+        socket=lambda driver: int(driver._sock.fileno()),
+        end=scripts.kill_session,
+    )
+
+
+@pytest.fixture
+def lone(db: str) -> Lone:
+    if db == "sqlite":
+        pytest.skip("SQLite writes are transactions (BEGIN IMMEDIATE): no lone writes")
+    return _PG if db == "postgresql" else _mysql()
+
+
+def test_commit_and_update_send_their_write_alone(lone: Lone, opened: Callable[..., ms.SQLStorage]) -> None:
     storage = opened()
     store = ms.MemoryStore(storage)
     store.count()
-    sent = _listen(storage)
+    sent = listen(storage.engine, lone.status)
     fid = store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")
-    assert sent == [("WITH", False)]  # no BEGIN, and none opened by the driver: autocommit
+    assert sent == [(lone.commit, False)]  # no transaction was open before it: none of ours, none of the driver's
     sent.clear()
     store.update(fid, {"payload": {"m": 2}})
-    assert sent == [("SELECT", False), ("WITH", False)]
+    assert sent == [(lone.read, False), (lone.update, False)]
+    stop(sent)
     assert store.get(fid)["payload"] == {"n": 1, "m": 2} and store.get_with_version(fid)[1] == 2
     assert [(e["op"], e["fact_id"]) for e in storage.get_tx_log("s")] == [("UPDATE", fid), ("COMMIT", fid)]
     # The log's entries carry what a transaction's would: the state before and after, in session order.
@@ -138,7 +166,7 @@ def test_a_given_id_is_tried_alone_until_commits_keep_finding_theirs_taken(
     assert len(storage.get_tx_log("s", limit=100)) == 20 + 1 + 15 + 1
 
 
-def test_hooks_keep_the_transaction(pg: None, opened: Callable[..., ms.SQLStorage]) -> None:
+def test_hooks_keep_the_transaction(lone: Lone, opened: Callable[..., ms.SQLStorage]) -> None:
     storage = opened()
 
     def hook(op: ms.Operation, fact_id: str, fact: ms.Fact | None) -> None:
@@ -147,9 +175,9 @@ def test_hooks_keep_the_transaction(pg: None, opened: Callable[..., ms.SQLStorag
 
     store = ms.MemoryStore(storage, [hook])
     store.count()
-    sent = _listen(storage)
+    sent = listen(storage.engine, lone.status)
     fid = store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")
-    assert sent == [("BEGIN", False), ("WITH", True)]
+    assert sent == lone.hooked_commit
     with pytest.raises(ms.HookError):
         store.commit(ms.Fact(type="note", payload={"refuse": True}), session_id="s")
     with pytest.raises(ms.HookError):
@@ -160,7 +188,7 @@ def test_hooks_keep_the_transaction(pg: None, opened: Callable[..., ms.SQLStorag
 
 
 def test_an_update_whose_row_changed_after_its_read_runs_again_under_lock(
-    pg: None, opened: Callable[..., ms.SQLStorage]
+    lone: Lone, opened: Callable[..., ms.SQLStorage]
 ) -> None:
     storage, other = opened(), opened()
     store, rival = ms.MemoryStore(storage), ms.MemoryStore(other)
@@ -169,20 +197,23 @@ def test_an_update_whose_row_changed_after_its_read_runs_again_under_lock(
 
     def race(conn: Any, statement: str) -> None:
         # Between the lone update's unlocked read and its write, another process updates the row.
-        if statement.startswith("WITH") and not raced:
+        if lone.status(conn, statement)[0] == lone.update and not raced:
             raced.append(True)
             rival.update(fid, {"payload": {"rival": True}})
 
-    sent = _listen(storage, race)
+    sent = listen(storage.engine, lone.status, race)
     store.update(fid, {"payload": {"mine": True}})
-    # The lone write matched nothing (the version moved on), so the update ran again, under the row's lock.
-    assert sent == [("SELECT", False), ("WITH", False), ("BEGIN", False), ("SELECT", True), ("WITH", True)]
+    # The lone write matched nothing (the version moved on) and logged nothing, so the update ran again,
+    # under the row's lock.
+    assert sent == [(lone.read, False), (lone.update, False), *lone.locked_update]
     assert store.get(fid)["payload"] == {"n": 1, "rival": True, "mine": True}
     assert store.get_with_version(fid)[1] == 3
-    assert [e["op"] for e in storage.get_tx_log("s")] == ["UPDATE", "UPDATE", "COMMIT"]
+    log = storage.get_tx_log("s")
+    assert [e["op"] for e in log] == ["UPDATE", "UPDATE", "COMMIT"]
+    assert log[0]["fact_before"]["payload"] == {"n": 1, "rival": True}
 
 
-def test_refusals_are_those_of_the_locked_update(pg: None, opened: Callable[..., ms.SQLStorage]) -> None:
+def test_refusals_are_those_of_the_locked_update(lone: Lone, opened: Callable[..., ms.SQLStorage]) -> None:
     storage = opened()
     store = ms.MemoryStore(storage)
     fid = store.commit(ms.Fact(type="note", payload={"n": 1}))
@@ -199,57 +230,40 @@ def test_refusals_are_those_of_the_locked_update(pg: None, opened: Callable[...,
 
 
 def test_a_connection_closed_by_the_server_while_idle_is_not_written_on_alone(
-    pg: None, db_url: str, opened: Callable[..., ms.SQLStorage]
+    lone: Lone, db_url: str, opened: Callable[..., ms.SQLStorage]
 ) -> None:
     storage = opened()
     store = ms.MemoryStore(storage)
     store.commit(ms.Fact(type="note", payload={"n": 0}), session_id="s")
-    fds: list[int] = []
-    sent = _listen(storage, lambda conn, _: fds.append(conn.connection.dbapi_connection.pgconn.socket))
-    store.count()
-    pid = _backend_pid_of(storage)
-    _terminate(db_url, pid)  # as a server restart or an idle-session timeout would
-    _wait_readable(fds[-1])
-    sent.clear()
+    driver = driver_of(storage)
+    lone.end(db_url, lone.ident(driver))  # as a server restart or an idle-session timeout would
+    _wait_readable(lone.socket(driver))
+    sent = listen(storage.engine, lambda conn, statement: lone.status(conn, statement)[0])
     fid = store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")  # no ConnectionLost
     # Not alone on it: a transaction, whose BEGIN found the connection dead; then alone on a new one.
-    assert sent == [("BEGIN", False), ("WITH", False)]
+    assert sent == ["BEGIN", lone.commit]
     assert store.get(fid)["payload"] == {"n": 1}
     assert [e["fact_id"] for e in storage.get_tx_log("s")].count(fid) == 1
 
 
-def _backend_pid_of(storage: ms.SQLStorage) -> int:
-    pids: list[int] = []
-
-    def listener(conn: Any, *args: Any) -> None:
-        pids.append(conn.connection.dbapi_connection.info.backend_pid)
-
-    sa.event.listen(storage.engine, "before_cursor_execute", listener)
-    try:
-        ms.MemoryStore(storage).count()
-    finally:
-        sa.event.remove(storage.engine, "before_cursor_execute", listener)
-    return pids[-1]
-
-
 def test_a_connection_lost_under_a_lone_write_is_an_unknown_outcome(
-    pg: None, db_url: str, opened: Callable[..., ms.SQLStorage]
+    lone: Lone, db_url: str, opened: Callable[..., ms.SQLStorage]
 ) -> None:
     storage = opened()
     store = ms.MemoryStore(storage)
     store.commit(ms.Fact(type="note", payload={"n": 0}), session_id="s")
-    pid = _backend_pid_of(storage)
+    ident = lone.ident(driver_of(storage))
 
     def lose(conn: Any, statement: str) -> None:
-        if statement.startswith("WITH"):
-            _terminate(db_url, pid)  # the connection dies under the statement about to be sent
-            _wait_readable(conn.connection.dbapi_connection.pgconn.socket)
+        if lone.status(conn, statement)[0] == lone.commit:
+            lone.end(db_url, ident)  # the connection dies under the write about to be sent
+            _wait_readable(lone.socket(conn.connection.dbapi_connection))
 
-    sent = _listen(storage, lose)
+    sent = listen(storage.engine, lone.status, lose)
     with pytest.raises(ConnectionLost, match="unknown"):
         store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")
-    assert sent == [("WITH", False)]  # sent alone once, never retried blindly
-    _stop(sent)
+    assert sent == [(lone.commit, False)]  # sent alone once, never retried blindly
+    stop(sent)
     # Here it had not reached the server: nothing written, and the store carries on.
     assert store.count() == 1
     store.commit(ms.Fact(type="note", payload={"n": 2}), session_id="s")

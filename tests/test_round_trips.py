@@ -20,8 +20,10 @@ import memstate_sql as ms
 
 
 def _kind(statement: str) -> str:
+    if ";" in statement:  # a MySQL script, sent as one text in one round trip
+        return "; ".join(_kind(part) for part in statement.split(";"))
     words = statement.split()
-    if words[0] == "BEGIN":
+    if words[0] in ("BEGIN", "START", "COMMIT", "SET"):
         return statement.strip()
     if words[0] == "WITH":
         return "WITH"
@@ -60,17 +62,32 @@ def _begin(db: str) -> list[str]:
     return ["BEGIN IMMEDIATE"] if db == "sqlite" else ["BEGIN"]
 
 
+def _script(*statements: str) -> str:
+    """A MySQL lone write: one text, its own transaction (``START TRANSACTION; ...; COMMIT``)."""
+    return "; ".join(("START TRANSACTION", *statements, "COMMIT"))
+
+
 def test_commit_of_a_new_fact_is_one_insert_and_its_log_entry(db: str, counted: Any) -> None:
     store, run = counted
     # PostgreSQL: the fact row, its session position and its log entry in one statement (data-modifying
     # CTEs). MySQL has no INSERT that ignores a taken key only (INSERT IGNORE ignores other errors too),
     # but a duplicate key there undoes the failed statement alone: a plain INSERT, no read either.
-    # PostgreSQL sends that statement alone, in autocommit: no BEGIN, no COMMIT (tests/test_lone_writes.py).
+    # PostgreSQL sends that statement alone, in autocommit: no BEGIN, no COMMIT (tests/test_lone_writes.py);
+    # MySQL sends the transaction's statements as one text, START TRANSACTION to COMMIT: one round trip.
+    alone = {
+        "postgresql": ["WITH"],
+        "mysql": [_script("INSERT facts", "INSERT sessions", "INSERT tx")],
+        "sqlite": [*_begin(db), "INSERT facts", "INSERT sessions", "INSERT tx"],
+    }
     sent = run(lambda: store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s"))
-    written = ["WITH"] if db == "postgresql" else [*_begin(db), "INSERT facts", "INSERT sessions", "INSERT tx"]
-    assert sent == written
+    assert sent == alone[db]
     sent = run(lambda: store.commit(ms.Fact(type="note", payload={"n": 1})))
-    assert sent == (["WITH"] if db == "postgresql" else [*_begin(db), "INSERT facts", "INSERT tx"])
+    alone = {
+        "postgresql": ["WITH"],
+        "mysql": [_script("INSERT facts", "INSERT tx")],
+        "sqlite": [*_begin(db), "INSERT facts", "INSERT tx"],
+    }
+    assert sent == alone[db]
 
 
 def test_commit_over_an_existing_id_reads_it_under_lock_then_writes(db: str, counted: Any) -> None:
@@ -79,13 +96,14 @@ def test_commit_over_an_existing_id_reads_it_under_lock_then_writes(db: str, cou
     # PostgreSQL: the versioned UPDATE, the session position and the log entry in one statement.
     written = ["WITH"] if db == "postgresql" else ["UPDATE facts", "INSERT sessions", "INSERT tx"]
     expected = [*_begin(db), "SELECT facts", *written]
-    # PostgreSQL tries a caller's id alone first (tests/test_lone_writes.py): here taken, so nothing written.
-    tried = ["WITH"] if db == "postgresql" else []
+    # A caller's id is tried alone first (tests/test_lone_writes.py): here taken, so nothing written.
+    tried = {"postgresql": ["WITH"], "mysql": [_script("INSERT facts", "INSERT sessions", "INSERT tx")]}
     sent = run(lambda: store.commit(ms.Fact(id=fid, type="note", payload={"n": 2}), session_id="s"))
-    assert sent == tried + expected
-    # An update on PostgreSQL: the row read without a lock, then that statement alone, conditional on the
-    # version read (in autocommit: no BEGIN, no COMMIT).
-    updated = ["SELECT facts", "WITH"] if db == "postgresql" else expected
+    assert sent == tried.get(db, []) + expected
+    # An update: the row read without a lock, then the write alone, conditional on the version read
+    # (PostgreSQL: one statement in autocommit; MySQL: one text, the entry written only if the UPDATE was).
+    guarded = _script("UPDATE facts", "SET @memstate_written = ROW_COUNT()", "INSERT sessions", "INSERT tx")
+    updated = {"postgresql": ["SELECT facts", "WITH"], "mysql": ["SELECT facts", guarded]}.get(db, expected)
     assert run(lambda: store.update(fid, {"payload": {"n": 3}})) == updated
     assert store.get_with_version(fid)[1] == 3
 
@@ -99,8 +117,9 @@ def test_a_taken_generated_id_falls_back_to_the_general_commit(db: str, counted:
     sent = run(lambda: store.commit(fact.model_copy(update={"payload": {"n": 2}})))
     tried = ["WITH"] if db == "postgresql" else ["INSERT facts"]  # MySQL: failed on the duplicate key
     written = ["WITH"] if db == "postgresql" else ["UPDATE facts", "INSERT tx"]
-    # PostgreSQL: the lone INSERT wrote nothing, so the commit runs again as a transaction.
-    alone = ["WITH"] if db == "postgresql" else []
+    # The lone INSERT wrote nothing (MySQL: its script failed on the duplicate key, rolled back), so the
+    # commit runs again as a transaction.
+    alone = {"postgresql": ["WITH"], "mysql": [_script("INSERT facts", "INSERT tx")]}.get(db, [])
     assert sent == alone + _begin(db) + tried + ["SELECT facts", *written]
     assert store.get(fact.id)["payload"] == {"n": 2}
     assert store.get_with_version(fact.id)[1] == 2

@@ -5,9 +5,10 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
+import select
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -107,6 +108,27 @@ def _compile_unindexed(element: Unindexed, compiler: SQLCompiler, **kw: Any) -> 
     return str(compiler.process(element.column, **kw))
 
 
+@dataclass(frozen=True, eq=False)  # compared and hashed by identity: its statements overload ==
+class Script:
+    """Statements sent as one text in one round trip, run by the server in order until one fails (MySQL's
+    multi-statement protocol; `DialectSupport.scripted_writes`). `parts`: SQLAlchemy statements, or SQL
+    text with no parameters (``START TRANSACTION``, ``COMMIT``); `answer`: the index of the part whose row
+    count the script answers with. A script that writes opens and commits its own transaction: a failing
+    part leaves that transaction open, and `on_script` rolls it back."""
+
+    parts: tuple[Any, ...]
+    answer: int
+
+
+def socket_idle(fd: int) -> bool:
+    """Whether nothing is waiting to be read on the socket `fd`, without a round trip: a connection idle
+    between operations has nothing unread, unless the server has closed it, restarted or ended the
+    session (an error packet, the end of file). A zero-timeout ``poll()``."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLPRI)
+    return not poller.poll(0)
+
+
 class DialectSupport:
     """Default behaviour; subclasses override what their database does differently."""
 
@@ -129,6 +151,10 @@ class DialectSupport:
     #: statement (`insert_logged_statement`, `update_logged_statement`): an operation that needs no other
     #: statement then runs it alone in autocommit, with no BEGIN/COMMIT round trips (`memstate_sql.uow`).
     one_statement_writes = False
+    #: Whether such a write is a script instead (`Script`: several statements in one round trip, which opens
+    #: and commits its own transaction; `insert_logged_script`, `update_logged_script`): it then runs alone
+    #: on any connection `can_write_alone` admits, in autocommit or not (MySQL's multi-statement text).
+    scripted_writes = False
     #: The sync driver an asyncio storage swaps for `async_driver` (``mysql+pymysql://`` → ``aiomysql``).
     sync_driver = ""
     #: The asyncio driver `AsyncSQLStorage` uses for a sync URL (installed by ``memstate-sql[async]``).
@@ -354,6 +380,20 @@ class DialectSupport:
         ``p_ns``, ``p_sid``, ``p_none``, ``p_n``. None where the database cannot (two statements then)."""
         return None
 
+    def insert_logged_script(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Script | None:
+        """Where `scripted_writes`: what `insert_logged_statement` does, as a `Script` that opens and commits
+        its own transaction; the parameters are the same. A taken id fails it with a duplicate key (nothing
+        written, the transaction rolled back). None: no script here."""
+        return None
+
+    def update_logged_script(
+        self, facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool
+    ) -> Script | None:
+        """Where `scripted_writes`: what `update_logged_statement` does, as a `Script` that opens and
+        commits its own transaction, the entry written only when the UPDATE matched; its answer is the
+        UPDATE's row count. Same parameters. None: no script here."""
+        return None
+
     def nearest(self, conn: Connection, request: NearestRequest) -> list[tuple[str, float]] | None:
         """The `request.limit` best ``(fact id, cosine similarity)`` of a vector search computed by the
         database (best first, ties by fact id), with the same answer as the exact scan of
@@ -404,6 +444,30 @@ def upsert_positions(insert: Callable[[Table], Any], sessions: Table) -> Any:
         index_elements=[c.namespace, c.session_id, c.without_session],
         set_={"last_seq": c.last_seq + stmt.excluded.last_seq},
     ).returning(c.last_seq)
+
+
+#: The columns a versioned UPDATE writes (`Repository._update_params`): all but the key.
+UPDATED_COLUMNS = (
+    "type", "payload", "session_id", "source", "ts", "version", "singleton", "singleton_slot", "immutable",
+    "expires_at", "document",
+)  # fmt: skip
+
+
+def versioned_update(facts: Table, allow_immutable: bool) -> Any:
+    """``UPDATE facts SET ... WHERE namespace = :w_ns AND id = :w_id AND version = :w_version [AND NOT
+    immutable]``, the written columns' parameters prefixed ``f_``: the write of a fact over its row at the
+    version read (`DialectSupport.update_logged_statement`, `update_logged_script`)."""
+    from sqlalchemy import bindparam, update
+
+    c = facts.c
+    where = (c.namespace == bindparam("w_ns")) & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
+    if not allow_immutable:
+        where = where & c.immutable.is_(False)
+    values = {name: bindparam("f_" + name, type_=c[name].type) for name in UPDATED_COLUMNS}
+    # A statement is compiled for its parameter names (`Repository._send`), among them a log entry's
+    # ``namespace``, which SQLAlchemy would otherwise add to this SET: set it, to the row's own namespace.
+    values["namespace"] = bindparam("w_ns", type_=c.namespace.type)
+    return update(facts).where(where).values(values)
 
 
 def insert_ignoring_key(insert: Callable[[Table], Any], facts: Table) -> Any:
@@ -480,6 +544,47 @@ def on_cursor(
     finally:
         if cursor is not None:
             cursor.close()
+
+
+def on_script(conn: Connection, sql: str, args: Any, statements: int) -> list[int]:
+    """Run the text of a `Script` of `statements` statements (with `args`) on a DB-API cursor of `conn`'s
+    connection: the row count of each, in order, read result by result (``nextset()``). A failing
+    statement ends the script there with its transaction open: that transaction is rolled back, then the
+    error is raised through SQLAlchemy's handling (as `on_cursor`'s). With listeners or echo on
+    (`traced`), the text goes through SQLAlchemy's cursor execution, so that they see it as the one
+    statement it is sent as."""
+    cursor: Any = None
+    try:
+        cursor = conn.connection.cursor()
+        if traced(conn):
+            conn._cursor_execute(cursor, sql, args)
+        else:
+            cursor.execute(sql, args)
+        counts = [cursor.rowcount]
+        for _ in range(statements - 1):  # SQLAlchemy's asyncio cursors answer None to every nextset()
+            cursor.nextset()
+            counts.append(cursor.rowcount)
+        return counts
+    except DBAPIError:  # already through SQLAlchemy's handling (`Connection._cursor_execute`)
+        _undo(conn)
+        raise
+    except Exception as err:
+        _undo(conn)
+        conn._handle_dbapi_exception(err, sql, args, cursor, None)
+        raise  # pragma: no cover - _handle_dbapi_exception raises
+    finally:
+        if cursor is not None:
+            with suppress(Exception):  # a connection lost under the script: its error is the one raised
+                cursor.close()
+
+
+def _undo(conn: Connection) -> None:
+    """Roll back what a failed script left open on `conn` (nothing to do on a connection SQLAlchemy has
+    invalidated, or one that breaks now: the server ends its transaction with it)."""
+    if conn.invalidated:
+        return
+    with suppress(Exception):
+        conn.connection.dbapi_connection.rollback()  # type: ignore[union-attr]
 
 
 def check_pooler(pooler: str | None) -> str | None:

@@ -31,11 +31,14 @@ from memstate_sql.dialects.base import (
     LOCK_TABLE,
     DialectSupport,
     ErrorKind,
+    Script,
     ddl_literal,
     ddl_names,
     lock_name,
     render_bind,
+    socket_idle,
     sql_literal,
+    versioned_update,
 )
 from memstate_sql.errors import MigrationLockTimeout
 from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey
@@ -53,6 +56,13 @@ READ_YOUR_WRITES_SYNC_WAIT = 3
 #: Seconds a lease lasts without renewal (a killed migrator's lock is taken over after it).
 LEASE_SECONDS = 20.0
 _UNIQUE_CODES = {1062}
+
+#: The protocol's capability and status flags (pymysql.constants: CLIENT, SERVER_STATUS).
+_FOUND_ROWS = 1 << 1
+_MULTI_STATEMENTS = 1 << 16
+_IN_TRANSACTION = 1
+#: Drivers that take ``client_flag`` (mysql-connector spells it otherwise).
+_FLAGGED_DRIVERS = frozenset({"pymysql", "mysqldb", "aiomysql", "asyncmy"})
 _DISCONNECT_CODES = {2006, 2013, 2055, 1927, 1053}
 _MARIADB_TYPES = {
     "null": "= 'NULL'",
@@ -76,9 +86,36 @@ class MySQLSupport(DialectSupport):
     #: No RETURNING on an upsert here: LAST_INSERT_ID(expr) makes the new value the statement's insert id,
     #: which the driver reports with the result (no second round trip).
     positions_in_insert_id = True
+    #: A lone write is one multi-statement text, ``START TRANSACTION; ...; COMMIT``: one round trip where a
+    #: transaction of the same statements takes five. On connections with CLIENT.MULTI_STATEMENTS only
+    #: (`engine_options` asks for it on memstate_sql's own engines; aiomysql always has it).
+    one_statement_writes = True
+    scripted_writes = True
 
     def positions_statement(self, sessions: Table) -> Any:
         return _positions(sessions)
+
+    def can_write_alone(self, conn: Connection) -> bool:
+        driver: Any = conn.connection.dbapi_connection
+        driver = getattr(driver, "_connection", driver)  # SQLAlchemy's asyncio adapter: aiomysql's connection
+        flags = getattr(driver, "client_flag", None)  # pymysql's
+        if flags is None:
+            flags = getattr(driver, "_client_flag", 0)  # aiomysql's
+        status = getattr(driver, "server_status", None)
+        if not isinstance(flags, int) or not flags & _MULTI_STATEMENTS or not isinstance(status, int):
+            return False  # not a multi-statement connection of a driver known here
+        if status & _IN_TRANSACTION:
+            return False  # a transaction is open: a script's START TRANSACTION would commit it
+        fd = _socket(driver)
+        return fd is not None and socket_idle(fd)  # anything unread (an error, the end of file): not idle
+
+    def insert_logged_script(self, facts: Table, log: Table, sessions: Table, in_session: bool) -> Script | None:
+        return _insert_script(facts, log, sessions, in_session)
+
+    def update_logged_script(
+        self, facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool
+    ) -> Script | None:
+        return _update_script(facts, log, sessions, in_session, allow_immutable)
 
     def writers_excluded(self, conn: Connection, *, rows_locked: bool) -> bool:
         # A Galera node's row locks are its own: a writer on another node changes the row, certifies
@@ -95,7 +132,16 @@ class MySQLSupport(DialectSupport):
     def engine_options(self, url: URL) -> dict[str, Any]:
         # READ COMMITTED: a locking read of an absent key takes no gap lock, so racing
         # singleton inserts end in a duplicate-key error (retried) rather than a deadlock.
-        return {"pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
+        options: dict[str, Any] = {"pool_recycle": 3600, "isolation_level": "READ COMMITTED"}
+        if url.get_driver_name() in _FLAGGED_DRIVERS:
+            # Multi-statement texts for the lone writes (`scripted_writes`); the flags SQLAlchemy sets from
+            # the URL (its ``client_flag`` and FOUND_ROWS) are kept, since this argument replaces them.
+            given = url.query.get("client_flag")
+            if isinstance(given, tuple):
+                given = given[-1]
+            flags = int(given) if given else 0
+            options["connect_args"] = {"client_flag": flags | _FOUND_ROWS | _MULTI_STATEMENTS}
+        return options
 
     def configure_engine(
         self, engine: Engine, *, sqlite_synchronous: str | None = None, read_your_writes: bool = False
@@ -519,3 +565,83 @@ def _positions(sessions: Table) -> Any:
         last_seq=func.last_insert_id(bindparam("p_n", type_=sessions.c.last_seq.type)),
     )
     return stmt.on_duplicate_key_update(last_seq=func.last_insert_id(sessions.c.last_seq + stmt.inserted.last_seq))
+
+
+def _socket(driver: Any) -> int | None:
+    """The file descriptor of a pymysql or aiomysql connection's socket; None when closed, or when the
+    driver holds data read from it that nobody asked for (aiomysql's stream reader)."""
+    sock = getattr(driver, "_sock", None)  # pymysql's
+    if sock is not None:
+        return int(sock.fileno())
+    reader, writer = getattr(driver, "_reader", None), getattr(driver, "_writer", None)
+    if reader is None or writer is None or reader.at_eof() or getattr(reader, "_buffer", b""):
+        return None
+    transport_socket = writer.get_extra_info("socket")
+    return None if transport_socket is None else int(transport_socket.fileno())
+
+
+_BEGIN = "START TRANSACTION"
+_COMMIT = "COMMIT"
+#: The UPDATE's row count, kept for the statements after it in a script (`_update_script`).
+_KEEP_WRITTEN = "SET @memstate_written = ROW_COUNT()"
+
+
+def _written() -> Any:
+    from sqlalchemy import literal_column
+
+    return literal_column("@memstate_written") == literal_column("1")
+
+
+def _entry(log: Table, in_session: bool, guarded: bool) -> Any:
+    """``INSERT INTO tx (...) VALUES (:uuid, ..., LAST_INSERT_ID() | NULL)``: a log entry from parameters
+    named after its columns, at the position the statement before it made the insert id (`_positions`).
+    `guarded`: ``INSERT ... SELECT ... FROM DUAL WHERE @memstate_written = 1`` instead."""
+    from sqlalchemy import bindparam, func, insert, null, select
+
+    names = [c.name for c in log.c if c.name not in ("seq", "session_seq")]
+    position = func.last_insert_id() if in_session else null()
+    if not guarded:
+        values: dict[str, Any] = {name: bindparam(name, type_=log.c[name].type) for name in names}
+        return insert(log).values({**values, "session_seq": position})
+    rows = select(*(bindparam(name, type_=log.c[name].type) for name in names), position).where(_written())
+    return insert(log).from_select([*names, "session_seq"], rows)
+
+
+def _guarded_positions(sessions: Table) -> Any:
+    """`_positions` as ``INSERT ... SELECT ... FROM DUAL WHERE @memstate_written = 1``."""
+    from sqlalchemy import bindparam, func, select
+    from sqlalchemy.dialects.mysql import insert
+
+    c = sessions.c
+    rows = select(
+        bindparam("p_ns", type_=c.namespace.type),
+        bindparam("p_sid", type_=c.session_id.type),
+        bindparam("p_none", type_=c.without_session.type),
+        func.last_insert_id(bindparam("p_n", type_=c.last_seq.type)),
+    ).where(_written())
+    stmt = insert(sessions).from_select(["namespace", "session_id", "without_session", "last_seq"], rows)
+    return stmt.on_duplicate_key_update(last_seq=func.last_insert_id(c.last_seq + stmt.inserted.last_seq))
+
+
+@functools.cache
+def _insert_script(facts: Table, log: Table, sessions: Table, in_session: bool) -> Script:
+    """``START TRANSACTION; INSERT INTO facts ...; [INSERT INTO sessions ... (the position);] INSERT INTO tx
+    ...; COMMIT``: a new fact, its position and its entry in one round trip. A taken id fails the INSERT
+    with a duplicate key, and the server runs nothing after it."""
+    from sqlalchemy import bindparam, insert
+
+    row = insert(facts).values({c.name: bindparam("f_" + c.name, type_=c.type) for c in facts.c})
+    position = (_positions(sessions),) if in_session else ()
+    return Script((_BEGIN, row, *position, _entry(log, in_session, guarded=False), _COMMIT), answer=1)
+
+
+@functools.cache
+def _update_script(facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool) -> Script:
+    """``START TRANSACTION; UPDATE facts ... WHERE version = :w_version; SET @memstate_written = ROW_COUNT();
+    [INSERT INTO sessions ... WHERE @memstate_written = 1;] INSERT INTO tx ... WHERE @memstate_written = 1;
+    COMMIT``: the versioned write of a fact over its row, its position and its entry in one round trip,
+    the entry only when the UPDATE matched (a transaction that wrote nothing commits otherwise)."""
+    position = (_guarded_positions(sessions),) if in_session else ()
+    written = versioned_update(facts, allow_immutable)
+    parts = (_BEGIN, written, _KEEP_WRITTEN, *position, _entry(log, in_session, guarded=True), _COMMIT)
+    return Script(parts, answer=1)

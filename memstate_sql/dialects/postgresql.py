@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import select
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -29,8 +28,10 @@ from memstate_sql.dialects.base import (
     insert_ignoring_key,
     lock_key,
     render_bind,
+    socket_idle,
     sql_literal,
     upsert_positions,
+    versioned_update,
 )
 from memstate_sql.errors import MigrationLockTimeout, ValidationFailed
 from memstate_sql.filters import CodePointText, JsonPredicate, JsonSortKey, LiteralText
@@ -89,9 +90,7 @@ class PostgreSQLSupport(DialectSupport):
             fd = pgconn.socket
         except Exception:  # closed: psycopg raises its OperationalError
             return False
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLPRI)
-        return not poller.poll(0)  # anything readable (an error, a notice, the end of file): not idle
+        return socket_idle(fd)  # anything readable (an error, a notice, the end of file): not idle
 
     def append_at_next_position(self, log: Table, sessions: Table) -> Any:
         return _append(log, sessions)
@@ -407,30 +406,14 @@ def _insert_logged(facts: Table, log: Table, sessions: Table, in_session: bool) 
     return _logged(added, log, sessions, in_session)
 
 
-#: The columns a versioned UPDATE writes (`Repository._update_params`): all but the key.
-_UPDATED = (
-    "type", "payload", "session_id", "source", "ts", "version", "singleton", "singleton_slot", "immutable",
-    "expires_at", "document",
-)  # fmt: skip
-
-
 @functools.cache
 def _update_logged(facts: Table, log: Table, sessions: Table, in_session: bool, allow_immutable: bool) -> Any:
     """``WITH f AS (UPDATE facts SET ... WHERE namespace, id, version [AND NOT immutable] RETURNING id)
     [, pos AS (...)] INSERT INTO tx (...) SELECT ... FROM pos | f``: the versioned write of a fact over its
     row, its position and its entry in one statement; when the row is not at the expected version (or is
     immutable), `f` is empty and nothing is written."""
-    from sqlalchemy import bindparam, update
-
     c = facts.c
-    where = (c.namespace == bindparam("w_ns")) & (c.id == bindparam("w_id")) & (c.version == bindparam("w_version"))
-    if not allow_immutable:
-        where = where & c.immutable.is_(False)
-    values = {name: bindparam("f_" + name, type_=c[name].type) for name in _UPDATED}
-    # The statement is compiled for its parameter names (`Repository._send`), among them the log entry's
-    # ``namespace``, which SQLAlchemy would otherwise add to this SET: set it, to the row's own namespace.
-    values["namespace"] = bindparam("w_ns", type_=c.namespace.type)
-    written = update(facts).where(where).values(values).returning(c.id).cte("f")
+    written = versioned_update(facts, allow_immutable).returning(c.id).cte("f")
     return _logged(written, log, sessions, in_session)
 
 
