@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--db", default="sqlite", choices=["sqlite", "postgresql", "mariadb"])
     parser.add_argument("--batch-size", type=int, default=500)
     args = parser.parse_args(argv)
-    from benchmarks.run import MY_URL, PG_URL, _drop, memstate_sql
+    from benchmarks.run import MY_URL, PG_URL, drop_prefix, memstate_sql
 
     prefix = "mem" + uuid.uuid4().hex[:8]
     workdir = tempfile.mkdtemp(prefix="memstate-mem-")
@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     finally:
         if db != "sqlite":
-            _drop(url, prefix)
+            drop_prefix(url, prefix)
 
 
 if __name__ == "__main__":

@@ -434,9 +434,16 @@ def raw_floor(db: str, url: str, n: int, prefix: str, synchronous: str = "FULL")
 def messages(engine: Any) -> Iterator[list[str]]:
     """The messages sent to the database while the block runs, by their first word: statements, plus
     COMMIT/ROLLBACK (``END``) where the driver sends one (an idle psycopg connection's reset is local)
-    and psycopg's implicit BEGIN."""
+    and psycopg's implicit BEGIN. On MySQL (pymysql), every command the driver sends, counted in the
+    driver: a statement listener would route the store's statements through SQLAlchemy's execution layer
+    (`dialects.base.traced`), whose autobegun transaction on a held autocommit connection then ends in a
+    COMMIT that the untraced path never sends."""
     dialect = engine.dialect.name
     sent: list[str] = []
+    if dialect == "mysql":
+        with _driver_commands(sent):
+            yield sent
+        return
 
     def statement(conn: Any, cursor: Any, sql: str, *args: Any) -> None:
         dbapi = conn.connection.dbapi_connection
@@ -461,6 +468,27 @@ def messages(engine: Any) -> Iterator[list[str]]:
         sa.event.remove(engine, "before_cursor_execute", statement)
         sa.event.remove(engine, "commit", ended)
         sa.event.remove(engine, "rollback", ended)
+
+
+@contextmanager
+def _driver_commands(sent: list[str]) -> Iterator[None]:
+    """Every command pymysql sends while the block runs (one round trip each), by its first word (a
+    multi-statement text is one command)."""
+    import pymysql.connections
+
+    driver = pymysql.connections.Connection
+    original = driver._execute_command
+
+    def counted(self: Any, command: int, sql: Any) -> Any:
+        text = sql.decode(errors="replace") if isinstance(sql, bytes) else str(sql)
+        sent.append(text.split(None, 1)[0] if text.strip() else str(command))
+        return original(self, command, sql)
+
+    driver._execute_command = counted  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        driver._execute_command = original  # type: ignore[method-assign]
 
 
 def round_trips(store: Any, fact_id: str) -> dict[str, int]:
@@ -764,7 +792,7 @@ def main(argv: list[str] | None = None) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
         for url in (PG_URL, MY_URL):
             if any((s.db == "postgresql") == (url == PG_URL) and s.db != "sqlite" for s in systems):
-                _drop(url, prefix)
+                drop_prefix(url, prefix)
     cold = None if args.no_cold else cold_start(tempfile.mkdtemp(prefix="memstate-cold-"))
     print()
     print(report(systems, floors, cold, parallel))
@@ -775,7 +803,7 @@ def main(argv: list[str] | None = None) -> None:
             json.dump(figures | {"floors": floors, "cold start ms": cold, "writer processes": writers_}, fh, indent=2)
 
 
-def _drop(url: str, prefix: str) -> None:
+def drop_prefix(url: str, prefix: str) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:

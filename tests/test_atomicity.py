@@ -92,10 +92,11 @@ def test_a_database_error_between_fact_and_log_write_leaves_neither(
 def test_a_database_error_in_the_log_part_of_a_lone_write_leaves_neither(
     db: str, store: Any, db_url: str, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """PostgreSQL's one-statement commit and update (fact row, session position and log entry; alone in
-    autocommit, tests/test_lone_writes.py): the database refusing the entry refuses the whole statement."""
-    if db != "postgresql":
-        pytest.skip("one-statement writes are PostgreSQL's")
+    """The lone commit and update (tests/test_lone_writes.py): PostgreSQL's one statement (fact row, session
+    position and log entry, in autocommit), MySQL's one multi-statement text (its own transaction). The
+    database refusing the entry refuses the whole statement, or ends the text with nothing written."""
+    if db == "sqlite":
+        pytest.skip("SQLite writes are transactions: no lone writes")
     fid = store.commit(Fact(type="t", payload={"v": 1}), session_id="s")
     logged = Repository._logged_params
 
