@@ -81,6 +81,15 @@ class Lone:
     ident: Callable[[Any], int]  # the server's id of a driver connection's session
     socket: Callable[[Any], int]  # its socket's file descriptor
     end: Callable[[str, int], None]  # end that session from another connection, and wait until it is gone
+    async_status: Callable[[Any, str], tuple[str, bool]]  # `status` on the asyncio storage's connections
+    async_hooked_commit: Sent  # a commit with a hook there (a checked-out connection: no BEGIN of ours)
+
+
+def _pg_async_status(conn: Any, statement: str) -> tuple[str, bool]:
+    # Whether the statement is part of a transaction: psycopg, outside autocommit, sends its BEGIN within
+    # this very execute.
+    driver = conn.connection.dbapi_connection._connection  # psycopg's AsyncConnection
+    return statement.split()[0], not driver.autocommit
 
 
 _PG = Lone(
@@ -93,6 +102,8 @@ _PG = Lone(
     ident=lambda driver: int(driver.info.backend_pid),
     socket=lambda driver: int(driver.pgconn.socket),
     end=_terminate,
+    async_status=_pg_async_status,
+    async_hooked_commit=[("WITH", True)],
 )
 
 
@@ -107,6 +118,8 @@ def _mysql() -> Lone:
         ident=lambda driver: int(driver.thread_id()),
         socket=lambda driver: int(driver._sock.fileno()),
         end=scripts.kill_session,
+        async_status=scripts.status,
+        async_hooked_commit=[("INSERT facts", False), ("INSERT sessions", True), ("INSERT tx", True)],
     )
 
 
@@ -281,17 +294,10 @@ def test_a_stricter_isolation_level_keeps_its_transactions(pg: None, opened: Cal
     assert all(in_tx for word, in_tx in sent if word != "BEGIN")
 
 
-def test_the_asyncio_store_writes_alone_on_its_checked_out_connection(pg: None, db_url: str, prefix: str) -> None:
-    """`AsyncSQLStorage` checks a connection out per operation (no held ones): the lone write runs there,
-    in autocommit (psycopg switches for free), and a hook still keeps the transaction."""
-    sent: Sent = []
-
-    def listener(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        # Whether the statement is part of a transaction: psycopg, outside autocommit, sends its BEGIN
-        # within this very execute.
-        driver = conn.connection.dbapi_connection._connection  # psycopg's AsyncConnection
-        sent.append((statement.split()[0], not driver.autocommit))
-
+def test_the_asyncio_store_writes_alone_on_its_checked_out_connection(lone: Lone, db_url: str, prefix: str) -> None:
+    """`AsyncSQLStorage` checks a connection out per operation (no held ones): the lone write runs there
+    (PostgreSQL in autocommit, which psycopg switches to for free; MySQL's text brings its transaction),
+    and a hook still keeps the transaction."""
     hooked: list[str] = []
 
     async def hook(op: ms.Operation, fact_id: str, fact: ms.Fact | None) -> None:
@@ -302,26 +308,31 @@ def test_the_asyncio_store_writes_alone_on_its_checked_out_connection(pg: None, 
         store, with_hook = ms.AsyncMemoryStore(storage), ms.AsyncMemoryStore(storage, [hook])
         try:
             await store.count()
-            sa.event.listen(storage.engine.sync_engine, "before_cursor_execute", listener)
+            sent = listen(storage.engine.sync_engine, lone.async_status)
             fid = await store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")
-            assert sent == [("WITH", False)]
+            assert sent == [(lone.commit, False)]
             sent.clear()
             await store.update(fid, {"payload": {"m": 2}})
-            assert sent == [("SELECT", False), ("WITH", False)]
+            assert sent == [(lone.read, False), (lone.update, False)]
             sent.clear()
             other = await with_hook.commit(ms.Fact(type="note", payload={"n": 2}), session_id="s")
-            assert sent == [("WITH", True)] and hooked == [other]
+            assert sent == lone.async_hooked_commit and hooked == [other]
             assert (await store.get(fid))["payload"] == {"n": 1, "m": 2}
             assert [e["op"] for e in await storage.get_tx_log("s")] == ["COMMIT", "UPDATE", "COMMIT"]
         finally:
             await storage.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_asyncio_store_keeps_a_stricter_isolation_levels_transactions(pg: None, db_url: str, prefix: str) -> None:
+    async def scenario() -> None:
         strict = ms.AsyncSQLStorage(db_url, table_prefix=prefix, engine_options={"isolation_level": "SERIALIZABLE"})
         try:
-            strict_store = ms.AsyncMemoryStore(strict)
-            await strict_store.count()  # the schema check
-            sa.event.listen(strict.engine.sync_engine, "before_cursor_execute", listener)
-            sent.clear()
-            await strict_store.commit(ms.Fact(type="note", payload={"n": 3}), session_id="s")
+            store = ms.AsyncMemoryStore(strict)
+            await store.count()  # the schema check
+            sent = listen(strict.engine.sync_engine, _pg_async_status)
+            await store.commit(ms.Fact(type="note", payload={"n": 3}), session_id="s")
             assert sent == [("WITH", True)]  # a stricter isolation level keeps its transaction
         finally:
             await strict.close()

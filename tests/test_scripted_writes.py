@@ -13,7 +13,6 @@ values stay values; the asyncio store (aiomysql) writes the same way on its chec
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -175,30 +174,3 @@ def test_hostile_values_stay_values(my: None, opened: Callable[..., ms.SQLStorag
     store.update(fid, {"payload": {"more": hostile}})
     assert store.get(hostile)["payload"] == {hostile: hostile, "more": hostile}
     assert [e["op"] for e in storage.get_tx_log(hostile)] == ["UPDATE", "COMMIT"]
-
-
-def test_the_asyncio_store_writes_scripts_on_its_checked_out_connection(my: None, db_url: str, prefix: str) -> None:
-    hooked: list[str] = []
-
-    async def hook(op: ms.Operation, fact_id: str, fact: ms.Fact | None) -> None:
-        hooked.append(fact_id)
-
-    async def scenario() -> None:
-        storage = ms.AsyncSQLStorage(db_url, table_prefix=prefix)
-        store, with_hook = ms.AsyncMemoryStore(storage), ms.AsyncMemoryStore(storage, [hook])
-        try:
-            await store.count()
-            sent = listen(storage.engine.sync_engine, status)
-            fid = await store.commit(ms.Fact(type="note", payload={"n": 1}), session_id="s")
-            await store.update(fid, {"payload": {"m": 2}})
-            assert [kind for kind, _ in sent] == [COMMIT, "SELECT facts", UPDATE]
-            sent.clear()
-            other = await with_hook.commit(ms.Fact(type="note", payload={"n": 2}), session_id="s")
-            assert [kind for kind, _ in sent] == ["INSERT facts", "INSERT sessions", "INSERT tx"]
-            assert hooked == [other]
-            assert (await store.get(fid))["payload"] == {"n": 1, "m": 2}
-            assert [e["op"] for e in await storage.get_tx_log("s")] == ["COMMIT", "UPDATE", "COMMIT"]
-        finally:
-            await storage.close()
-
-    asyncio.run(scenario())

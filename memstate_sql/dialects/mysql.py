@@ -56,6 +56,7 @@ READ_YOUR_WRITES_SYNC_WAIT = 3
 #: Seconds a lease lasts without renewal (a killed migrator's lock is taken over after it).
 LEASE_SECONDS = 20.0
 _UNIQUE_CODES = {1062}
+_DISCONNECT_CODES = {2006, 2013, 2055, 1927, 1053}
 
 #: The protocol's capability and status flags (pymysql.constants: CLIENT, SERVER_STATUS).
 _FOUND_ROWS = 1 << 1
@@ -63,7 +64,7 @@ _MULTI_STATEMENTS = 1 << 16
 _IN_TRANSACTION = 1
 #: Drivers that take ``client_flag`` (mysql-connector spells it otherwise).
 _FLAGGED_DRIVERS = frozenset({"pymysql", "mysqldb", "aiomysql", "asyncmy"})
-_DISCONNECT_CODES = {2006, 2013, 2055, 1927, 1053}
+
 _MARIADB_TYPES = {
     "null": "= 'NULL'",
     "bool": "= 'BOOLEAN'",
