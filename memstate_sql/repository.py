@@ -911,17 +911,19 @@ class Repository:
         if self.autocommit and self.dialect.scripted_writes:
             script = self.dialect.insert_logged_script(self.facts, self.log, self.sessions, in_session)
             if script is not None:
-                params = {"f_" + name: value for name, value in self._fact_row(fact).items()}
-                return self._scripted_write(script, self._logged_params(params, entry))
+                return self._scripted_write(script, self._insert_params(fact, entry))
         stmt = _insert_logged(self.facts, self.log, self.sessions, self.dialect, in_session)
         if stmt is None:
             inserted = self.insert_if_absent(fact)
             if inserted:
                 self.append(**entry)
             return inserted
-        params = {"f_" + name: value for name, value in self._fact_row(fact).items()}
         self.logged_writes += 1
-        return self._send(stmt, self._logged_params(params, entry))[1] == 1
+        return self._send(stmt, self._insert_params(fact, entry))[1] == 1
+
+    def _insert_params(self, fact: FactState, entry: dict[str, Any]) -> dict[str, Any]:
+        """The parameters of `insert_logged`'s one statement or script."""
+        return self._logged_params({"f_" + name: value for name, value in self._fact_row(fact).items()}, entry)
 
     def update_logged(
         self, fact: FactState, entry: dict[str, Any], *, expected_version: int, allow_immutable: bool = False
